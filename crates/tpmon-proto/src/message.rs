@@ -1,0 +1,750 @@
+//! The messages of the tpmon protocol and their encoding.
+//!
+//! Every message body starts with the protocol version byte and a tag byte; the fields
+//! follow in the order documented in docs/protocol.md. The same body travels in a
+//! length-prefixed frame on stream sockets and as one datagram on service queues.
+//! This module owns that layout; it knows nothing of sockets.
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::flags::Flags;
+use crate::kind::ErrorKind;
+use crate::PROTOCOL_VERSION;
+
+/// Longest gtrid or bqual, in bytes (the XA limit).
+pub const XID_PART_BYTES_MAX: usize = 64;
+
+/// Identifies a client context within the domain (XATMI `CLIENTID`); assigned by the
+/// daemon when a client or server instance connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ClientId(pub u64);
+
+/// The global transaction a request belongs to. Carried by every request made inside a
+/// transaction so that the service can join it as a branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxContext {
+    /// XA format identifier.
+    pub format_id: i32,
+    /// Global transaction id (at most 64 bytes).
+    pub gtrid: Vec<u8>,
+    /// Branch qualifier (at most 64 bytes).
+    pub bqual: Vec<u8>,
+    /// Time left before the transaction times out, in milliseconds (0 = none).
+    pub timeout_ms: u32,
+}
+
+/// A typed buffer on the wire: the type code of `tpmon-buffer`, the subtype and the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferWire {
+    /// `tpmon_buffer::BufferType` code (never 0).
+    pub type_code: u8,
+    /// Subtype (record name), empty for most types.
+    pub subtype: String,
+    /// Encoded body.
+    pub body: Vec<u8>,
+}
+
+/// How a client wants unsolicited messages delivered (TPUNSOL_*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnsolMode {
+    /// Ignore unsolicited messages.
+    #[default]
+    Ignore,
+    /// Deliver them to a handler.
+    Handler,
+    /// Keep them until the client polls.
+    Poll,
+}
+
+/// First frame a client sends: who it is and its credentials (TPINIT).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Hello {
+    /// Client name (`cltname`).
+    pub client_name: String,
+    /// User name (`usrname`).
+    pub user_name: String,
+    /// User password.
+    pub password: String,
+    /// Domain password (system access control).
+    pub domain_password: String,
+    /// Unsolicited-message mode.
+    pub unsol: UnsolMode,
+}
+
+impl std::fmt::Debug for Hello {
+    // Secrets are never printed, so a Hello can be logged safely.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("client_name", &self.client_name)
+            .field("user_name", &self.user_name)
+            .field("unsol", &self.unsol)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One server (a queue of requests served by its instances) in the routing table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRoute {
+    /// Server name from the configuration.
+    pub name: String,
+    /// Path of the server's request queue (a Unix datagram socket).
+    pub queue_path: String,
+    /// Requests allowed to wait in the queue.
+    pub queue_max: u32,
+}
+
+/// One service in the routing table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRoute {
+    /// Service name.
+    pub name: String,
+    /// Index into the server list.
+    pub server: u16,
+    /// Service time limit in milliseconds (0 = none).
+    pub timeout_ms: u32,
+    /// Declared conversational.
+    pub conversational: bool,
+    /// Accepted request buffer types: bit `1 << code`; 0 = all.
+    pub buffer_types: u32,
+}
+
+/// The daemon's answer to a successful Hello, and the set-up of a server instance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Welcome {
+    /// The client's id.
+    pub client_id: ClientId,
+    /// Domain name.
+    pub domain: String,
+    /// Node name.
+    pub node: String,
+    /// The daemon's run directory; empty when the local fast path is not offered.
+    pub run_dir: String,
+    /// Random token the daemon wrote to `run_dir/host.token`: a client that reads the
+    /// same value is on the same host and may use the service queues directly.
+    pub host_token: u64,
+    /// Default blocking timeout in milliseconds.
+    pub blocking_timeout_ms: u32,
+    /// Servers (queues).
+    pub servers: Vec<ServerRoute>,
+    /// Services.
+    pub services: Vec<ServiceRoute>,
+}
+
+/// A service request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Caller-chosen id, echoed in the reply; never reused by one caller.
+    pub call_id: u64,
+    /// Call flags.
+    pub flags: Flags,
+    /// Service name.
+    pub service: String,
+    /// Abstract Unix socket name the reply goes to (empty on a relayed TCP connection).
+    pub reply_to: Vec<u8>,
+    /// The originating client.
+    pub client: ClientId,
+    /// Transaction context, when the call is part of a global transaction.
+    pub tx: Option<TxContext>,
+    /// Request data.
+    pub buffer: Option<BufferWire>,
+}
+
+/// How a service call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStatus {
+    /// TPSUCCESS.
+    Success,
+    /// TPFAIL or TPEXIT: the caller sees TPESVCFAIL with the reply data.
+    Fail,
+    /// The call failed with this error kind (no reply data from the service).
+    Error(ErrorKind),
+}
+
+/// A reply to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The request's call id.
+    pub call_id: u64,
+    /// Outcome.
+    pub status: ReplyStatus,
+    /// Application return code (`tpurcode`).
+    pub urcode: i64,
+    /// Reply data.
+    pub buffer: Option<BufferWire>,
+    /// Human-readable detail for errors (empty on success).
+    pub detail: String,
+}
+
+/// Daemon ↔ server-instance control messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// Daemon to instance, first message: the routing table and the instance's place.
+    Setup {
+        /// Routing table and ids.
+        welcome: Welcome,
+        /// Index of the instance's server.
+        server: u16,
+        /// The instance's slot in the status table.
+        slot: u32,
+    },
+    /// Instance to daemon: tpsvrinit succeeded, serving.
+    Ready {
+        /// The instance's process id.
+        pid: u32,
+    },
+    /// Instance to daemon: tpsvrinit failed; the instance exits.
+    InitFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Instance to daemon: a routine returned TPEXIT; the instance exits to be restarted.
+    Exiting {
+        /// The service that asked for it.
+        reason: String,
+    },
+}
+
+/// Administrative requests on the daemon's admin socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// Status as JSON.
+    Status,
+    /// Shut the domain down cleanly.
+    Down,
+}
+
+/// Any protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Client → daemon: authenticate.
+    Hello(Hello),
+    /// Daemon → client: authenticated.
+    Welcome(Welcome),
+    /// Daemon → client: refused; the connection is closed after this.
+    Refused {
+        /// The error kind (TPEPERM for bad credentials).
+        kind: ErrorKind,
+        /// Why.
+        reason: String,
+    },
+    /// A service request.
+    Request(Request),
+    /// A service reply.
+    Reply(Reply),
+    /// Daemon ↔ instance control.
+    Control(ControlMessage),
+    /// Admin request.
+    Admin(AdminRequest),
+    /// Admin answer.
+    AdminReply {
+        /// Whether the request succeeded.
+        ok: bool,
+        /// JSON status, or a message.
+        text: String,
+    },
+    /// Sent to a server queue to make one instance run tpsvrdone and exit.
+    Shutdown,
+}
+
+mod tag {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const REFUSED: u8 = 3;
+    pub const REQUEST: u8 = 4;
+    pub const REPLY: u8 = 5;
+    pub const CONTROL: u8 = 6;
+    pub const ADMIN: u8 = 7;
+    pub const ADMIN_REPLY: u8 = 8;
+    pub const SHUTDOWN: u8 = 9;
+}
+
+/// Largest buffer body accepted by the decoder; the sockets enforce smaller limits.
+const BODY_BYTES_MAX: usize = 1 << 30;
+/// Most routing entries a Welcome may carry.
+const ROUTES_MAX: usize = 65_535;
+
+impl Message {
+    /// Encodes the message body (without a frame header).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64 + self.payload_hint());
+        w.u8(PROTOCOL_VERSION);
+        match self {
+            Message::Hello(h) => {
+                w.u8(tag::HELLO)
+                    .str16(&h.client_name)
+                    .str16(&h.user_name)
+                    .str16(&h.password)
+                    .str16(&h.domain_password)
+                    .u8(unsol_code(h.unsol));
+            }
+            Message::Welcome(wl) => {
+                w.u8(tag::WELCOME);
+                encode_welcome(&mut w, wl);
+            }
+            Message::Refused { kind, reason } => {
+                w.u8(tag::REFUSED).u8(kind.code()).str16(reason);
+            }
+            Message::Request(r) => {
+                w.u8(tag::REQUEST)
+                    .u64(r.call_id)
+                    .u32(r.flags.0)
+                    .str16(&r.service)
+                    .bytes16(&r.reply_to)
+                    .u64(r.client.0);
+                match &r.tx {
+                    None => {
+                        w.u8(0);
+                    }
+                    Some(tx) => {
+                        w.u8(1)
+                            .i32(tx.format_id)
+                            .bytes16(&tx.gtrid)
+                            .bytes16(&tx.bqual)
+                            .u32(tx.timeout_ms);
+                    }
+                }
+                encode_buffer(&mut w, r.buffer.as_ref());
+            }
+            Message::Reply(r) => {
+                w.u8(tag::REPLY).u64(r.call_id);
+                match r.status {
+                    ReplyStatus::Success => w.u8(0).u8(0),
+                    ReplyStatus::Fail => w.u8(1).u8(0),
+                    ReplyStatus::Error(k) => w.u8(2).u8(k.code()),
+                };
+                w.i64(r.urcode);
+                encode_buffer(&mut w, r.buffer.as_ref());
+                w.str16(&r.detail);
+            }
+            Message::Control(c) => {
+                w.u8(tag::CONTROL);
+                match c {
+                    ControlMessage::Setup {
+                        welcome,
+                        server,
+                        slot,
+                    } => {
+                        w.u8(1).u16(*server).u32(*slot);
+                        encode_welcome(&mut w, welcome);
+                    }
+                    ControlMessage::Ready { pid } => {
+                        w.u8(2).u32(*pid);
+                    }
+                    ControlMessage::InitFailed { reason } => {
+                        w.u8(3).str16(reason);
+                    }
+                    ControlMessage::Exiting { reason } => {
+                        w.u8(4).str16(reason);
+                    }
+                }
+            }
+            Message::Admin(a) => {
+                w.u8(tag::ADMIN).u8(match a {
+                    AdminRequest::Status => 1,
+                    AdminRequest::Down => 2,
+                });
+            }
+            Message::AdminReply { ok, text } => {
+                w.u8(tag::ADMIN_REPLY).bool(*ok).bytes32(text.as_bytes());
+            }
+            Message::Shutdown => {
+                w.u8(tag::SHUTDOWN);
+            }
+        }
+        w.finish()
+    }
+
+    fn payload_hint(&self) -> usize {
+        match self {
+            Message::Request(r) => r.buffer.as_ref().map_or(0, |b| b.body.len()),
+            Message::Reply(r) => r.buffer.as_ref().map_or(0, |b| b.body.len()),
+            _ => 0,
+        }
+    }
+
+    /// Decodes one message body. Any malformed input yields an error with its offset.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8("protocol version")?;
+        if version != PROTOCOL_VERSION {
+            return Err(DecodeError {
+                offset: 0,
+                what: format!(
+                    "protocol version {version} is not supported (this build speaks {PROTOCOL_VERSION})"
+                ),
+            });
+        }
+        let tag_at = r.offset();
+        let m = match r.u8("message tag")? {
+            tag::HELLO => Message::Hello(Hello {
+                client_name: r.str16("client name")?,
+                user_name: r.str16("user name")?,
+                password: r.str16("password")?,
+                domain_password: r.str16("domain password")?,
+                unsol: unsol_from(&mut r)?,
+            }),
+            tag::WELCOME => Message::Welcome(decode_welcome(&mut r)?),
+            tag::REFUSED => Message::Refused {
+                kind: kind_from(&mut r)?,
+                reason: r.str16("reason")?,
+            },
+            tag::REQUEST => {
+                let call_id = r.u64("call id")?;
+                let flags = Flags(r.u32("flags")?);
+                let service = r.str16("service name")?;
+                let reply_to = r.bytes16("reply address")?.to_vec();
+                let client = ClientId(r.u64("client id")?);
+                let tx = match r.u8("transaction marker")? {
+                    0 => None,
+                    1 => Some(TxContext {
+                        format_id: r.i32("xid format")?,
+                        gtrid: xid_part(&mut r, "gtrid")?,
+                        bqual: xid_part(&mut r, "bqual")?,
+                        timeout_ms: r.u32("transaction timeout")?,
+                    }),
+                    v => return Err(r.error(format!("transaction marker {v} is not 0 or 1"))),
+                };
+                let buffer = decode_buffer(&mut r)?;
+                Message::Request(Request {
+                    call_id,
+                    flags,
+                    service,
+                    reply_to,
+                    client,
+                    tx,
+                    buffer,
+                })
+            }
+            tag::REPLY => {
+                let call_id = r.u64("call id")?;
+                let at = r.offset();
+                let status = match (r.u8("reply status")?, r.u8("error kind")?) {
+                    (0, _) => ReplyStatus::Success,
+                    (1, _) => ReplyStatus::Fail,
+                    (2, k) => ReplyStatus::Error(ErrorKind::from_code(k).ok_or(DecodeError {
+                        offset: at + 1,
+                        what: format!("unknown error kind {k}"),
+                    })?),
+                    (s, _) => {
+                        return Err(DecodeError {
+                            offset: at,
+                            what: format!("unknown reply status {s}"),
+                        })
+                    }
+                };
+                let urcode = r.i64("urcode")?;
+                let buffer = decode_buffer(&mut r)?;
+                let detail = r.str16("detail")?;
+                Message::Reply(Reply {
+                    call_id,
+                    status,
+                    urcode,
+                    buffer,
+                    detail,
+                })
+            }
+            tag::CONTROL => Message::Control(match r.u8("control kind")? {
+                1 => {
+                    let server = r.u16("server index")?;
+                    let slot = r.u32("slot")?;
+                    ControlMessage::Setup {
+                        welcome: decode_welcome(&mut r)?,
+                        server,
+                        slot,
+                    }
+                }
+                2 => ControlMessage::Ready { pid: r.u32("pid")? },
+                3 => ControlMessage::InitFailed {
+                    reason: r.str16("reason")?,
+                },
+                4 => ControlMessage::Exiting {
+                    reason: r.str16("reason")?,
+                },
+                v => return Err(r.error(format!("unknown control kind {v}"))),
+            }),
+            tag::ADMIN => Message::Admin(match r.u8("admin kind")? {
+                1 => AdminRequest::Status,
+                2 => AdminRequest::Down,
+                v => return Err(r.error(format!("unknown admin request {v}"))),
+            }),
+            tag::ADMIN_REPLY => {
+                let ok = r.bool("ok")?;
+                let at = r.offset();
+                let text = r.bytes32("text", BODY_BYTES_MAX)?;
+                Message::AdminReply {
+                    ok,
+                    text: String::from_utf8(text.to_vec()).map_err(|_| DecodeError {
+                        offset: at,
+                        what: "admin reply is not UTF-8".into(),
+                    })?,
+                }
+            }
+            tag::SHUTDOWN => Message::Shutdown,
+            t => {
+                return Err(DecodeError {
+                    offset: tag_at,
+                    what: format!("unknown message tag {t}"),
+                })
+            }
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
+
+fn unsol_code(u: UnsolMode) -> u8 {
+    match u {
+        UnsolMode::Ignore => 0,
+        UnsolMode::Handler => 1,
+        UnsolMode::Poll => 2,
+    }
+}
+
+fn unsol_from(r: &mut Reader<'_>) -> Result<UnsolMode, DecodeError> {
+    match r.u8("unsolicited mode")? {
+        0 => Ok(UnsolMode::Ignore),
+        1 => Ok(UnsolMode::Handler),
+        2 => Ok(UnsolMode::Poll),
+        v => Err(r.error(format!("unknown unsolicited mode {v}"))),
+    }
+}
+
+fn kind_from(r: &mut Reader<'_>) -> Result<ErrorKind, DecodeError> {
+    let k = r.u8("error kind")?;
+    ErrorKind::from_code(k).ok_or_else(|| r.error(format!("unknown error kind {k}")))
+}
+
+fn xid_part(r: &mut Reader<'_>, what: &str) -> Result<Vec<u8>, DecodeError> {
+    let at = r.offset();
+    let b = r.bytes16(what)?;
+    if b.len() > XID_PART_BYTES_MAX {
+        return Err(DecodeError {
+            offset: at,
+            what: format!("{what} of {} bytes exceeds {XID_PART_BYTES_MAX}", b.len()),
+        });
+    }
+    Ok(b.to_vec())
+}
+
+fn encode_buffer(w: &mut Writer, b: Option<&BufferWire>) {
+    match b {
+        None => {
+            w.u8(0);
+        }
+        Some(b) => {
+            w.u8(b.type_code).str16(&b.subtype).bytes32(&b.body);
+        }
+    }
+}
+
+fn decode_buffer(r: &mut Reader<'_>) -> Result<Option<BufferWire>, DecodeError> {
+    match r.u8("buffer type")? {
+        0 => Ok(None),
+        type_code => Ok(Some(BufferWire {
+            type_code,
+            subtype: r.str16("buffer subtype")?,
+            body: r.bytes32("buffer body", BODY_BYTES_MAX)?.to_vec(),
+        })),
+    }
+}
+
+fn encode_welcome(w: &mut Writer, wl: &Welcome) {
+    w.u64(wl.client_id.0)
+        .str16(&wl.domain)
+        .str16(&wl.node)
+        .str16(&wl.run_dir)
+        .u64(wl.host_token)
+        .u32(wl.blocking_timeout_ms)
+        .u16(wl.servers.len().min(ROUTES_MAX) as u16);
+    for s in wl.servers.iter().take(ROUTES_MAX) {
+        w.str16(&s.name).str16(&s.queue_path).u32(s.queue_max);
+    }
+    w.u16(wl.services.len().min(ROUTES_MAX) as u16);
+    for s in wl.services.iter().take(ROUTES_MAX) {
+        w.str16(&s.name)
+            .u16(s.server)
+            .u32(s.timeout_ms)
+            .bool(s.conversational)
+            .u32(s.buffer_types);
+    }
+}
+
+fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
+    let client_id = ClientId(r.u64("client id")?);
+    let domain = r.str16("domain")?;
+    let node = r.str16("node")?;
+    let run_dir = r.str16("run dir")?;
+    let host_token = r.u64("host token")?;
+    let blocking_timeout_ms = r.u32("blocking timeout")?;
+    let n = r.u16("server count")? as usize;
+    let mut servers = Vec::with_capacity(n.min(r.remaining() / 8));
+    for _ in 0..n {
+        servers.push(ServerRoute {
+            name: r.str16("server name")?,
+            queue_path: r.str16("queue path")?,
+            queue_max: r.u32("queue max")?,
+        });
+    }
+    let n = r.u16("service count")? as usize;
+    let mut services = Vec::with_capacity(n.min(r.remaining() / 13));
+    for _ in 0..n {
+        let name = r.str16("service name")?;
+        let at = r.offset();
+        let server = r.u16("service server")?;
+        if server as usize >= servers.len() {
+            return Err(DecodeError {
+                offset: at,
+                what: format!("service {name} names server {server} of {}", servers.len()),
+            });
+        }
+        services.push(ServiceRoute {
+            name,
+            server,
+            timeout_ms: r.u32("service timeout")?,
+            conversational: r.bool("conversational")?,
+            buffer_types: r.u32("buffer types")?,
+        });
+    }
+    Ok(Welcome {
+        client_id,
+        domain,
+        node,
+        run_dir,
+        host_token,
+        blocking_timeout_ms,
+        servers,
+        services,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Message> {
+        let welcome = Welcome {
+            client_id: ClientId(7),
+            domain: "d".into(),
+            node: "n1".into(),
+            run_dir: "/tmp/r".into(),
+            host_token: 99,
+            blocking_timeout_ms: 60_000,
+            servers: vec![ServerRoute {
+                name: "s".into(),
+                queue_path: "/tmp/r/q/s".into(),
+                queue_max: 10,
+            }],
+            services: vec![ServiceRoute {
+                name: "ECHO".into(),
+                server: 0,
+                timeout_ms: 0,
+                conversational: false,
+                buffer_types: 0,
+            }],
+        };
+        vec![
+            Message::Hello(Hello {
+                client_name: "c".into(),
+                user_name: "u".into(),
+                password: "p".into(),
+                domain_password: "dp".into(),
+                unsol: UnsolMode::Poll,
+            }),
+            Message::Welcome(welcome.clone()),
+            Message::Refused {
+                kind: ErrorKind::Perm,
+                reason: "bad password".into(),
+            },
+            Message::Request(Request {
+                call_id: u64::MAX,
+                flags: Flags::NOBLOCK | Flags::NOTRAN,
+                service: "ECHO".into(),
+                reply_to: b"\0x".to_vec(),
+                client: ClientId(3),
+                tx: Some(TxContext {
+                    format_id: 0x7470,
+                    gtrid: vec![1; 64],
+                    bqual: vec![2; 3],
+                    timeout_ms: 5,
+                }),
+                buffer: Some(BufferWire {
+                    type_code: 1,
+                    subtype: String::new(),
+                    body: b"hello".to_vec(),
+                }),
+            }),
+            Message::Reply(Reply {
+                call_id: 1,
+                status: ReplyStatus::Error(ErrorKind::SvcErr),
+                urcode: -5,
+                buffer: None,
+                detail: "crashed".into(),
+            }),
+            Message::Reply(Reply {
+                call_id: 2,
+                status: ReplyStatus::Fail,
+                urcode: 5,
+                buffer: Some(BufferWire {
+                    type_code: 5,
+                    subtype: "acct".into(),
+                    body: vec![],
+                }),
+                detail: String::new(),
+            }),
+            Message::Control(ControlMessage::Setup {
+                welcome,
+                server: 0,
+                slot: 4,
+            }),
+            Message::Control(ControlMessage::Ready { pid: 42 }),
+            Message::Control(ControlMessage::InitFailed { reason: "x".into() }),
+            Message::Control(ControlMessage::Exiting { reason: "y".into() }),
+            Message::Admin(AdminRequest::Status),
+            Message::Admin(AdminRequest::Down),
+            Message::AdminReply {
+                ok: true,
+                text: "{}".into(),
+            },
+            Message::Shutdown,
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in samples() {
+            let bytes = m.encode();
+            assert_eq!(Message::decode(&bytes), Ok(m));
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        for m in samples() {
+            let bytes = m.encode();
+            for cut in 0..bytes.len() {
+                assert!(Message::decode(&bytes[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(Message::decode(&longer).is_err());
+        }
+    }
+
+    #[test]
+    fn errors_name_the_offset() {
+        let e = Message::decode(&[PROTOCOL_VERSION, 200]).expect_err("bad tag");
+        assert_eq!(e.offset, 1);
+        let e = Message::decode(&[9, 1]).expect_err("bad version");
+        assert!(e.what.contains("version 9"));
+    }
+
+    #[test]
+    fn hello_debug_hides_secrets() {
+        let h = Hello {
+            password: "s3cret".into(),
+            domain_password: "d0main".into(),
+            ..Hello::default()
+        };
+        let text = format!("{h:?}");
+        assert!(!text.contains("s3cret") && !text.contains("d0main"));
+    }
+}

@@ -1,0 +1,82 @@
+//! Property tests: the decoders survive arbitrary input, and mutated valid messages
+//! either decode to something that re-encodes identically or fail cleanly.
+
+use proptest::prelude::*;
+use tpmon_proto::{BufferWire, ClientId, Flags, FrameDecoder, Message, Request, TxContext};
+
+fn request() -> impl Strategy<Value = Message> {
+    (
+        any::<u64>(),
+        any::<u32>(),
+        "[A-Z]{1,31}",
+        proptest::collection::vec(any::<u8>(), 0..40),
+        any::<u64>(),
+        proptest::option::of((
+            any::<i32>(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<u32>(),
+        )),
+        proptest::option::of((1u8..=5, "[a-z]{0,8}", proptest::collection::vec(any::<u8>(), 0..300))),
+    )
+        .prop_map(|(call_id, flags, service, reply_to, client, tx, buf)| {
+            Message::Request(Request {
+                call_id,
+                flags: Flags(flags),
+                service,
+                reply_to,
+                client: ClientId(client),
+                tx: tx.map(|(format_id, gtrid, bqual, timeout_ms)| TxContext {
+                    format_id,
+                    gtrid,
+                    bqual,
+                    timeout_ms,
+                }),
+                buffer: buf.map(|(type_code, subtype, body)| BufferWire {
+                    type_code,
+                    subtype,
+                    body,
+                }),
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(m) = Message::decode(&bytes) {
+            prop_assert_eq!(Message::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn requests_round_trip(m in request()) {
+        prop_assert_eq!(Message::decode(&m.encode()), Ok(m));
+    }
+
+    #[test]
+    fn mutated_requests_fail_cleanly(m in request(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut bytes = m.encode();
+        let i = at.index(bytes.len());
+        bytes[i] = byte;
+        if let Ok(d) = Message::decode(&bytes) {
+            prop_assert_eq!(d.encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn frame_decoder_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..20)) {
+        let mut d = FrameDecoder::new(128);
+        for c in chunks {
+            d.extend(&c);
+            loop {
+                match d.next_frame() {
+                    Ok(Some(f)) => prop_assert!(!f.is_empty() && f.len() <= 128),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+}
