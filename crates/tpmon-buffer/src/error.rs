@@ -345,7 +345,9 @@ pub enum TableProblem {
         number: u64,
     },
     /// The type column names no known field type.
-    #[error("unknown field type {name:?} (expected short, long, char, float, double, string or carray)")]
+    #[error(
+        "unknown field type {name:?} (expected short, long, char, float, double, string or carray)"
+    )]
     UnknownType {
         /// The text.
         name: String,
@@ -458,10 +460,10 @@ mod tests {
                 file: "bank.fld".into(),
                 line: 7,
             },
-            problem: TableProblem::UnknownType {
-                name: "int".into(),
-            },
+            problem: TableProblem::UnknownType { name: "int".into() },
         };
-        assert!(e.to_string().starts_with("bank.fld:7: unknown field type \"int\""));
+        assert!(e
+            .to_string()
+            .starts_with("bank.fld:7: unknown field type \"int\""));
     }
 }

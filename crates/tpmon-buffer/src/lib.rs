@@ -44,7 +44,6 @@ pub use buffer::Buffer;
 pub use buffer_type::BufferType;
 pub use error::{BufferError, DecodeProblem, Origin, PrintProblem, TableProblem};
 pub use field::{
-    FieldBuffer, FieldDef, FieldKey, FieldLimits, FieldTable, FieldType, FieldValue,
-    FromFieldValue,
+    FieldBuffer, FieldDef, FieldKey, FieldLimits, FieldTable, FieldType, FieldValue, FromFieldValue,
 };
 pub use record::{from_record, from_record_named, to_record};

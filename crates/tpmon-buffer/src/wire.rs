@@ -46,7 +46,11 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `len` bytes; `what` names them in the error if fewer are left.
-    pub(crate) fn bytes(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], BufferError> {
+    pub(crate) fn bytes(
+        &mut self,
+        len: usize,
+        what: &'static str,
+    ) -> Result<&'a [u8], BufferError> {
         let available = self.remaining();
         if len > available {
             return Err(self.error(DecodeProblem::Truncated {
@@ -61,7 +65,10 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `N` bytes as an array.
-    pub(crate) fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], BufferError> {
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<[u8; N], BufferError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.bytes(N, what)?);
         Ok(out)

@@ -1,1 +1,25 @@
-//! tpmon-client
+//! The tpmon client library: XATMI-style calls from Rust.
+//!
+//! A [`Client`] is one client context (what `tpinit` creates). It authenticates with the
+//! node daemon over TCP; when it runs on the daemon's host and may read the daemon's run
+//! directory it then calls services directly through their Unix datagram queues (one
+//! kernel round trip per call), otherwise every call is relayed by the daemon over the
+//! TCP connection (one extra hop). Server instances use the same type for nested calls.
+//!
+//! This crate owns call descriptors, timeouts, reply matching and the mapping of
+//! failures to [`ErrorKind`]s. It must not route between nodes or supervise anything.
+//! Fault model: the daemon or a server may vanish mid-call (the call fails with a typed
+//! error, never hangs past its timeout); late replies of abandoned calls are discarded.
+
+mod client;
+mod convert;
+mod error;
+mod options;
+mod transport;
+
+pub use client::{CallReply, Cd, Client};
+pub use convert::{from_wire, to_wire};
+pub use error::CallError;
+pub use options::ClientOptions;
+pub use tpmon_buffer::Buffer;
+pub use tpmon_proto::{ClientId, ErrorKind, Flags, UnsolMode};

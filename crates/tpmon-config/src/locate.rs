@@ -32,7 +32,10 @@ enum Seg {
 /// Parses `text` into the raw structures.
 pub(crate) fn parse_raw(text: &str, source: &Path) -> Result<RawFile, ConfigError> {
     let (tree, errors) = DeTable::parse_recoverable(text);
-    if let Some(first) = errors.into_iter().min_by_key(|e| e.span().map_or(0, |s| s.start)) {
+    if let Some(first) = errors
+        .into_iter()
+        .min_by_key(|e| e.span().map_or(0, |s| s.start))
+    {
         return Err(parse_error(text, source, tree.get_ref(), &first));
     }
     let root = tree.get_ref().clone();
@@ -56,28 +59,38 @@ fn parse_error(text: &str, source: &Path, root: &DeTable<'_>, e: &toml::de::Erro
                 first = Some((path.to_vec(), key_span.start));
             }
         });
-        return match first {
-            Some((path, start)) => {
-                let (item, key) = describe(root, &path);
-                let line = Position::from_offset(text, start).line;
-                ConfigError::at(
-                    ErrorKind::DuplicateKey,
-                    source,
-                    position,
-                    item,
-                    key,
-                    format!("duplicate key (first defined at line {line})"),
-                )
-            }
-            None => ConfigError::at(
+        if let Some((path, start)) = first {
+            let (item, key) = describe(root, &path);
+            let line = Position::from_offset(text, start).line;
+            return ConfigError::at(
+                ErrorKind::DuplicateKey,
+                source,
+                position,
+                item,
+                key,
+                format!("duplicate key (first defined at line {line})"),
+            );
+        }
+        // A `[table]` header given twice: the parser keeps only the second header's key,
+        // so the first one is found in the text.
+        if let Some((header, line)) = earlier_header(text, position.line) {
+            return ConfigError::at(
                 ErrorKind::DuplicateKey,
                 source,
                 position,
                 None,
-                Some(name.to_string()),
-                "duplicate key",
-            ),
-        };
+                Some(header),
+                format!("duplicate key (first defined at line {line})"),
+            );
+        }
+        return ConfigError::at(
+            ErrorKind::DuplicateKey,
+            source,
+            position,
+            None,
+            Some(name.to_string()),
+            "duplicate key",
+        );
     }
     ConfigError::at(ErrorKind::Syntax, source, position, None, None, e.message())
 }
@@ -102,7 +115,14 @@ fn deserialize_error(
     let path = path_at(root, span.start);
     let (item, key) = describe(root, &path);
     let (kind, message) = humanize(e.message());
-    ConfigError::at(kind, source, Position::from_offset(text, span.start), item, key, message)
+    ConfigError::at(
+        kind,
+        source,
+        Position::from_offset(text, span.start),
+        item,
+        key,
+        message,
+    )
 }
 
 /// Classifies a serde message and rewords it in TOML terms.
@@ -143,26 +163,49 @@ fn humanize(message: &str) -> (ErrorKind, String) {
     (ErrorKind::InvalidValue, message.to_string())
 }
 
+/// If line `line` (1-based) is a `[table]` header, the header's key path and the line of
+/// an earlier, identical header.
+fn earlier_header(text: &str, line: usize) -> Option<(String, usize)> {
+    let header = |l: &str| -> Option<String> {
+        let l = l.split('#').next().unwrap_or("").trim();
+        let inner = l.strip_prefix('[')?.strip_suffix(']')?;
+        if inner.starts_with('[') {
+            return None;
+        }
+        Some(inner.chars().filter(|c| !c.is_whitespace()).collect())
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let wanted = header(lines.get(line.checked_sub(1)?)?)?;
+    let first = lines
+        .iter()
+        .take(line - 1)
+        .position(|l| header(l).as_deref() == Some(wanted.as_str()))?;
+    Some((wanted, first + 1))
+}
+
 /// Strips TOML quotes from a key as written.
 fn unquote(written: &str) -> &str {
     let trimmed = written.trim();
     for quote in ['"', '\''] {
-        if let Some(inner) = trimmed.strip_prefix(quote).and_then(|s| s.strip_suffix(quote)) {
+        if let Some(inner) = trimmed
+            .strip_prefix(quote)
+            .and_then(|s| s.strip_suffix(quote))
+        {
             return inner;
         }
     }
     trimmed
 }
 
+/// Callback of [`walk`]: path to the value, span of its key (`None` for array elements),
+/// and the value.
+type Visitor<'v> = dyn FnMut(&[Seg], Option<Range<usize>>, &Spanned<DeValue<'_>>) + 'v;
+
 /// Visits every key/value pair and array element of the tree, depth first.
 ///
 /// The callback gets the path to the value, the span of its key (`None` for array
 /// elements) and the value.
-fn walk(
-    table: &DeTable<'_>,
-    path: &mut Vec<Seg>,
-    visit: &mut dyn FnMut(&[Seg], Option<Range<usize>>, &Spanned<DeValue<'_>>),
-) {
+fn walk(table: &DeTable<'_>, path: &mut Vec<Seg>, visit: &mut Visitor<'_>) {
     for (key, value) in table.iter() {
         path.push(Seg::Key(key.get_ref().to_string()));
         visit(path, Some(key.span()), value);
@@ -171,11 +214,7 @@ fn walk(
     }
 }
 
-fn walk_value(
-    value: &Spanned<DeValue<'_>>,
-    path: &mut Vec<Seg>,
-    visit: &mut dyn FnMut(&[Seg], Option<Range<usize>>, &Spanned<DeValue<'_>>),
-) {
+fn walk_value(value: &Spanned<DeValue<'_>>, path: &mut Vec<Seg>, visit: &mut Visitor<'_>) {
     match value.get_ref() {
         DeValue::Table(table) => walk(table, path, visit),
         DeValue::Array(array) => {
@@ -206,7 +245,7 @@ fn path_at(root: &DeTable<'_>, offset: usize) -> Vec<Seg> {
 }
 
 /// Splits a path into the entry it belongs to and the key path inside it.
-pub(crate) fn describe(root: &DeTable<'_>, path: &[Seg]) -> (Option<String>, Option<String>) {
+fn describe(root: &DeTable<'_>, path: &[Seg]) -> (Option<String>, Option<String>) {
     if let [Seg::Key(section), Seg::Index(index), rest @ ..] = path {
         if NAMED_SECTIONS.contains(&section.as_str()) {
             let item = Some(entry_label(root, section, *index));

@@ -1,1 +1,32 @@
-//! tpmon-daemon
+//! The tpmon node daemon.
+//!
+//! One daemon runs per node. It reads the domain configuration, prepares the run
+//! directory (pid lock, host token, status table, one request queue per server),
+//! starts and supervises server instances, authenticates clients on the TCP port,
+//! relays the calls of clients that cannot use the local fast path, and answers
+//! administrative requests (status, down) on a Unix socket in the run directory.
+//!
+//! The daemon routes and supervises; it does not carry the bytes of local calls, which
+//! go straight from caller to server queue and back. It owns: the processes, the
+//! restart decisions, the answer a caller gets when the instance serving it dies, and
+//! the relay state of TCP clients. Fault model: any client or server may send garbage
+//! or die at any moment; the daemon logs the offender, closes that one connection or
+//! restarts that one instance, and keeps serving everyone else.
+
+mod admin;
+mod clients;
+mod domain;
+mod error;
+mod relay;
+mod run;
+mod status;
+mod supervise;
+
+pub use error::DaemonError;
+pub use run::{run, BootOptions, ReadyNotice};
+pub use status::{admin_request, AdminError};
+
+/// Name of the admin socket in the run directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+/// Name of the pid/lock file in the run directory.
+pub const PID_FILE: &str = "tpmon.pid";

@@ -1,1 +1,114 @@
-fn main() {}
+//! `tpmon`: the command-line tool of the tpmon TP monitor.
+//!
+//! Boots and stops domains, shows their status, calls services, runs the quickstart
+//! and the benchmarks. Every subcommand reads the domain configuration given with
+//! `-c FILE`; errors are reported with context and a non-zero exit status.
+
+mod bench;
+mod boot;
+mod call;
+mod quickstart;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The tpmon transaction processing monitor.
+#[derive(Parser)]
+#[command(name = "tpmon", version, about = "The tpmon transaction processing monitor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a domain (node daemon and its servers).
+    Boot(boot::BootArgs),
+    /// Shut a domain down cleanly (servers run their shutdown routine).
+    Down {
+        /// Domain configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Override the run directory.
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+    },
+    /// Show the daemon, servers and services of a running domain.
+    Status {
+        /// Domain configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Override the run directory.
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+    },
+    /// Call a service and print the reply.
+    Call(call::CallArgs),
+    /// Boot the sample domain in a temporary directory, run a sample workload, shut down.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: bench::BenchCommand,
+    },
+    /// Internal: the peer of the raw round-trip baseline in `tpmon bench call`.
+    #[command(hide = true)]
+    BenchPong {
+        /// Inherited socket descriptor.
+        fd: i32,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TPMON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Boot(a) => {
+            init_logging();
+            boot::boot(a)
+        }
+        Command::Down { config, run_dir } => status::down(&config, run_dir),
+        Command::Status { config, json, run_dir } => status::status(&config, json, run_dir),
+        Command::Call(a) => return call::call(a),
+        Command::Quickstart(a) => quickstart::run(a),
+        Command::Bench { which } => bench::run(which),
+        Command::BenchPong { fd } => bench::pong(fd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tpmon: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads a configuration with the common overrides applied.
+pub(crate) fn load_config(
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+    run_dir: Option<PathBuf>,
+) -> anyhow::Result<tpmon_config::DomainConfig> {
+    let cfg = tpmon_config::load(path)?;
+    Ok(cfg.with_overrides(listen, run_dir)?)
+}
+
+/// The directory holding this executable (where the example servers are built too).
+pub(crate) fn exe_dir() -> Option<PathBuf> {
+    std::env::current_exe().ok()?.parent().map(|p| p.to_path_buf())
+}

@@ -89,7 +89,8 @@ impl FromStr for FieldKey {
             return Err(bad());
         }
         let number: u64 = number.parse().map_err(|_| bad())?;
-        let number = u32::try_from(number).map_err(|_| BufferError::InvalidFieldNumber { number })?;
+        let number =
+            u32::try_from(number).map_err(|_| BufferError::InvalidFieldNumber { number })?;
         FieldKey::new(ty, number)
     }
 }
@@ -141,7 +142,15 @@ mod tests {
             "((double)7)".parse::<FieldKey>().unwrap(),
             FieldKey::new(FieldType::Double, 7).unwrap()
         );
-        for bad in ["", "long 10", "((long) )", "((int) 3)", "((long) -1)", "((long) 0)", "((long) 99999999999)"] {
+        for bad in [
+            "",
+            "long 10",
+            "((long) )",
+            "((int) 3)",
+            "((long) -1)",
+            "((long) 0)",
+            "((long) 99999999999)",
+        ] {
             assert!(bad.parse::<FieldKey>().is_err(), "{bad}");
         }
     }

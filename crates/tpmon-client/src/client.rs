@@ -1,0 +1,484 @@
+//! A client context: connect, call, async call, get reply, cancel.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tpmon_buffer::Buffer;
+use tpmon_ipc::{Endpoint, StatusTable};
+use tpmon_proto::{
+    ClientId, ErrorKind, Flags, Hello, Message, Reply, ReplyStatus, Request,
+    ServiceRoute, TxContext, Welcome,
+};
+
+use crate::convert::{from_wire, to_wire};
+use crate::options::CONNECT_TIMEOUT_DEFAULT;
+use crate::transport::{handshake, Local, Relay, RecvFailure, Transport};
+use crate::{CallError, ClientOptions};
+
+/// A call descriptor returned by [`Client::acall`]; `Cd(0)` for TPNOREPLY calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cd(pub u64);
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallReply {
+    /// Reply data (None when the service returned none).
+    pub buffer: Option<Buffer>,
+    /// The service's application return code (`tpurcode`).
+    pub urcode: i64,
+}
+
+struct Pending {
+    flags: Flags,
+    request_type: Option<tpmon_buffer::BufferType>,
+}
+
+/// Largest message a client accepts or sends when the daemon does not say otherwise.
+const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+/// One client context (what `tpinit` creates). Not shared between threads: give each
+/// thread its own, as XATMI contexts are per thread.
+pub struct Client {
+    transport: Transport,
+    welcome: Welcome,
+    services: HashMap<String, usize>,
+    blocking_timeout: Duration,
+    next_call_id: u64,
+    pending: HashMap<u64, Pending>,
+    /// Replies that arrived for other outstanding calls while waiting for one.
+    ready: VecDeque<Reply>,
+    /// Calls whose replies are to be thrown away (cancelled or timed-out tpcalls).
+    abandoned: HashSet<u64>,
+    pending_max: usize,
+    tx: Option<TxContext>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.welcome.client_id)
+            .field("local", &self.is_local())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects and authenticates (`tpinit`). Without an address in `opts` the
+    /// environment is read ([`ClientOptions::from_env`]). When the primary address
+    /// cannot be reached, the backup address is tried.
+    pub fn connect(opts: &ClientOptions) -> Result<Client, CallError> {
+        let env;
+        let opts = if opts.addr.is_none() {
+            env = ClientOptions {
+                force_relay: opts.force_relay,
+                ..ClientOptions::from_env()
+            };
+            &env
+        } else {
+            opts
+        };
+        let hello = Hello {
+            client_name: opts.client_name.clone(),
+            user_name: opts.user_name.clone(),
+            password: opts.password.clone(),
+            domain_password: opts.domain_password.clone(),
+            unsol: opts.unsol,
+        };
+        let timeout = opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT_DEFAULT);
+        let primary = opts.addr.as_deref().ok_or_else(|| {
+            CallError::new(
+                ErrorKind::Inval,
+                "no domain address: set TPMON_HOST_ADDR and TPMON_HOST_PORT or pass one",
+            )
+        })?;
+        let (stream, welcome, decoder) = match handshake(primary, &hello, timeout) {
+            Ok(v) => v,
+            // Only an unreachable primary fails over; a refusal is final.
+            Err(e) if e.kind == ErrorKind::Os || e.kind == ErrorKind::Time => match &opts.backup_addr {
+                Some(b) => handshake(b, &hello, timeout).map_err(|e2| {
+                    CallError::new(e2.kind, format!("{}; backup: {}", e.detail, e2.detail))
+                })?,
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let local = if opts.force_relay {
+            None
+        } else {
+            try_local(&welcome)
+        };
+        let transport = match local {
+            Some((endpoint, table)) => {
+                let mut l = local_parts(&welcome, endpoint, Arc::new(table));
+                l._session = Some(stream);
+                Transport::Local(l)
+            }
+            None => {
+                let mut decoder = decoder;
+                decoder.set_max(MESSAGE_BYTES_MAX);
+                Transport::Relay(Relay {
+                    stream,
+                    decoder,
+                    read_timeout: None,
+                })
+            }
+        };
+        Ok(Self::with_transport(welcome, transport))
+    }
+
+    /// A client over the local fast path with a routing table already in hand: what a
+    /// server instance uses for nested calls and forwards.
+    pub fn local(welcome: Welcome, table: Arc<StatusTable>) -> Result<Client, CallError> {
+        let endpoint = Endpoint::bind_abstract(&format!("tpmon/{}", welcome.domain), MESSAGE_BYTES_MAX)
+            .map_err(|e| CallError::new(ErrorKind::Os, e.to_string()))?;
+        let l = local_parts(&welcome, endpoint, table);
+        Ok(Self::with_transport(welcome, Transport::Local(l)))
+    }
+
+    fn with_transport(welcome: Welcome, transport: Transport) -> Client {
+        let services = welcome
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        // Replies to one client share its kernel queue; never have more outstanding
+        // than that queue holds, or servers would block replying to us.
+        let pending_max = match transport {
+            Transport::Local(_) => tpmon_ipc::kernel_queue_len().saturating_sub(2).clamp(1, 4096),
+            Transport::Relay(_) => 4096,
+        };
+        Client {
+            blocking_timeout: Duration::from_millis(u64::from(welcome.blocking_timeout_ms.max(1))),
+            transport,
+            welcome,
+            services,
+            next_call_id: 1,
+            pending: HashMap::new(),
+            ready: VecDeque::new(),
+            abandoned: HashSet::new(),
+            pending_max,
+            tx: None,
+        }
+    }
+
+    /// True when calls go straight to the service queues.
+    pub fn is_local(&self) -> bool {
+        matches!(self.transport, Transport::Local(_))
+    }
+
+    /// This context's client id.
+    pub fn client_id(&self) -> ClientId {
+        self.welcome.client_id
+    }
+
+    /// The routing table received from the daemon.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The blocking timeout for the following calls (`tpset_timeout`).
+    pub fn set_blocking_timeout(&mut self, timeout: Duration) {
+        self.blocking_timeout = timeout.max(Duration::from_millis(1));
+    }
+
+    /// The blocking timeout in force.
+    pub fn blocking_timeout(&self) -> Duration {
+        self.blocking_timeout
+    }
+
+    /// Sets the transaction context that following calls carry (used by the TX layer).
+    pub fn set_transaction(&mut self, tx: Option<TxContext>) {
+        self.tx = tx;
+    }
+
+    /// Looks a service up in the routing table.
+    pub fn route(&self, service: &str) -> Result<(usize, &ServiceRoute), CallError> {
+        let i = *self.services.get(service).ok_or_else(|| {
+            CallError::new(ErrorKind::NoEnt, format!("no service named {service}"))
+        })?;
+        Ok((i, &self.welcome.services[i]))
+    }
+
+    /// Synchronous call (`tpcall`).
+    pub fn call(&mut self, service: &str, data: &Buffer, flags: Flags) -> Result<CallReply, CallError> {
+        if flags.contains(Flags::NOREPLY) {
+            return Err(CallError::new(ErrorKind::Inval, "TPNOREPLY is not valid for tpcall"));
+        }
+        let deadline = self.deadline(flags);
+        let cd = self.send_call(service, data, flags, deadline)?;
+        let result = self.wait(Some(cd.0), flags, deadline);
+        if let Err(e) = &result {
+            if e.kind == ErrorKind::Time || e.kind == ErrorKind::Block {
+                self.forget(cd.0);
+            }
+        }
+        result.map(|(_, r)| r)
+    }
+
+    /// Asynchronous call (`tpacall`): returns a descriptor for [`Client::getrply`], or
+    /// `Cd(0)` with TPNOREPLY.
+    pub fn acall(&mut self, service: &str, data: &Buffer, flags: Flags) -> Result<Cd, CallError> {
+        if flags.contains(Flags::NOREPLY) && self.tx.is_some() && !flags.contains(Flags::NOTRAN) {
+            return Err(CallError::new(
+                ErrorKind::Inval,
+                "TPNOREPLY inside a transaction needs TPNOTRAN",
+            ));
+        }
+        let deadline = self.deadline(flags);
+        self.send_call(service, data, flags, deadline)
+    }
+
+    /// Collects a reply (`tpgetrply`): of `cd`, or of any call when `cd` is None
+    /// (TPGETANY). Returns the descriptor the reply belongs to. A failed call's error
+    /// consumes its descriptor; a timeout (TPETIME) or TPEBLOCK leaves it valid.
+    pub fn getrply(&mut self, cd: Option<Cd>, flags: Flags) -> Result<(Cd, CallReply), CallError> {
+        if let Some(cd) = cd {
+            if !self.pending.contains_key(&cd.0) {
+                return Err(CallError::new(ErrorKind::BadDesc, format!("no outstanding call {}", cd.0)));
+            }
+        } else if self.pending.is_empty() {
+            return Err(CallError::new(ErrorKind::BadDesc, "no outstanding calls"));
+        }
+        let deadline = self.deadline(flags);
+        self.wait(cd.map(|c| c.0), flags, deadline)
+            .map(|(id, r)| (Cd(id), r))
+    }
+
+    /// Cancels an outstanding call (`tpcancel`): its reply, if one comes, is discarded.
+    pub fn cancel(&mut self, cd: Cd) -> Result<(), CallError> {
+        if !self.pending.contains_key(&cd.0) {
+            return Err(CallError::new(ErrorKind::BadDesc, format!("no outstanding call {}", cd.0)));
+        }
+        if self.tx.is_some() {
+            return Err(CallError::new(
+                ErrorKind::Tran,
+                "a call that belongs to a global transaction cannot be cancelled",
+            ));
+        }
+        self.forget(cd.0);
+        Ok(())
+    }
+
+    /// Abandons every outstanding call; their replies will be discarded.
+    pub fn abandon_all(&mut self) {
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.forget(id);
+        }
+    }
+
+    /// Number of calls awaiting replies.
+    pub fn outstanding(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sends a request prepared by a server (a forward): its call id, reply address and
+    /// client id are the original caller's. Only on the local fast path.
+    pub fn forward(&mut self, request: &Request) -> Result<(), CallError> {
+        if !matches!(self.transport, Transport::Local(_)) {
+            return Err(CallError::new(ErrorKind::Proto, "tpforward needs the local transport"));
+        }
+        let (_, route) = self.route(&request.service)?;
+        if route.conversational {
+            return Err(CallError::new(
+                ErrorKind::NoEnt,
+                format!("{} is conversational", request.service),
+            ));
+        }
+        let server = route.server as usize;
+        let body = Message::Request(request.clone()).encode();
+        self.transport.send(server, &body, false, Some(Instant::now() + self.blocking_timeout))
+    }
+
+    fn deadline(&self, flags: Flags) -> Option<Instant> {
+        if flags.contains(Flags::NOTIME) {
+            None
+        } else {
+            Some(Instant::now() + self.blocking_timeout)
+        }
+    }
+
+    fn forget(&mut self, call_id: u64) {
+        self.pending.remove(&call_id);
+        self.ready.retain(|r| r.call_id != call_id);
+        self.abandoned.insert(call_id);
+        // Call ids are never reused, so an old abandoned id can only match a reply that
+        // will never come; keep the set bounded.
+        if self.abandoned.len() > 4096 {
+            let cutoff = self.next_call_id.saturating_sub(4096);
+            self.abandoned.retain(|&id| id >= cutoff);
+        }
+    }
+
+    fn send_call(
+        &mut self,
+        service: &str,
+        data: &Buffer,
+        flags: Flags,
+        deadline: Option<Instant>,
+    ) -> Result<Cd, CallError> {
+        let noreply = flags.contains(Flags::NOREPLY);
+        if !noreply && self.pending.len() >= self.pending_max {
+            return Err(CallError::new(
+                ErrorKind::Limit,
+                format!("{} calls are already outstanding", self.pending.len()),
+            ));
+        }
+        let (_, route) = self.route(service)?;
+        if route.conversational {
+            return Err(CallError::new(
+                ErrorKind::NoEnt,
+                format!("{service} is conversational: use tpconnect"),
+            ));
+        }
+        let server = route.server as usize;
+        let call_id = self.next_call_id;
+        self.next_call_id += 1;
+        let tx = if flags.contains(Flags::NOTRAN) {
+            None
+        } else {
+            self.tx.clone()
+        };
+        let mut wire_flags = flags.without(Flags::GETANY);
+        if tx.is_some() {
+            wire_flags |= Flags::TRAN;
+        }
+        let reply_to = match &self.transport {
+            Transport::Local(l) => l.endpoint.name().to_vec(),
+            Transport::Relay(_) => Vec::new(),
+        };
+        let req = Request {
+            call_id,
+            flags: wire_flags,
+            service: service.to_string(),
+            reply_to,
+            client: self.welcome.client_id,
+            tx,
+            buffer: Some(to_wire(data)),
+        };
+        let body = Message::Request(req).encode();
+        self.transport
+            .send(server, &body, flags.contains(Flags::NOBLOCK), deadline)?;
+        if noreply {
+            return Ok(Cd(0));
+        }
+        self.pending.insert(
+            call_id,
+            Pending {
+                flags,
+                request_type: Some(data.buffer_type()),
+            },
+        );
+        Ok(Cd(call_id))
+    }
+
+    fn wait(
+        &mut self,
+        want: Option<u64>,
+        flags: Flags,
+        deadline: Option<Instant>,
+    ) -> Result<(u64, CallReply), CallError> {
+        let matches = |id: u64| want.is_none_or(|w| w == id);
+        if let Some(pos) = self.ready.iter().position(|r| matches(r.call_id)) {
+            if let Some(r) = self.ready.remove(pos) {
+                return self.finish(r);
+            }
+        }
+        let nonblock = flags.contains(Flags::NOBLOCK);
+        loop {
+            let timeout = match deadline {
+                None => None,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(CallError::new(ErrorKind::Time, "no reply within the blocking timeout"));
+                    }
+                    Some(left)
+                }
+            };
+            match self.transport.recv(timeout, nonblock) {
+                Ok(r) => {
+                    if !self.pending.contains_key(&r.call_id) {
+                        // A late reply of an abandoned call, or a stranger's: dropped.
+                        self.abandoned.remove(&r.call_id);
+                        continue;
+                    }
+                    if matches(r.call_id) {
+                        return self.finish(r);
+                    }
+                    self.ready.push_back(r);
+                }
+                Err(RecvFailure::TimedOut) => {
+                    return Err(CallError::new(ErrorKind::Time, "no reply within the blocking timeout"))
+                }
+                Err(RecvFailure::WouldBlock) => {
+                    return Err(CallError::new(ErrorKind::Block, "no reply is ready"))
+                }
+                Err(RecvFailure::Fatal(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn finish(&mut self, r: Reply) -> Result<(u64, CallReply), CallError> {
+        let pending = self.pending.remove(&r.call_id);
+        let buffer = match &r.buffer {
+            Some(w) => Some(from_wire(w)?),
+            None => None,
+        };
+        match r.status {
+            ReplyStatus::Success => {
+                if let (Some(p), Some(b)) = (&pending, &buffer) {
+                    if p.flags.contains(Flags::NOCHANGE) && p.request_type != Some(b.buffer_type()) {
+                        return Err(CallError::new(
+                            ErrorKind::OType,
+                            format!("reply is {} and TPNOCHANGE was given", b.buffer_type().name()),
+                        ));
+                    }
+                }
+                Ok((r.call_id, CallReply { buffer, urcode: r.urcode }))
+            }
+            ReplyStatus::Fail => Err(CallError {
+                kind: ErrorKind::SvcFail,
+                urcode: r.urcode,
+                reply: buffer,
+                detail: r.detail,
+            }),
+            ReplyStatus::Error(kind) => Err(CallError {
+                kind,
+                urcode: r.urcode,
+                reply: None,
+                detail: r.detail,
+            }),
+        }
+    }
+}
+
+fn local_parts(welcome: &Welcome, endpoint: Endpoint, table: Arc<StatusTable>) -> Local {
+    Local {
+        endpoint,
+        table,
+        queues: welcome.servers.iter().map(|s| PathBuf::from(&s.queue_path)).collect(),
+        queue_max: welcome.servers.iter().map(|s| u64::from(s.queue_max)).collect(),
+        _session: None,
+    }
+}
+
+/// The local fast path is used when the daemon offers its run directory and we can read
+/// the same host token there and map the status table.
+fn try_local(welcome: &Welcome) -> Option<(Endpoint, StatusTable)> {
+    if welcome.run_dir.is_empty() {
+        return None;
+    }
+    let dir = Path::new(&welcome.run_dir);
+    let token = std::fs::read_to_string(dir.join("host.token")).ok()?;
+    if token.trim().parse::<u64>().ok()? != welcome.host_token {
+        return None;
+    }
+    let table = StatusTable::open(&dir.join("status.shm")).ok()?;
+    let endpoint =
+        Endpoint::bind_abstract(&format!("tpmon/{}", welcome.domain), MESSAGE_BYTES_MAX).ok()?;
+    Some((endpoint, table))
+}

@@ -1,0 +1,68 @@
+//! The admin socket (`run_dir/admin.sock`, mode 0600): status and shutdown requests.
+//! Access is by file permission: only the domain's user can connect.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tpmon_proto::{encode_frame, AdminRequest, FrameDecoder, Message};
+
+use crate::domain::Domain;
+
+/// Serves the admin socket; a Down request is passed to `down` together with the
+/// connection, which is answered once the domain has stopped.
+pub async fn serve(dom: Arc<Domain>, listener: UnixListener, down: mpsc::UnboundedSender<UnixStream>) {
+    let mut shutdown = dom.shutdown_rx();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let dom = dom.clone();
+        let down = down.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let mut dec = FrameDecoder::new(4096);
+            let mut buf = [0u8; 4096];
+            let req = loop {
+                match dec.next_frame() {
+                    Ok(Some(body)) => break Message::decode(&body).ok(),
+                    Ok(None) => {}
+                    Err(_) => break None,
+                }
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => dec.extend(&buf[..n]),
+                }
+            };
+            match req {
+                Some(Message::Admin(AdminRequest::Status)) => {
+                    let text = crate::status::report(&dom).to_string();
+                    reply(&mut stream, true, text).await;
+                }
+                Some(Message::Admin(AdminRequest::Down)) => {
+                    tracing::info!("shutdown requested on the admin socket");
+                    let _ = down.send(stream);
+                }
+                _ => {
+                    tracing::warn!("admin socket: malformed request");
+                    reply(&mut stream, false, "malformed admin request".into()).await;
+                }
+            }
+        });
+    }
+}
+
+/// Writes an admin reply.
+pub async fn reply(stream: &mut UnixStream, ok: bool, text: String) {
+    let mut frame = Vec::new();
+    encode_frame(&Message::AdminReply { ok, text }.encode(), &mut frame);
+    let _ = stream.write_all(&frame).await;
+}

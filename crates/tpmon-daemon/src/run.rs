@@ -1,0 +1,349 @@
+//! Boot, run and shut down one node daemon.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tpmon_buffer::BufferType;
+use tpmon_config::DomainConfig;
+use tpmon_ipc::{Endpoint, StatusTable, TableShape};
+use tpmon_proto::{ServerRoute, ServiceRoute, Welcome};
+
+use crate::domain::{Domain, ServerRecord, ServerRt, SlotRecord};
+use crate::relay::RelayHub;
+use crate::{admin, clients, supervise, DaemonError, ADMIN_SOCKET, PID_FILE};
+
+/// Where to report readiness: a pipe to the `tpmon boot --detach` parent, which waits
+/// for one line: `ready` or `error: …`.
+pub struct ReadyNotice(pub File);
+
+impl ReadyNotice {
+    fn send(mut self, line: &str) {
+        let _ = writeln!(self.0, "{line}");
+    }
+}
+
+/// Options of one boot.
+#[derive(Default)]
+pub struct BootOptions {
+    /// Node to run (multi-node domains); default the first.
+    pub node: Option<String>,
+    /// Directory searched first for bare executable names.
+    pub exe_dir: Option<PathBuf>,
+    /// Readiness pipe.
+    pub ready: Option<ReadyNotice>,
+}
+
+/// Kernel datagram queue length the daemon asks for when it may set it.
+const KERNEL_QUEUE_LEN_WANTED: usize = 1024;
+
+/// Boots the domain and serves until it is shut down (admin `down`, SIGTERM or SIGINT).
+pub fn run(config: DomainConfig, mut opts: BootOptions) -> Result<(), DaemonError> {
+    let ready = opts.ready.take();
+    match boot(config, opts) {
+        Ok((rt, dom, listener, admin_listener, lock)) => {
+            let r = rt.block_on(serve(dom, listener, admin_listener, ready));
+            drop(lock);
+            r
+        }
+        Err(e) => {
+            if let Some(n) = ready {
+                n.send(&format!("error: {e}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+type Booted = (
+    tokio::runtime::Runtime,
+    Arc<Domain>,
+    tokio::net::TcpListener,
+    tokio::net::UnixListener,
+    File,
+);
+
+fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> {
+    let run_dir = config.domain.run_dir.clone();
+    let rd_err = |source| DaemonError::RunDir {
+        path: run_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(run_dir.join("q")).map_err(rd_err)?;
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).map_err(rd_err)?;
+    let lock = lock_pid_file(&config, &run_dir)?;
+
+    let node = match &opts.node {
+        Some(n) => n.clone(),
+        None => config.nodes.first().map(|n| n.name.clone()).unwrap_or_default(),
+    };
+    let qlen = tpmon_ipc::raise_kernel_queue_len(KERNEL_QUEUE_LEN_WANTED);
+    if qlen < 64 {
+        tracing::warn!(
+            "net.unix.max_dgram_qlen is {qlen}: a client can have at most {} calls outstanding and queues block early; run as root once or set it to {KERNEL_QUEUE_LEN_WANTED}",
+            qlen.saturating_sub(2)
+        );
+    }
+
+    let std_listener = std::net::TcpListener::bind(config.domain.listen).map_err(|source| DaemonError::Listen {
+        addr: config.domain.listen,
+        source,
+    })?;
+    std_listener.set_nonblocking(true).map_err(rd_err)?;
+    let listen_addr = std_listener.local_addr().map_err(rd_err)?;
+
+    let generation = random_u64() & 0x7FFF_FFFF;
+    let host_token = random_u64();
+    write_private(&run_dir.join("host.token"), &format!("{host_token}\n")).map_err(rd_err)?;
+
+    let slots: u32 = config.servers.iter().map(|s| s.max_instances).sum();
+    let shape = TableShape {
+        servers: config.servers.len() as u32,
+        slots,
+        services: config.services.len() as u32,
+    };
+    let table = Arc::new(
+        StatusTable::create(&run_dir.join("status.shm"), shape, generation)
+            .map_err(|e| DaemonError::Ipc(e.to_string()))?,
+    );
+    let frame_max = config.limits.frame_bytes_max as usize;
+    let mut servers = Vec::new();
+    let mut slot_base = 0usize;
+    for (i, s) in config.servers.iter().enumerate() {
+        let queue_path = run_dir.join("q").join(format!("{}.sock", s.name));
+        let queue = Endpoint::bind_path(&queue_path, frame_max)
+            .map_err(|e| DaemonError::Ipc(format!("queue of server {}: {e}", s.name)))?;
+        servers.push(ServerRt {
+            index: i,
+            queue,
+            queue_path,
+            slot_base,
+            record: Mutex::new(ServerRecord {
+                slots: vec![SlotRecord::default(); s.max_instances as usize],
+                ..ServerRecord::default()
+            }),
+        });
+        slot_base += s.max_instances as usize;
+    }
+    let welcome = Welcome {
+        client_id: tpmon_proto::ClientId(0),
+        domain: config.domain.name.clone(),
+        node: node.clone(),
+        run_dir: run_dir.display().to_string(),
+        host_token,
+        blocking_timeout_ms: config.limits.blocking_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+        servers: servers
+            .iter()
+            .map(|s| ServerRoute {
+                name: config.servers[s.index].name.clone(),
+                queue_path: s.queue_path.display().to_string(),
+                queue_max: config.servers[s.index].queue_max,
+            })
+            .collect(),
+        services: config
+            .services
+            .iter()
+            .map(|s| ServiceRoute {
+                name: s.name.clone(),
+                server: s.server as u16,
+                timeout_ms: s.timeout.map_or(0, |t| t.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
+                conversational: s.conversational,
+                buffer_types: s
+                    .buffer_types
+                    .iter()
+                    .filter_map(|t| BufferType::from_name(t))
+                    .fold(0u32, |m, t| m | (1u32 << t.code())),
+            })
+            .collect(),
+    };
+    let relay = RelayHub::new(&config.domain.name, frame_max).map_err(|e| DaemonError::Ipc(e.to_string()))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("tpmon-daemon")
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let (listener, admin_listener) = {
+        let _g = rt.enter();
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(rd_err)?;
+        let admin_path = run_dir.join(ADMIN_SOCKET);
+        let _ = std::fs::remove_file(&admin_path);
+        let admin_listener = tokio::net::UnixListener::bind(&admin_path).map_err(rd_err)?;
+        std::fs::set_permissions(&admin_path, std::fs::Permissions::from_mode(0o600)).map_err(rd_err)?;
+        (listener, admin_listener)
+    };
+    let (shutdown_tx, _) = watch::channel(false);
+    let mut config = config;
+    config.domain.listen = listen_addr;
+    let dom = Arc::new(Domain {
+        config,
+        node,
+        table,
+        welcome,
+        servers,
+        exe_dir: opts.exe_dir,
+        next_client: AtomicU64::new(1),
+        clients: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+        shutdown_tx,
+        relay,
+        started: Instant::now(),
+    });
+    Ok((rt, dom, listener, admin_listener, lock))
+}
+
+async fn serve(
+    dom: Arc<Domain>,
+    listener: tokio::net::TcpListener,
+    admin_listener: tokio::net::UnixListener,
+    ready: Option<ReadyNotice>,
+) -> Result<(), DaemonError> {
+    tracing::info!(
+        domain = %dom.config.domain.name,
+        node = %dom.node,
+        listen = %dom.config.domain.listen,
+        run_dir = %dom.config.domain.run_dir.display(),
+        "booting"
+    );
+    RelayHub::start_reader(dom.clone());
+    for (i, s) in dom.config.servers.iter().enumerate() {
+        for k in 0..s.min_instances as usize {
+            supervise::start_slot(&dom, i, k);
+        }
+    }
+    // Ready once every minimum instance is serving, or its server has given up.
+    let boot_deadline = Instant::now()
+        + dom
+            .config
+            .servers
+            .iter()
+            .map(|s| s.start_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(30))
+        + Duration::from_secs(1);
+    loop {
+        let settled = dom.servers.iter().enumerate().all(|(i, s)| {
+            s.record.lock().map_or(true, |r| {
+                r.failed.is_some()
+                    || r.slots
+                        .iter()
+                        .take(dom.config.servers[i].min_instances as usize)
+                        .all(|x| x.state == "running" || x.state == "stopped")
+            })
+        });
+        if settled || Instant::now() > boot_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let failed: Vec<String> = dom
+        .servers
+        .iter()
+        .filter_map(|s| {
+            s.record
+                .lock()
+                .ok()
+                .and_then(|r| r.failed.clone())
+                .map(|f| format!("{}: {f}", dom.server_name(s.index)))
+        })
+        .collect();
+    for f in &failed {
+        tracing::error!("server failed at boot: {f}");
+    }
+    tokio::spawn(clients::serve(dom.clone(), listener));
+    tokio::spawn(supervise::watchdog(dom.clone()));
+    let (down_tx, mut down_rx) = mpsc::unbounded_channel();
+    tokio::spawn(admin::serve(dom.clone(), admin_listener, down_tx));
+    tracing::info!(listen = %dom.config.domain.listen, "domain is ready");
+    if let Some(n) = ready {
+        n.send(&format!("ready {} {}", std::process::id(), dom.config.domain.listen));
+    }
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Runtime)?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(DaemonError::Runtime)?;
+    let mut waiting_admins = Vec::new();
+    tokio::select! {
+        s = down_rx.recv() => waiting_admins.extend(s),
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    dom.stopping.store(true, Ordering::Release);
+    let _ = dom.shutdown_tx.send(true);
+    supervise::stop_all(&dom).await;
+    while let Ok(s) = down_rx.try_recv() {
+        waiting_admins.push(s);
+    }
+    let run_dir = &dom.config.domain.run_dir;
+    for s in &dom.servers {
+        let _ = std::fs::remove_file(&s.queue_path);
+    }
+    let _ = std::fs::remove_file(run_dir.join(ADMIN_SOCKET));
+    let _ = std::fs::remove_file(run_dir.join("host.token"));
+    let _ = std::fs::remove_file(run_dir.join(PID_FILE));
+    for mut s in waiting_admins {
+        admin::reply(&mut s, true, "domain is down".into()).await;
+    }
+    tracing::info!("domain is down");
+    Ok(())
+}
+
+/// Takes the run directory's lock; a second daemon for the same run directory is
+/// refused with the first one's pid.
+fn lock_pid_file(config: &DomainConfig, run_dir: &Path) -> Result<File, DaemonError> {
+    let path = run_dir.join(PID_FILE);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| DaemonError::RunDir {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(DaemonError::AlreadyRunning {
+            domain: config.domain.name.clone(),
+            pid: pid.trim().to_string(),
+            run_dir: run_dir.to_path_buf(),
+        });
+    }
+    let io = |source| DaemonError::RunDir {
+        path: path.clone(),
+        source,
+    };
+    f.set_len(0).map_err(io)?;
+    f.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io)?;
+    Ok(f)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => u64::from_be_bytes(b),
+        Err(_) => tpmon_ipc::monotonic_us() ^ (u64::from(std::process::id()) << 32),
+    }
+}

@@ -1,0 +1,149 @@
+//! The status report (`tpmon status`) and the client side of the admin socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use thiserror::Error;
+use tpmon_proto::{encode_frame, AdminRequest, FrameDecoder, Message};
+
+use crate::domain::Domain;
+
+/// Builds the status report.
+pub fn report(dom: &Domain) -> Value {
+    let cfg = &dom.config;
+    let mut servers = Vec::new();
+    for (i, srv) in dom.servers.iter().enumerate() {
+        let scfg = &cfg.servers[i];
+        let Ok(rec) = srv.record.lock() else { continue };
+        let mut instances = Vec::new();
+        let mut served_total = 0;
+        let mut restarts = 0;
+        let mut running = 0;
+        for (k, s) in rec.slots.iter().enumerate() {
+            let snap = dom.table.slot(srv.slot_base + k);
+            let served_now = snap.as_ref().map_or(0, |x| x.served);
+            served_total += s.served_before + served_now;
+            restarts += s.restarts;
+            if !s.active && s.restarts == 0 && s.last_exit.is_none() {
+                continue; // a slot never used
+            }
+            let busy = snap.as_ref().and_then(|x| x.busy.as_ref()).is_some();
+            if s.pid.is_some() && s.state == "running" {
+                running += 1;
+            }
+            instances.push(json!({
+                "slot": k,
+                "pid": s.pid,
+                "state": if busy && s.state == "running" { "busy" } else { s.state },
+                "restarts": s.restarts,
+                "served": s.served_before + served_now,
+                "last_exit": s.last_exit,
+            }));
+        }
+        let state = match (&rec.failed, running) {
+            (Some(_), _) => "failed",
+            (None, 0) => "down",
+            (None, n) if n < scfg.min_instances as usize => "degraded",
+            _ => "running",
+        };
+        servers.push(json!({
+            "name": scfg.name,
+            "state": state,
+            "failure": rec.failed,
+            "executable": scfg.executable,
+            "min_instances": scfg.min_instances,
+            "max_instances": scfg.max_instances,
+            "running": running,
+            "restarts": restarts,
+            "served": served_total,
+            "queued": dom.table.queued(i),
+            "instances": instances,
+        }));
+    }
+    let services: Vec<Value> = cfg
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let st = dom.table.service_stats(i);
+            json!({
+                "name": s.name,
+                "server": cfg.servers[s.server].name,
+                "queued": dom.table.queued(s.server),
+                "calls": st.calls,
+                "failures": st.failures,
+                "errors": st.errors,
+                "mean_us": st.mean_us,
+                "p99_us": st.p99_us,
+            })
+        })
+        .collect();
+    json!({
+        "domain": cfg.domain.name,
+        "node": dom.node,
+        "daemon": {
+            "pid": std::process::id(),
+            "client_address": cfg.domain.listen.to_string(),
+            "run_dir": cfg.domain.run_dir.display().to_string(),
+            "uptime_s": dom.started.elapsed().as_secs(),
+            "clients": dom.clients.load(std::sync::atomic::Ordering::Relaxed),
+            "stopping": dom.is_stopping(),
+        },
+        "servers": servers,
+        "services": services,
+    })
+}
+
+/// Failure talking to a daemon's admin socket.
+#[derive(Debug, Error)]
+pub enum AdminError {
+    /// No daemon answers there.
+    #[error("no daemon is running for run directory {dir} ({source})")]
+    NotRunning {
+        /// The run directory.
+        dir: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The daemon answered something unexpected or broke off.
+    #[error("admin socket: {0}")]
+    Protocol(String),
+    /// The daemon refused the request.
+    #[error("daemon: {0}")]
+    Refused(String),
+}
+
+/// Sends one admin request to the daemon of `run_dir` and returns its answer text.
+pub fn admin_request(run_dir: &Path, req: AdminRequest, timeout: Duration) -> Result<String, AdminError> {
+    let path = run_dir.join(crate::ADMIN_SOCKET);
+    let mut s = UnixStream::connect(&path).map_err(|source| AdminError::NotRunning {
+        dir: run_dir.display().to_string(),
+        source,
+    })?;
+    let proto = |e: std::io::Error| AdminError::Protocol(e.to_string());
+    s.set_read_timeout(Some(timeout)).map_err(proto)?;
+    let mut frame = Vec::new();
+    encode_frame(&Message::Admin(req).encode(), &mut frame);
+    s.write_all(&frame).map_err(proto)?;
+    let mut dec = FrameDecoder::new(64 << 20);
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(body) = dec.next_frame().map_err(|e| AdminError::Protocol(e.to_string()))? {
+            return match Message::decode(&body) {
+                Ok(Message::AdminReply { ok: true, text }) => Ok(text),
+                Ok(Message::AdminReply { ok: false, text }) => Err(AdminError::Refused(text)),
+                Ok(other) => Err(AdminError::Protocol(format!("unexpected answer {other:?}"))),
+                Err(e) => Err(AdminError::Protocol(e.to_string())),
+            };
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Err(AdminError::Protocol("the daemon closed the connection".into())),
+            Ok(n) => dec.extend(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(proto(e)),
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The server main loop.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tpmon_client::{from_wire, to_wire, Client};
+use tpmon_ipc::{monotonic_us, BusyRequest, CallOutcome, Endpoint, IpcError, StatusTable};
+use tpmon_proto::{
+    encode_frame, ControlMessage, ErrorKind, Flags, FrameDecoder, Message, Reply, ReplyStatus,
+    Request, Welcome,
+};
+
+use crate::context::Context;
+use crate::service::{Outcome, ServiceRequest, ServiceResult};
+use crate::{CONTROL_FD, ENV_MESSAGE_BYTES_MAX, ENV_SERVER_NAME, QUEUE_FD};
+
+type Routine = Box<dyn FnMut(&mut Context, ServiceRequest) -> ServiceResult>;
+type InitHook = Box<dyn FnOnce(&mut Context, &[String]) -> Result<(), String>>;
+type DoneHook = Box<dyn FnOnce(&mut Context)>;
+
+/// How long a reply may wait for room in a slow caller's queue before it is dropped.
+const REPLY_SEND_PATIENCE: Duration = Duration::from_secs(2);
+/// Exit code of an instance whose routine panicked or asked for TPEXIT.
+const EXIT_RESTART: u8 = 75;
+
+/// A server program: its routines and hooks.
+#[derive(Default)]
+pub struct Server {
+    routines: HashMap<String, Routine>,
+    init: Option<InitHook>,
+    done: Option<DoneHook>,
+}
+
+impl Server {
+    /// A server with no services yet.
+    pub fn new() -> Server {
+        Server::default()
+    }
+
+    /// Registers the routine for a service name.
+    pub fn service(
+        mut self,
+        name: &str,
+        routine: impl FnMut(&mut Context, ServiceRequest) -> ServiceResult + 'static,
+    ) -> Server {
+        self.routines.insert(name.to_string(), Box::new(routine));
+        self
+    }
+
+    /// Sets `tpsvrinit`: runs once with the server's arguments before any request; an
+    /// error stops the instance and is reported by the daemon.
+    pub fn on_init(
+        mut self,
+        hook: impl FnOnce(&mut Context, &[String]) -> Result<(), String> + 'static,
+    ) -> Server {
+        self.init = Some(Box::new(hook));
+        self
+    }
+
+    /// Sets `tpsvrdone`: runs once when the instance is shut down.
+    pub fn on_done(mut self, hook: impl FnOnce(&mut Context) + 'static) -> Server {
+        self.done = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs the server until the daemon shuts it down. Call from `main`; the process
+    /// must have been started by the tpmon daemon.
+    pub fn run(self) -> ExitCode {
+        let name = std::env::var(ENV_SERVER_NAME).unwrap_or_else(|_| "server".into());
+        match Instance::start(self, name.clone()) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("tpmon server {name}[{}]: {e}", std::process::id());
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+struct Instance {
+    server: Server,
+    ctx: Context,
+    queue: Endpoint,
+    control: UnixStream,
+    table: Arc<StatusTable>,
+    welcome: Welcome,
+    server_index: usize,
+    slot: usize,
+    service_index: HashMap<String, usize>,
+}
+
+fn send_control(control: &mut UnixStream, m: ControlMessage) -> Result<(), String> {
+    let mut frame = Vec::new();
+    encode_frame(&Message::Control(m).encode(), &mut frame);
+    control
+        .write_all(&frame)
+        .map_err(|e| format!("control socket: {e}"))
+}
+
+fn read_setup(control: &mut UnixStream) -> Result<(Welcome, usize, usize), String> {
+    let mut dec = FrameDecoder::new(16 << 20);
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(body) = dec.next_frame().map_err(|e| format!("control socket: {e}"))? {
+            return match Message::decode(&body) {
+                Ok(Message::Control(ControlMessage::Setup { welcome, server, slot })) => {
+                    Ok((welcome, server as usize, slot as usize))
+                }
+                Ok(other) => Err(format!("expected the set-up message, got {other:?}")),
+                Err(e) => Err(format!("control socket: {e}")),
+            };
+        }
+        match control.read(&mut buf) {
+            Ok(0) => return Err("the daemon closed the control socket before set-up".into()),
+            Ok(n) => dec.extend(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("control socket: {e}")),
+        }
+    }
+}
+
+impl Instance {
+    fn start(mut server: Server, name: String) -> Result<ExitCode, String> {
+        let max = std::env::var(ENV_MESSAGE_BYTES_MAX)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4usize << 20);
+        // SAFETY: the daemon starts every server with its control socket on CONTROL_FD
+        // and its queue on QUEUE_FD; nothing else in this process owns them.
+        let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+        // SAFETY: as above.
+        let queue = unsafe { Endpoint::from_raw_fd(QUEUE_FD, max) };
+        let (welcome, server_index, slot) = read_setup(&mut control)?;
+        let table = Arc::new(
+            StatusTable::open(&Path::new(&welcome.run_dir).join("status.shm"))
+                .map_err(|e| e.to_string())?,
+        );
+        let client = Client::local(welcome.clone(), table.clone()).map_err(|e| e.to_string())?;
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut ctx = Context {
+            client,
+            server_name: name.clone(),
+            args: args.clone(),
+            slot: slot as u32,
+        };
+        // Every service the configuration gives this server must have a routine.
+        let missing: Vec<&str> = welcome
+            .services
+            .iter()
+            .filter(|s| s.server as usize == server_index && !server.routines.contains_key(&s.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let reason = format!("the program has no routine for service(s) {}", missing.join(", "));
+            send_control(&mut control, ControlMessage::InitFailed { reason: reason.clone() })?;
+            return Err(reason);
+        }
+        if let Some(init) = server.init.take() {
+            match catch_unwind(AssertUnwindSafe(|| init(&mut ctx, &args))) {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    let reason = format!("tpsvrinit failed: {reason}");
+                    send_control(&mut control, ControlMessage::InitFailed { reason: reason.clone() })?;
+                    return Err(reason);
+                }
+                Err(_) => {
+                    let reason = "tpsvrinit panicked".to_string();
+                    send_control(&mut control, ControlMessage::InitFailed { reason: reason.clone() })?;
+                    return Err(reason);
+                }
+            }
+        }
+        send_control(&mut control, ControlMessage::Ready { pid: std::process::id() })?;
+        let service_index = welcome
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let mut inst = Instance {
+            server,
+            ctx,
+            queue,
+            control,
+            table,
+            welcome,
+            server_index,
+            slot,
+            service_index,
+        };
+        let code = inst.serve();
+        if let Some(done) = inst.server.done.take() {
+            if catch_unwind(AssertUnwindSafe(|| done(&mut inst.ctx))).is_err() {
+                eprintln!("tpmon server {name}[{}]: tpsvrdone panicked", std::process::id());
+            }
+        }
+        Ok(code)
+    }
+
+    fn log(&self, what: &str) {
+        eprintln!("tpmon server {}[{}]: {what}", self.ctx.server_name, std::process::id());
+    }
+
+    /// Serves until a Shutdown message or a restart request; returns the exit code.
+    fn serve(&mut self) -> ExitCode {
+        loop {
+            let got = match self.queue.recv(false) {
+                Ok(g) => g,
+                Err(IpcError::Malformed(m)) => {
+                    self.table.queue_release(self.server_index);
+                    self.log(&format!("dropped a malformed datagram: {m}"));
+                    continue;
+                }
+                Err(e @ IpcError::TooLarge { .. }) => {
+                    self.table.queue_release(self.server_index);
+                    self.log(&format!("dropped a request: {e}"));
+                    continue;
+                }
+                Err(IpcError::TimedOut) => continue,
+                Err(e) => {
+                    self.log(&format!("service queue failed: {e}"));
+                    return ExitCode::from(1);
+                }
+            };
+            match Message::decode(&got.body) {
+                Ok(Message::Request(req)) => {
+                    self.table.queue_release(self.server_index);
+                    if let Some(reason) = self.handle(req) {
+                        let _ = send_control(&mut self.control, ControlMessage::Exiting { reason });
+                        return ExitCode::from(EXIT_RESTART);
+                    }
+                }
+                Ok(Message::Shutdown) => return ExitCode::SUCCESS,
+                Ok(other) => {
+                    self.table.queue_release(self.server_index);
+                    self.log(&format!("dropped an unexpected message on the queue: {other:?}"));
+                }
+                Err(e) => {
+                    self.table.queue_release(self.server_index);
+                    self.log(&format!("dropped a malformed request: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Runs one request; returns Some(reason) when the instance must exit afterwards.
+    fn handle(&mut self, req: Request) -> Option<String> {
+        let started = monotonic_us();
+        let service = self.service_index.get(&req.service).copied();
+        self.table.begin_request(
+            self.slot,
+            &BusyRequest {
+                call_id: req.call_id,
+                service: service.map_or(u32::MAX, |s| s as u32),
+                started_us: started,
+                flags: req.flags.0,
+                client: req.client.0,
+                reply_to: req.reply_to.clone(),
+            },
+        );
+        let (reply, stat, exit) = self.run_routine(&req, service);
+        if let Some(reply) = reply {
+            self.send_reply(&req, reply);
+        }
+        if let Some(s) = service {
+            self.table
+                .record_call(s, monotonic_us().saturating_sub(started), stat);
+        }
+        self.table.end_request(self.slot);
+        exit
+    }
+
+    fn error_reply(req: &Request, kind: ErrorKind, detail: String) -> Reply {
+        Reply {
+            call_id: req.call_id,
+            status: ReplyStatus::Error(kind),
+            urcode: 0,
+            buffer: None,
+            detail,
+        }
+    }
+
+    fn run_routine(
+        &mut self,
+        req: &Request,
+        service: Option<usize>,
+    ) -> (Option<Reply>, CallOutcome, Option<String>) {
+        let err = |kind, detail: String| (Some(Self::error_reply(req, kind, detail)), CallOutcome::Error, None);
+        let Some(si) = service.filter(|&s| self.welcome.services[s].server as usize == self.server_index) else {
+            return err(ErrorKind::NoEnt, format!("service {} is not offered here", req.service));
+        };
+        let route = &self.welcome.services[si];
+        let buffer = match &req.buffer {
+            None => None,
+            Some(w) => {
+                if route.buffer_types != 0 && route.buffer_types & (1u32 << w.type_code.min(31)) == 0 {
+                    return err(
+                        ErrorKind::IType,
+                        format!("service {} does not accept this buffer type", req.service),
+                    );
+                }
+                match from_wire(w) {
+                    Ok(b) => Some(b),
+                    Err(e) => return err(ErrorKind::IType, format!("request buffer: {}", e.detail)),
+                }
+            }
+        };
+        let Some(routine) = self.server.routines.get_mut(&req.service) else {
+            return err(ErrorKind::NoEnt, format!("no routine for {}", req.service));
+        };
+        self.ctx.client.set_transaction(req.tx.clone());
+        let sreq = ServiceRequest {
+            service: req.service.clone(),
+            flags: req.flags,
+            client: req.client,
+            call_id: req.call_id,
+            buffer,
+            tx: req.tx.clone(),
+        };
+        let ctx = &mut self.ctx;
+        let result = catch_unwind(AssertUnwindSafe(|| routine(ctx, sreq)));
+        self.ctx.client.set_transaction(None);
+        let outstanding = self.ctx.client.outstanding();
+        if outstanding > 0 {
+            self.ctx.client.abandon_all();
+        }
+        let result = match result {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                let reason = format!("service {} panicked: {msg}", req.service);
+                self.log(&reason);
+                return (
+                    Some(Self::error_reply(req, ErrorKind::SvcErr, reason.clone())),
+                    CallOutcome::Error,
+                    Some(reason),
+                );
+            }
+        };
+        if outstanding > 0 {
+            return err(
+                ErrorKind::SvcErr,
+                format!("service {} returned with {outstanding} calls outstanding", req.service),
+            );
+        }
+        match result {
+            ServiceResult::Return { outcome, rcode, buffer } => {
+                let status = match outcome {
+                    Outcome::Success => ReplyStatus::Success,
+                    Outcome::Fail | Outcome::Exit => ReplyStatus::Fail,
+                };
+                let reply = Reply {
+                    call_id: req.call_id,
+                    status,
+                    urcode: rcode,
+                    buffer: buffer.as_ref().map(to_wire),
+                    detail: String::new(),
+                };
+                let stat = if outcome == Outcome::Success {
+                    CallOutcome::Success
+                } else {
+                    CallOutcome::Failure
+                };
+                let exit = (outcome == Outcome::Exit)
+                    .then(|| format!("service {} returned TPEXIT", req.service));
+                (Some(reply), stat, exit)
+            }
+            ServiceResult::Forward { service, buffer } => {
+                let fwd = Request {
+                    call_id: req.call_id,
+                    flags: req.flags,
+                    service,
+                    reply_to: req.reply_to.clone(),
+                    client: req.client,
+                    tx: req.tx.clone(),
+                    buffer: buffer.as_ref().map(to_wire),
+                };
+                match self.ctx.client.forward(&fwd) {
+                    Ok(()) => (None, CallOutcome::Success, None),
+                    Err(e) => (
+                        Some(Self::error_reply(req, e.kind, format!("forward to {}: {}", fwd.service, e.detail))),
+                        CallOutcome::Error,
+                        None,
+                    ),
+                }
+            }
+        }
+    }
+
+    fn send_reply(&mut self, req: &Request, reply: Reply) {
+        if req.flags.contains(Flags::NOREPLY) || req.reply_to.is_empty() {
+            return;
+        }
+        let body = Message::Reply(reply).encode();
+        let give_up = Instant::now() + REPLY_SEND_PATIENCE;
+        loop {
+            match self.queue.send_to_abstract(&req.reply_to, &body, true) {
+                Ok(()) => return,
+                Err(IpcError::WouldBlock) if Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err(IpcError::Gone(_)) => return, // the caller is gone: nobody to tell
+                Err(e) => {
+                    self.log(&format!("reply to call {} dropped: {e}", req.call_id));
+                    return;
+                }
+            }
+        }
+    }
+}

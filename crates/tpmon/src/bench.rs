@@ -1,0 +1,243 @@
+//! `tpmon bench …`: benchmarks that run their baseline in the same run and print the
+//! ratio. Results and the commands that reproduce them go into docs/benchmarks.md.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
+use serde_json::json;
+use tpmon_client::{Buffer, Client, ClientOptions, Flags};
+
+use crate::quickstart::TempDomain;
+
+/// Benchmarks.
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// tpcall round trips against a raw Unix-socket ping-pong between two processes.
+    Call {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seconds measured per point.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Client counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        clients: Vec<usize>,
+    },
+}
+
+const PAYLOAD_BYTES: usize = 64;
+
+/// Enduro/X on this machine type (issue figures): calls/s at 1, 2, 4, 8 clients.
+const ENDUROX: [(usize, f64); 4] = [(1, 17_700.0), (2, 37_000.0), (4, 101_000.0), (8, 104_000.0)];
+
+pub fn run(which: BenchCommand) -> anyhow::Result<()> {
+    match which {
+        BenchCommand::Call { json, seconds, clients } => bench_call(json, seconds, &clients),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    clients: usize,
+    calls_per_s: f64,
+    mean_us: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn summarize(clients: usize, mut lat_ns: Vec<u64>, elapsed: Duration) -> Point {
+    lat_ns.sort_unstable();
+    let n = lat_ns.len().max(1);
+    let pct = |p: f64| lat_ns.get(((n as f64 * p) as usize).min(n - 1)).copied().unwrap_or(0) as f64 / 1000.0;
+    Point {
+        clients,
+        calls_per_s: lat_ns.len() as f64 / elapsed.as_secs_f64(),
+        mean_us: lat_ns.iter().sum::<u64>() as f64 / n as f64 / 1000.0,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+/// The peer of the raw baseline: echoes every datagram on the inherited socket.
+pub fn pong(fd: i32) -> anyhow::Result<()> {
+    // SAFETY: the parent passed this descriptor to us for our exclusive use.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = match socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return Ok(()),
+        };
+        if socket::send(sock.as_raw_fd(), &buf[..n], MsgFlags::empty()).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Raw round trip: 64-byte datagrams ping-ponged with a child process over a socket pair.
+fn raw_baseline(seconds: f64) -> anyhow::Result<Point> {
+    let (ours, theirs) = socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::empty())
+        .context("socketpair")?;
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .arg("bench-pong")
+        .arg(theirs.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting the pong process")?;
+    drop(theirs);
+    let msg = [7u8; PAYLOAD_BYTES];
+    let mut buf = [0u8; 256];
+    let mut once = || -> anyhow::Result<()> {
+        socket::send(ours.as_raw_fd(), &msg, MsgFlags::empty())?;
+        socket::recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        Ok(())
+    };
+    for _ in 0..2000 {
+        once()?;
+    }
+    let mut lat = Vec::with_capacity(200_000);
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(seconds);
+    while Instant::now() < until {
+        let t = Instant::now();
+        once()?;
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    let el = start.elapsed();
+    drop(ours);
+    let _ = child.wait();
+    Ok(summarize(1, lat, el))
+}
+
+fn bench_domain_toml(instances: usize) -> String {
+    format!(
+        r#"[domain]
+name = "bench"
+listen = "127.0.0.1:7499"
+run_dir = "run"
+
+[[server]]
+name = "echo"
+executable = "tpmon-quickstart-server"
+min_instances = {instances}
+max_instances = {instances}
+
+[[service]]
+name = "ECHO"
+server = "echo"
+"#
+    )
+}
+
+fn tpcall_point(addr: &str, clients: usize, seconds: f64, relay: bool) -> anyhow::Result<Point> {
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        let barrier = barrier.clone();
+        let opts = ClientOptions {
+            force_relay: relay,
+            ..ClientOptions::new(addr.to_string())
+        };
+        handles.push(std::thread::spawn(move || -> anyhow::Result<(Vec<u64>, Duration)> {
+            let mut c = Client::connect(&opts)?;
+            if !relay && !c.is_local() {
+                bail!("the benchmark client did not get the local fast path");
+            }
+            let req = Buffer::string("x".repeat(PAYLOAD_BYTES));
+            for _ in 0..1000 {
+                c.call("ECHO", &req, Flags::NONE)?;
+            }
+            barrier.wait();
+            let mut lat = Vec::with_capacity(500_000);
+            let start = Instant::now();
+            let until = start + Duration::from_secs_f64(seconds);
+            while Instant::now() < until {
+                let t = Instant::now();
+                c.call("ECHO", &req, Flags::NONE)?;
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+            Ok((lat, start.elapsed()))
+        }));
+    }
+    barrier.wait();
+    let mut all = Vec::new();
+    let mut el = Duration::ZERO;
+    for h in handles {
+        let (lat, e) = h.join().map_err(|_| anyhow::anyhow!("a benchmark client panicked"))??;
+        all.extend(lat);
+        el = el.max(e);
+    }
+    Ok(summarize(clients, all, el))
+}
+
+fn bench_call(as_json: bool, seconds: f64, clients: &[usize]) -> anyhow::Result<()> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        bail!("--seconds must be positive");
+    }
+    let raw = raw_baseline(seconds)?;
+    let instances = clients.iter().copied().max().unwrap_or(1).max(1);
+    let mut dom = TempDomain::boot("bench", &bench_domain_toml(instances), false)?;
+    let mut points = Vec::new();
+    for &c in clients {
+        points.push(tpcall_point(&dom.addr, c, seconds, false)?);
+    }
+    let relay = tpcall_point(&dom.addr, 1, seconds, true)?;
+    dom.down()?;
+    let one = points.iter().find(|p| p.clients == 1);
+    let ratio_mean = one.map(|p| p.mean_us / raw.mean_us);
+    let ratio_p50 = one.map(|p| p.p50_us / raw.p50_us);
+    if as_json {
+        let v = json!({
+            "payload_bytes": PAYLOAD_BYTES,
+            "seconds_per_point": seconds,
+            "raw_round_trip": {"calls_per_s": raw.calls_per_s, "mean_us": raw.mean_us, "p50_us": raw.p50_us, "p99_us": raw.p99_us},
+            "tpcall": points.iter().map(|p| json!({
+                "clients": p.clients, "calls_per_s": p.calls_per_s, "mean_us": p.mean_us, "p50_us": p.p50_us, "p99_us": p.p99_us,
+                "endurox_calls_per_s": ENDUROX.iter().find(|e| e.0 == p.clients).map(|e| e.1),
+            })).collect::<Vec<_>>(),
+            "relayed_tcp_1_client": {"calls_per_s": relay.calls_per_s, "mean_us": relay.mean_us, "p50_us": relay.p50_us, "p99_us": relay.p99_us},
+            "ratio_1_client_mean_to_raw": ratio_mean,
+            "ratio_1_client_p50_to_raw": ratio_p50,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("tpmon bench call: {PAYLOAD_BYTES}-byte STRING echo, {seconds} s per point\n");
+    println!("{:<34} {:>12} {:>9} {:>9} {:>9} {:>14}", "", "calls/s", "mean us", "p50 us", "p99 us", "Enduro/X c/s");
+    println!(
+        "{:<34} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14}",
+        "raw Unix socket round trip", raw.calls_per_s, raw.mean_us, raw.p50_us, raw.p99_us, "-"
+    );
+    for p in &points {
+        let ex = ENDUROX
+            .iter()
+            .find(|e| e.0 == p.clients)
+            .map_or("-".to_string(), |e| format!("{:.0}", e.1));
+        println!(
+            "{:<34} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14}",
+            format!("tpcall, {} local client(s)", p.clients),
+            p.calls_per_s,
+            p.mean_us,
+            p.p50_us,
+            p.p99_us,
+            ex
+        );
+    }
+    println!(
+        "{:<34} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14}",
+        "tpcall, 1 TCP client (relayed)", relay.calls_per_s, relay.mean_us, relay.p50_us, relay.p99_us, "-"
+    );
+    if let (Some(m), Some(p)) = (ratio_mean, ratio_p50) {
+        println!("\n1-client tpcall / raw round trip: {m:.2}x (mean), {p:.2}x (p50); target <= 1.15x");
+    }
+    Ok(())
+}
