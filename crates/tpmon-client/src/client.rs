@@ -411,9 +411,9 @@ impl Client {
                     }
                     self.ready.push_back(r);
                 }
-                Err(RecvFailure::TimedOut) => {
-                    return Err(CallError::new(ErrorKind::Time, "no reply within the blocking timeout"))
-                }
+                // The socket timeout is rounded down; the loop head decides whether the
+                // deadline has really passed.
+                Err(RecvFailure::TimedOut) => continue,
                 Err(RecvFailure::WouldBlock) => {
                     return Err(CallError::new(ErrorKind::Block, "no reply is ready"))
                 }

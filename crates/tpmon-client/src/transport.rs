@@ -44,6 +44,20 @@ pub(crate) enum Transport {
     Relay(Relay),
 }
 
+/// Granularity of the socket receive timeout.
+const TIMEOUT_GRAIN: Duration = Duration::from_millis(10);
+
+/// Rounds a wait down to [`TIMEOUT_GRAIN`] so that the socket's receive timeout stays
+/// the same from one call to the next (no `setsockopt` on the hot path). Rounding down
+/// never waits past the deadline; the caller loops and waits for the rest.
+fn coarse(d: Duration) -> Duration {
+    if d <= TIMEOUT_GRAIN {
+        return d;
+    }
+    let grains = d.as_nanos() / TIMEOUT_GRAIN.as_nanos();
+    TIMEOUT_GRAIN * grains as u32
+}
+
 /// Time slice a caller sleeps while a server's queue is full.
 const QUEUE_FULL_POLL: Duration = Duration::from_micros(200);
 
@@ -114,7 +128,7 @@ impl Transport {
         match self {
             Transport::Local(l) => loop {
                 l.endpoint
-                    .set_recv_timeout(timeout)
+                    .set_recv_timeout(timeout.map(coarse))
                     .map_err(|e| RecvFailure::Fatal(ipc_error(e)))?;
                 let got = match l.endpoint.recv(nonblock) {
                     Ok(r) => r,

@@ -78,6 +78,7 @@ pub struct Endpoint {
     /// The abstract name (without the leading NUL) or filesystem path it is bound to.
     name: Vec<u8>,
     recv_buf: Vec<u8>,
+    cmsg_buf: Vec<u8>,
     recv_timeout: Option<Duration>,
     message_bytes_max: usize,
 }
@@ -147,6 +148,7 @@ impl Endpoint {
             fd,
             name,
             recv_buf: vec![0u8; INLINE_BYTES_MAX + 64],
+            cmsg_buf: nix::cmsg_space!([RawFd; 4]),
             recv_timeout: None,
             message_bytes_max,
         }
@@ -257,13 +259,12 @@ impl Endpoint {
             MsgFlags::empty()
         };
         loop {
-            let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
             let (len, truncated, fds) = {
                 let mut iov = [IoSliceMut::new(&mut self.recv_buf)];
                 let msg = match socket::recvmsg::<()>(
                     self.fd.as_raw_fd(),
                     &mut iov,
-                    Some(&mut cmsg_space),
+                    Some(&mut self.cmsg_buf),
                     flags | MsgFlags::MSG_CMSG_CLOEXEC,
                 ) {
                     Ok(m) => m,

@@ -82,10 +82,13 @@ pub fn pong(fd: i32) -> anyhow::Result<()> {
     }
 }
 
-/// Raw round trip: 64-byte datagrams ping-ponged with a child process over a socket pair.
+/// Raw round trip: 64-byte datagrams ping-ponged with a child process over a Unix
+/// datagram socket pair (the same socket type tpmon's queues use), blocking calls only.
 fn raw_baseline(seconds: f64) -> anyhow::Result<Point> {
-    let (ours, theirs) = socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::empty())
+    let (ours, theirs) = socket::socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::SOCK_CLOEXEC)
         .context("socketpair")?;
+    // Only the child's end may survive exec; ours must not, or the child never sees EOF.
+    nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).context("fcntl")?;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("bench-pong")
@@ -113,7 +116,9 @@ fn raw_baseline(seconds: f64) -> anyhow::Result<Point> {
         lat.push(t.elapsed().as_nanos() as u64);
     }
     let el = start.elapsed();
+    // A datagram peer sees no end-of-file when we close: stop it.
     drop(ours);
+    let _ = child.kill();
     let _ = child.wait();
     Ok(summarize(1, lat, el))
 }
