@@ -31,7 +31,9 @@ fn main() -> ExitCode {
             let mut it = args.iter();
             while let Some(a) = it.next() {
                 match a.as_str() {
-                    "--greeting" => greeting = it.next().cloned().ok_or("--greeting needs a value")?,
+                    "--greeting" => {
+                        greeting = it.next().cloned().ok_or("--greeting needs a value")?
+                    }
                     other => return Err(format!("unknown argument {other}")),
                 }
             }
@@ -39,17 +41,37 @@ fn main() -> ExitCode {
             Ok(())
         })
         .service("TOUPPER", |_ctx, req| {
-            tpreturn(Outcome::Success, 0, Buffer::string(text(&req.buffer).to_uppercase()))
+            tpreturn(
+                Outcome::Success,
+                0,
+                Buffer::string(text(&req.buffer).to_uppercase()),
+            )
         })
-        .service("ECHO", |_ctx, req| tpreturn(Outcome::Success, 0, req.buffer))
+        .service("ECHO", |_ctx, req| {
+            tpreturn(Outcome::Success, 0, req.buffer)
+        })
         .service("GREET", |_ctx, req| {
             let greeting = std::env::var("QS_GREETING").unwrap_or_else(|_| "hello".into());
-            tpforward("TOUPPER", Buffer::string(format!("{greeting}, {}", text(&req.buffer))))
+            tpforward(
+                "TOUPPER",
+                Buffer::string(format!("{greeting}, {}", text(&req.buffer))),
+            )
         })
         .service("SHOUT", |ctx, req| {
-            match ctx.client().call("TOUPPER", &Buffer::string(text(&req.buffer)), Flags::NONE) {
-                Ok(r) => tpreturn(Outcome::Success, 0, Buffer::string(format!("{}!", text(&r.buffer)))),
-                Err(e) => tpreturn(Outcome::Fail, 1, Buffer::string(format!("TOUPPER failed: {e}"))),
+            match ctx
+                .client()
+                .call("TOUPPER", &Buffer::string(text(&req.buffer)), Flags::NONE)
+            {
+                Ok(r) => tpreturn(
+                    Outcome::Success,
+                    0,
+                    Buffer::string(format!("{}!", text(&r.buffer))),
+                ),
+                Err(e) => tpreturn(
+                    Outcome::Fail,
+                    1,
+                    Buffer::string(format!("TOUPPER failed: {e}")),
+                ),
             }
         })
         .service("REFUSE", |_ctx, _req| {
@@ -58,7 +80,11 @@ fn main() -> ExitCode {
         .service("SLOW", |_ctx, req| {
             let ms: u64 = text(&req.buffer).trim().parse().unwrap_or(100);
             std::thread::sleep(Duration::from_millis(ms.min(60_000)));
-            tpreturn(Outcome::Success, 0, Buffer::string(format!("slept {ms} ms")))
+            tpreturn(
+                Outcome::Success,
+                0,
+                Buffer::string(format!("slept {ms} ms")),
+            )
         })
         .run()
 }

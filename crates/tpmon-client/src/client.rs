@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use tpmon_buffer::Buffer;
 use tpmon_ipc::{Endpoint, StatusTable};
 use tpmon_proto::{
-    ClientId, ErrorKind, Flags, Hello, Message, Reply, ReplyStatus, Request,
-    ServiceRoute, TxContext, Welcome,
+    ClientId, ErrorKind, Flags, Hello, Message, Reply, ReplyStatus, Request, ServiceRoute,
+    TxContext, Welcome,
 };
 
 use crate::convert::{from_wire, to_wire};
 use crate::options::CONNECT_TIMEOUT_DEFAULT;
-use crate::transport::{handshake, Local, Relay, RecvFailure, Transport};
+use crate::transport::{handshake, Local, RecvFailure, Relay, Transport};
 use crate::{CallError, ClientOptions};
 
 /// A call descriptor returned by [`Client::acall`]; `Cd(0)` for TPNOREPLY calls.
@@ -96,12 +96,14 @@ impl Client {
         let (stream, welcome, decoder) = match handshake(primary, &hello, timeout) {
             Ok(v) => v,
             // Only an unreachable primary fails over; a refusal is final.
-            Err(e) if e.kind == ErrorKind::Os || e.kind == ErrorKind::Time => match &opts.backup_addr {
-                Some(b) => handshake(b, &hello, timeout).map_err(|e2| {
-                    CallError::new(e2.kind, format!("{}; backup: {}", e.detail, e2.detail))
-                })?,
-                None => return Err(e),
-            },
+            Err(e) if e.kind == ErrorKind::Os || e.kind == ErrorKind::Time => {
+                match &opts.backup_addr {
+                    Some(b) => handshake(b, &hello, timeout).map_err(|e2| {
+                        CallError::new(e2.kind, format!("{}; backup: {}", e.detail, e2.detail))
+                    })?,
+                    None => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         };
         let local = if opts.force_relay {
@@ -131,8 +133,9 @@ impl Client {
     /// A client over the local fast path with a routing table already in hand: what a
     /// server instance uses for nested calls and forwards.
     pub fn local(welcome: Welcome, table: Arc<StatusTable>) -> Result<Client, CallError> {
-        let endpoint = Endpoint::bind_abstract(&format!("tpmon/{}", welcome.domain), MESSAGE_BYTES_MAX)
-            .map_err(|e| CallError::new(ErrorKind::Os, e.to_string()))?;
+        let endpoint =
+            Endpoint::bind_abstract(&format!("tpmon/{}", welcome.domain), MESSAGE_BYTES_MAX)
+                .map_err(|e| CallError::new(ErrorKind::Os, e.to_string()))?;
         let l = local_parts(&welcome, endpoint, table);
         Ok(Self::with_transport(welcome, Transport::Local(l)))
     }
@@ -147,7 +150,9 @@ impl Client {
         // Replies to one client share its kernel queue; never have more outstanding
         // than that queue holds, or servers would block replying to us.
         let pending_max = match transport {
-            Transport::Local(_) => tpmon_ipc::kernel_queue_len().saturating_sub(2).clamp(1, 4096),
+            Transport::Local(_) => tpmon_ipc::kernel_queue_len()
+                .saturating_sub(2)
+                .clamp(1, 4096),
             Transport::Relay(_) => 4096,
         };
         Client {
@@ -203,9 +208,17 @@ impl Client {
     }
 
     /// Synchronous call (`tpcall`).
-    pub fn call(&mut self, service: &str, data: &Buffer, flags: Flags) -> Result<CallReply, CallError> {
+    pub fn call(
+        &mut self,
+        service: &str,
+        data: &Buffer,
+        flags: Flags,
+    ) -> Result<CallReply, CallError> {
         if flags.contains(Flags::NOREPLY) {
-            return Err(CallError::new(ErrorKind::Inval, "TPNOREPLY is not valid for tpcall"));
+            return Err(CallError::new(
+                ErrorKind::Inval,
+                "TPNOREPLY is not valid for tpcall",
+            ));
         }
         let deadline = self.deadline(flags);
         let cd = self.send_call(service, data, flags, deadline)?;
@@ -237,7 +250,10 @@ impl Client {
     pub fn getrply(&mut self, cd: Option<Cd>, flags: Flags) -> Result<(Cd, CallReply), CallError> {
         if let Some(cd) = cd {
             if !self.pending.contains_key(&cd.0) {
-                return Err(CallError::new(ErrorKind::BadDesc, format!("no outstanding call {}", cd.0)));
+                return Err(CallError::new(
+                    ErrorKind::BadDesc,
+                    format!("no outstanding call {}", cd.0),
+                ));
             }
         } else if self.pending.is_empty() {
             return Err(CallError::new(ErrorKind::BadDesc, "no outstanding calls"));
@@ -250,7 +266,10 @@ impl Client {
     /// Cancels an outstanding call (`tpcancel`): its reply, if one comes, is discarded.
     pub fn cancel(&mut self, cd: Cd) -> Result<(), CallError> {
         if !self.pending.contains_key(&cd.0) {
-            return Err(CallError::new(ErrorKind::BadDesc, format!("no outstanding call {}", cd.0)));
+            return Err(CallError::new(
+                ErrorKind::BadDesc,
+                format!("no outstanding call {}", cd.0),
+            ));
         }
         if self.tx.is_some() {
             return Err(CallError::new(
@@ -279,7 +298,10 @@ impl Client {
     /// client id are the original caller's. Only on the local fast path.
     pub fn forward(&mut self, request: &Request) -> Result<(), CallError> {
         if !matches!(self.transport, Transport::Local(_)) {
-            return Err(CallError::new(ErrorKind::Proto, "tpforward needs the local transport"));
+            return Err(CallError::new(
+                ErrorKind::Proto,
+                "tpforward needs the local transport",
+            ));
         }
         let (_, route) = self.route(&request.service)?;
         if route.conversational {
@@ -290,7 +312,12 @@ impl Client {
         }
         let server = route.server as usize;
         let body = Message::Request(request.clone()).encode();
-        self.transport.send(server, &body, false, Some(Instant::now() + self.blocking_timeout))
+        self.transport.send(
+            server,
+            &body,
+            false,
+            Some(Instant::now() + self.blocking_timeout),
+        )
     }
 
     fn deadline(&self, flags: Flags) -> Option<Instant> {
@@ -394,7 +421,10 @@ impl Client {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(CallError::new(ErrorKind::Time, "no reply within the blocking timeout"));
+                        return Err(CallError::new(
+                            ErrorKind::Time,
+                            "no reply within the blocking timeout",
+                        ));
                     }
                     Some(left)
                 }
@@ -431,14 +461,24 @@ impl Client {
         match r.status {
             ReplyStatus::Success => {
                 if let (Some(p), Some(b)) = (&pending, &buffer) {
-                    if p.flags.contains(Flags::NOCHANGE) && p.request_type != Some(b.buffer_type()) {
+                    if p.flags.contains(Flags::NOCHANGE) && p.request_type != Some(b.buffer_type())
+                    {
                         return Err(CallError::new(
                             ErrorKind::OType,
-                            format!("reply is {} and TPNOCHANGE was given", b.buffer_type().name()),
+                            format!(
+                                "reply is {} and TPNOCHANGE was given",
+                                b.buffer_type().name()
+                            ),
                         ));
                     }
                 }
-                Ok((r.call_id, CallReply { buffer, urcode: r.urcode }))
+                Ok((
+                    r.call_id,
+                    CallReply {
+                        buffer,
+                        urcode: r.urcode,
+                    },
+                ))
             }
             ReplyStatus::Fail => Err(CallError {
                 kind: ErrorKind::SvcFail,
@@ -460,8 +500,17 @@ fn local_parts(welcome: &Welcome, endpoint: Endpoint, table: Arc<StatusTable>) -
     Local {
         endpoint,
         table,
-        queues: welcome.servers.iter().map(|s| PathBuf::from(&s.queue_path)).collect(),
-        queue_max: welcome.servers.iter().map(|s| u64::from(s.queue_max)).collect(),
+        queues: welcome
+            .servers
+            .iter()
+            .map(|s| PathBuf::from(&s.queue_path))
+            .collect(),
+        queue_max: welcome
+            .servers
+            .iter()
+            .map(|s| u64::from(s.queue_max))
+            .collect(),
+        spin: tpmon_ipc::Spin::new(Duration::from_micros(u64::from(welcome.spin_us))),
         _session: None,
     }
 }

@@ -24,6 +24,10 @@ pub fn from_wire(w: &BufferWire) -> Result<Buffer, CallError> {
             format!("unknown buffer type code {}", w.type_code),
         )
     })?;
-    Buffer::decode(ty, &w.subtype, &w.body)
-        .map_err(|e| CallError::new(ErrorKind::System, format!("malformed {} buffer: {e}", ty.name())))
+    Buffer::decode(ty, &w.subtype, &w.body).map_err(|e| {
+        CallError::new(
+            ErrorKind::System,
+            format!("malformed {} buffer: {e}", ty.name()),
+        )
+    })
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tpmon_ipc::{Endpoint, IpcError, StatusTable};
+use tpmon_ipc::{Endpoint, IpcError, Spin, StatusTable};
 use tpmon_proto::{encode_frame, ErrorKind, FrameDecoder, Hello, Message, Reply, Welcome};
 
 use crate::CallError;
@@ -28,6 +28,8 @@ pub(crate) struct Local {
     pub table: Arc<StatusTable>,
     pub queues: Vec<PathBuf>,
     pub queue_max: Vec<u64>,
+    /// Adaptive polling for replies.
+    pub spin: Spin,
     /// The authenticated session with the daemon, held open for the client's lifetime.
     pub _session: Option<TcpStream>,
 }
@@ -106,7 +108,10 @@ impl Transport {
                 }
                 let Some(path) = l.queues.get(server) else {
                     l.table.queue_release(server);
-                    return Err(CallError::new(ErrorKind::System, "routing table is inconsistent"));
+                    return Err(CallError::new(
+                        ErrorKind::System,
+                        "routing table is inconsistent",
+                    ));
                 };
                 l.endpoint.send_to_path(path, body, nonblock).map_err(|e| {
                     l.table.queue_release(server);
@@ -116,21 +121,29 @@ impl Transport {
             Transport::Relay(r) => {
                 let mut frame = Vec::with_capacity(body.len() + 4);
                 encode_frame(body, &mut frame);
-                r.stream
-                    .write_all(&frame)
-                    .map_err(|e| CallError::new(ErrorKind::System, format!("daemon connection: {e}")))
+                r.stream.write_all(&frame).map_err(|e| {
+                    CallError::new(ErrorKind::System, format!("daemon connection: {e}"))
+                })
             }
         }
     }
 
     /// Receives the next reply addressed to this client.
-    pub fn recv(&mut self, timeout: Option<Duration>, nonblock: bool) -> Result<Reply, RecvFailure> {
+    pub fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+        nonblock: bool,
+    ) -> Result<Reply, RecvFailure> {
         match self {
             Transport::Local(l) => loop {
                 l.endpoint
                     .set_recv_timeout(timeout.map(coarse))
                     .map_err(|e| RecvFailure::Fatal(ipc_error(e)))?;
-                let got = match l.endpoint.recv(nonblock) {
+                let got = match if nonblock {
+                    l.endpoint.recv(true)
+                } else {
+                    l.endpoint.recv_spinning(&mut l.spin)
+                } {
                     Ok(r) => r,
                     Err(IpcError::TimedOut) => return Err(RecvFailure::TimedOut),
                     Err(IpcError::WouldBlock) => return Err(RecvFailure::WouldBlock),
@@ -172,9 +185,9 @@ impl Transport {
                     timeout
                 };
                 if r.read_timeout != Some(t) {
-                    r.stream
-                        .set_read_timeout(t)
-                        .map_err(|e| RecvFailure::Fatal(CallError::new(ErrorKind::Os, e.to_string())))?;
+                    r.stream.set_read_timeout(t).map_err(|e| {
+                        RecvFailure::Fatal(CallError::new(ErrorKind::Os, e.to_string()))
+                    })?;
                     r.read_timeout = Some(t);
                 }
                 let mut buf = [0u8; 16 * 1024];
@@ -217,20 +230,24 @@ pub(crate) fn handshake(
     hello: &Hello,
     timeout: Duration,
 ) -> Result<(TcpStream, Welcome, FrameDecoder), CallError> {
-    let unreachable = |e: String| CallError::new(ErrorKind::Os, format!("cannot reach {addr}: {e}"));
+    let unreachable =
+        |e: String| CallError::new(ErrorKind::Os, format!("cannot reach {addr}: {e}"));
     let sockaddr = addr
         .to_socket_addrs()
         .map_err(|e| unreachable(e.to_string()))?
         .next()
         .ok_or_else(|| unreachable("no address".into()))?;
-    let mut stream = TcpStream::connect_timeout(&sockaddr, timeout).map_err(|e| unreachable(e.to_string()))?;
+    let mut stream =
+        TcpStream::connect_timeout(&sockaddr, timeout).map_err(|e| unreachable(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| unreachable(e.to_string()))?;
     let mut frame = Vec::new();
     encode_frame(&Message::Hello(hello.clone()).encode(), &mut frame);
-    stream.write_all(&frame).map_err(|e| unreachable(e.to_string()))?;
+    stream
+        .write_all(&frame)
+        .map_err(|e| unreachable(e.to_string()))?;
     let mut decoder = FrameDecoder::new(64 << 20);
     let mut buf = [0u8; 16 * 1024];
     loop {

@@ -117,6 +117,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Default blocking timeout of client calls.
     pub blocking_timeout: Duration,
+    /// How long local callers and server instances poll for a reply or the next
+    /// request before they sleep (adaptive; zero disables).
+    pub spin: Duration,
 }
 
 impl Default for Limits {
@@ -128,6 +131,7 @@ impl Default for Limits {
             pending_calls_max: 128,
             handshake_timeout: Duration::from_millis(5000),
             blocking_timeout: Duration::from_secs(60),
+            spin: Duration::from_micros(20),
         }
     }
 }

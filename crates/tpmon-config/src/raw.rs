@@ -57,6 +57,7 @@ pub(crate) struct RawLimits {
     pub pending_calls_max: Option<Int>,
     pub handshake_timeout_ms: Option<Int>,
     pub blocking_timeout_s: Option<Int>,
+    pub spin_us: Option<Int>,
 }
 
 /// One `[[node]]`.

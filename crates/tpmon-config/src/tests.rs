@@ -171,6 +171,7 @@ fn full_file_round_trip() {
             pending_calls_max: 16,
             handshake_timeout: Duration::from_millis(2500),
             blocking_timeout: Duration::from_secs(30),
+            spin: Duration::from_micros(20),
         }
     );
 

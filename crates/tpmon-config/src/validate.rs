@@ -49,6 +49,7 @@ const UNAUTHENTICATED_FRAME_BYTES: Bound = bound(4096, 1, 1 << 30);
 const PENDING_CALLS: Bound = bound(128, 1, 65_536);
 const HANDSHAKE_TIMEOUT_MS: Bound = bound(5000, 1, 600_000);
 const BLOCKING_TIMEOUT_S: Bound = bound(60, 1, 86_400);
+const SPIN_US: Bound = bound(20, 0, 1_000);
 
 // `[[server]]`. The default of max_instances is min_instances; the default of
 // restart_backoff_max_ms is at least restart_backoff_ms (see `server`).
@@ -524,7 +525,9 @@ fn limits(ctx: &Ctx<'_>, raw: Option<&Spanned<RawLimits>>) -> Result<Limits, Con
         raw.blocking_timeout_s.as_ref(),
         BLOCKING_TIMEOUT_S,
     )?;
+    let spin_us = ctx.int(&scope, "spin_us", raw.spin_us.as_ref(), SPIN_US)?;
     Ok(Limits {
+        spin: Duration::from_micros(spin_us),
         clients_max: narrow(clients_max),
         frame_bytes_max: narrow(frame_bytes_max),
         unauthenticated_frame_bytes_max: narrow(unauthenticated_frame_bytes_max),

@@ -12,7 +12,11 @@ use crate::domain::Domain;
 
 /// Serves the admin socket; a Down request is passed to `down` together with the
 /// connection, which is answered once the domain has stopped.
-pub async fn serve(dom: Arc<Domain>, listener: UnixListener, down: mpsc::UnboundedSender<UnixStream>) {
+pub async fn serve(
+    dom: Arc<Domain>,
+    listener: UnixListener,
+    down: mpsc::UnboundedSender<UnixStream>,
+) {
     let mut shutdown = dom.shutdown_rx();
     loop {
         let stream = tokio::select! {

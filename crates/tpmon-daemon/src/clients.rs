@@ -41,7 +41,12 @@ pub async fn serve(dom: Arc<Domain>, listener: TcpListener) {
             if dom.clients.fetch_add(1, Ordering::AcqRel) >= max {
                 dom.clients.fetch_sub(1, Ordering::AcqRel);
                 tracing::warn!(%peer, "refused a client: {max} clients are connected (clients_max)");
-                refuse(stream, ErrorKind::Limit, format!("the domain allows {max} clients")).await;
+                refuse(
+                    stream,
+                    ErrorKind::Limit,
+                    format!("the domain allows {max} clients"),
+                )
+                .await;
                 return;
             }
             connection(&dom, stream, peer).await;
@@ -67,10 +72,7 @@ fn same_secret(a: &str, b: &str) -> bool {
     diff == 0
 }
 
-async fn read_hello(
-    stream: &mut TcpStream,
-    decoder: &mut FrameDecoder,
-) -> Result<Hello, String> {
+async fn read_hello(stream: &mut TcpStream, decoder: &mut FrameDecoder) -> Result<Hello, String> {
     let mut buf = [0u8; 4096];
     loop {
         match decoder.next_frame() {
@@ -113,7 +115,12 @@ async fn connection(dom: &Arc<Domain>, mut stream: TcpStream, peer: SocketAddr) 
     let _ = stream.set_nodelay(true);
     let limits = &dom.config.limits;
     let mut decoder = FrameDecoder::new(limits.unauthenticated_frame_bytes_max as usize);
-    let hello = match tokio::time::timeout(limits.handshake_timeout, read_hello(&mut stream, &mut decoder)).await {
+    let hello = match tokio::time::timeout(
+        limits.handshake_timeout,
+        read_hello(&mut stream, &mut decoder),
+    )
+    .await
+    {
         Ok(Ok(h)) => h,
         Ok(Err(why)) => {
             tracing::warn!(%peer, "closing client connection: {why}");
@@ -128,7 +135,11 @@ async fn connection(dom: &Arc<Domain>, mut stream: TcpStream, peer: SocketAddr) 
     };
     if let Some(pw) = &dom.config.domain.password {
         if !same_secret(pw.expose(), &hello.domain_password) {
-            let what = if hello.domain_password.is_empty() { "no" } else { "a wrong" };
+            let what = if hello.domain_password.is_empty() {
+                "no"
+            } else {
+                "a wrong"
+            };
             tracing::warn!(%peer, client = %hello.client_name, user = %hello.user_name, "refused a client: {what} domain password");
             refuse(stream, ErrorKind::Perm, format!("{what} domain password")).await;
             return;
@@ -169,11 +180,14 @@ async fn connection(dom: &Arc<Domain>, mut stream: TcpStream, peer: SocketAddr) 
             match decoder.next_frame() {
                 Ok(Some(body)) => match Message::decode(&body) {
                     Ok(Message::Request(req)) => {
-                        if let Err(reply) = dom.relay.relay(dom, conn, &tx, &outstanding, req).await {
+                        if let Err(reply) = dom.relay.relay(dom, conn, &tx, &outstanding, req).await
+                        {
                             let _ = tx.send(Message::Reply(reply).encode());
                         }
                     }
-                    Ok(other) => break 'conn format!("protocol violation: sent {}", message_name(&other)),
+                    Ok(other) => {
+                        break 'conn format!("protocol violation: sent {}", message_name(&other))
+                    }
                     Err(e) => break 'conn format!("malformed frame: {e}"),
                 },
                 Ok(None) => break,

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio::sync::watch;
 use tpmon_config::DomainConfig;
 use tpmon_ipc::{Endpoint, StatusTable};
 use tpmon_proto::{ClientId, Welcome};
-use tokio::sync::watch;
 
 use crate::relay::RelayHub;
 

@@ -121,15 +121,24 @@ impl RelayHub {
         let client_call = req.call_id;
         let fail = |kind, detail: String| Err(error_reply(client_call, kind, detail));
         let Some(route) = dom.welcome.services.iter().find(|s| s.name == req.service) else {
-            return fail(ErrorKind::NoEnt, format!("no service named {}", req.service));
+            return fail(
+                ErrorKind::NoEnt,
+                format!("no service named {}", req.service),
+            );
         };
         if route.conversational {
-            return fail(ErrorKind::NoEnt, format!("{} is conversational", req.service));
+            return fail(
+                ErrorKind::NoEnt,
+                format!("{} is conversational", req.service),
+            );
         }
         let noreply = req.flags.contains(Flags::NOREPLY);
         let limit = dom.config.limits.pending_calls_max as usize;
         if !noreply && outstanding.load(Ordering::Acquire) >= limit {
-            return fail(ErrorKind::Limit, format!("{limit} calls are already outstanding"));
+            return fail(
+                ErrorKind::Limit,
+                format!("{limit} calls are already outstanding"),
+            );
         }
         let server = route.server as usize;
         let srv = &dom.servers[server];
@@ -141,7 +150,10 @@ impl RelayHub {
                 return fail(ErrorKind::Block, "the service queue is full".into());
             }
             if Instant::now() >= give_up {
-                return fail(ErrorKind::Time, "timed out waiting for room in the queue".into());
+                return fail(
+                    ErrorKind::Time,
+                    "timed out waiting for room in the queue".into(),
+                );
             }
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
@@ -164,7 +176,10 @@ impl RelayHub {
         }
         let body = Message::Request(req).encode();
         let result = loop {
-            match self.tx.send_to_path(Path::new(&srv.queue_path), &body, true) {
+            match self
+                .tx
+                .send_to_path(Path::new(&srv.queue_path), &body, true)
+            {
                 Err(IpcError::WouldBlock) if !nonblock && Instant::now() < give_up => {
                     tokio::time::sleep(Duration::from_micros(500)).await;
                 }

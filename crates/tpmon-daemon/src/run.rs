@@ -80,7 +80,11 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
 
     let node = match &opts.node {
         Some(n) => n.clone(),
-        None => config.nodes.first().map(|n| n.name.clone()).unwrap_or_default(),
+        None => config
+            .nodes
+            .first()
+            .map(|n| n.name.clone())
+            .unwrap_or_default(),
     };
     let qlen = tpmon_ipc::raise_kernel_queue_len(KERNEL_QUEUE_LEN_WANTED);
     if qlen < 64 {
@@ -90,9 +94,11 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
         );
     }
 
-    let std_listener = std::net::TcpListener::bind(config.domain.listen).map_err(|source| DaemonError::Listen {
-        addr: config.domain.listen,
-        source,
+    let std_listener = std::net::TcpListener::bind(config.domain.listen).map_err(|source| {
+        DaemonError::Listen {
+            addr: config.domain.listen,
+            source,
+        }
     })?;
     std_listener.set_nonblocking(true).map_err(rd_err)?;
     let listen_addr = std_listener.local_addr().map_err(rd_err)?;
@@ -136,7 +142,12 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
         node: node.clone(),
         run_dir: run_dir.display().to_string(),
         host_token,
-        blocking_timeout_ms: config.limits.blocking_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+        blocking_timeout_ms: config
+            .limits
+            .blocking_timeout
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32,
+        spin_us: config.limits.spin.as_micros().min(u128::from(u32::MAX)) as u32,
         servers: servers
             .iter()
             .map(|s| ServerRoute {
@@ -151,7 +162,9 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
             .map(|s| ServiceRoute {
                 name: s.name.clone(),
                 server: s.server as u16,
-                timeout_ms: s.timeout.map_or(0, |t| t.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
+                timeout_ms: s
+                    .timeout
+                    .map_or(0, |t| t.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
                 conversational: s.conversational,
                 buffer_types: s
                     .buffer_types
@@ -161,7 +174,8 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
             })
             .collect(),
     };
-    let relay = RelayHub::new(&config.domain.name, frame_max).map_err(|e| DaemonError::Ipc(e.to_string()))?;
+    let relay = RelayHub::new(&config.domain.name, frame_max)
+        .map_err(|e| DaemonError::Ipc(e.to_string()))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -175,7 +189,8 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
         let admin_path = run_dir.join(ADMIN_SOCKET);
         let _ = std::fs::remove_file(&admin_path);
         let admin_listener = tokio::net::UnixListener::bind(&admin_path).map_err(rd_err)?;
-        std::fs::set_permissions(&admin_path, std::fs::Permissions::from_mode(0o600)).map_err(rd_err)?;
+        std::fs::set_permissions(&admin_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(rd_err)?;
         (listener, admin_listener)
     };
     let (shutdown_tx, _) = watch::channel(false);
@@ -262,7 +277,11 @@ async fn serve(
     tokio::spawn(admin::serve(dom.clone(), admin_listener, down_tx));
     tracing::info!(listen = %dom.config.domain.listen, "domain is ready");
     if let Some(n) = ready {
-        n.send(&format!("ready {} {}", std::process::id(), dom.config.domain.listen));
+        n.send(&format!(
+            "ready {} {}",
+            std::process::id(),
+            dom.config.domain.listen
+        ));
     }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -311,7 +330,12 @@ fn lock_pid_file(config: &DomainConfig, run_dir: &Path) -> Result<File, DaemonEr
             source,
         })?;
     // SAFETY: flock on a descriptor we own.
-    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
     if rc != 0 {
         let mut pid = String::new();
         let _ = f.read_to_string(&mut pid);
@@ -326,7 +350,8 @@ fn lock_pid_file(config: &DomainConfig, run_dir: &Path) -> Result<File, DaemonEr
         source,
     };
     f.set_len(0).map_err(io)?;
-    f.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io)?;
+    f.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io)?;
     Ok(f)
 }
 

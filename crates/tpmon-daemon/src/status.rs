@@ -117,7 +117,11 @@ pub enum AdminError {
 }
 
 /// Sends one admin request to the daemon of `run_dir` and returns its answer text.
-pub fn admin_request(run_dir: &Path, req: AdminRequest, timeout: Duration) -> Result<String, AdminError> {
+pub fn admin_request(
+    run_dir: &Path,
+    req: AdminRequest,
+    timeout: Duration,
+) -> Result<String, AdminError> {
     let path = run_dir.join(crate::ADMIN_SOCKET);
     let mut s = UnixStream::connect(&path).map_err(|source| AdminError::NotRunning {
         dir: run_dir.display().to_string(),
@@ -131,7 +135,10 @@ pub fn admin_request(run_dir: &Path, req: AdminRequest, timeout: Duration) -> Re
     let mut dec = FrameDecoder::new(64 << 20);
     let mut buf = [0u8; 16384];
     loop {
-        if let Some(body) = dec.next_frame().map_err(|e| AdminError::Protocol(e.to_string()))? {
+        if let Some(body) = dec
+            .next_frame()
+            .map_err(|e| AdminError::Protocol(e.to_string()))?
+        {
             return match Message::decode(&body) {
                 Ok(Message::AdminReply { ok: true, text }) => Ok(text),
                 Ok(Message::AdminReply { ok: false, text }) => Err(AdminError::Refused(text)),
@@ -140,7 +147,11 @@ pub fn admin_request(run_dir: &Path, req: AdminRequest, timeout: Duration) -> Re
             };
         }
         match s.read(&mut buf) {
-            Ok(0) => return Err(AdminError::Protocol("the daemon closed the connection".into())),
+            Ok(0) => {
+                return Err(AdminError::Protocol(
+                    "the daemon closed the connection".into(),
+                ))
+            }
             Ok(n) => dec.extend(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(proto(e)),

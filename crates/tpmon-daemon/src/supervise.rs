@@ -59,7 +59,12 @@ pub fn start_slot(dom: &Arc<Domain>, server: usize, k: usize) -> bool {
     true
 }
 
-fn set_slot<F: FnOnce(&mut crate::domain::SlotRecord)>(dom: &Domain, server: usize, k: usize, f: F) {
+fn set_slot<F: FnOnce(&mut crate::domain::SlotRecord)>(
+    dom: &Domain,
+    server: usize,
+    k: usize,
+    f: F,
+) {
     if let Ok(mut rec) = dom.servers[server].record.lock() {
         if let Some(s) = rec.slots.get_mut(k) {
             f(s);
@@ -76,7 +81,10 @@ struct Running {
 
 enum Ended {
     /// The process exited; `tpexit` when it announced TPEXIT or a panic first.
-    Exited { status: ExitStatus, tpexit: Option<String> },
+    Exited {
+        status: ExitStatus,
+        tpexit: Option<String>,
+    },
 }
 
 async fn slot_task(dom: &Arc<Domain>, server: usize, k: usize) {
@@ -218,7 +226,10 @@ fn answer_orphan(dom: &Domain, server: usize, k: usize, slot: usize, pid: u32, r
         .get(busy.service as usize)
         .map_or("?", |s| s.name.as_str());
     let detail = match kill_reason {
-        Some(why) => format!("service {service} {why} (server {} pid {pid})", dom.server_name(server)),
+        Some(why) => format!(
+            "service {service} {why} (server {} pid {pid})",
+            dom.server_name(server)
+        ),
         None => format!(
             "server {} pid {pid} {reason} while serving {service}",
             dom.server_name(server)
@@ -242,7 +253,12 @@ fn answer_orphan(dom: &Domain, server: usize, k: usize, slot: usize, pid: u32, r
     }
 }
 
-async fn start_instance(dom: &Arc<Domain>, server: usize, k: usize, slot: usize) -> Result<Running, String> {
+async fn start_instance(
+    dom: &Arc<Domain>,
+    server: usize,
+    k: usize,
+    slot: usize,
+) -> Result<Running, String> {
     let cfg = &dom.config.servers[server];
     dom.table.reset_slot(slot);
     dom.table.set_slot(slot, 0, SlotState::Starting);
@@ -262,11 +278,19 @@ async fn start_instance(dom: &Arc<Domain>, server: usize, k: usize, slot: usize)
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
-    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. The
-    // descriptors are first moved above 10 so that placing them on 3 and 4 cannot
-    // clobber one another.
+    let daemon_pid = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, fcntl, dup2) between fork
+    // and exec. The descriptors are first moved above 10 so that placing them on 3 and
+    // 4 cannot clobber one another.
     unsafe {
         cmd.pre_exec(move || {
+            // An instance must not outlive its daemon: it would hold a queue nobody
+            // routes to. (The daemon's worker threads live as long as the daemon.)
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                || libc::getppid() != daemon_pid
+            {
+                return Err(std::io::Error::other("the daemon is gone"));
+            }
             let q = libc::fcntl(queue_fd, libc::F_DUPFD, 10);
             let c = libc::fcntl(control_fd, libc::F_DUPFD, 10);
             if q < 0 || c < 0 || libc::dup2(q, 3) < 0 || libc::dup2(c, 4) < 0 {
@@ -307,7 +331,11 @@ async fn start_instance(dom: &Arc<Domain>, server: usize, k: usize, slot: usize)
     );
     if let Err(e) = running.control.write_all(&frame).await {
         let status = reap(&mut running).await;
-        return Err(format!("{} {} before set-up ({e})", exe.display(), describe_exit(status)));
+        return Err(format!(
+            "{} {} before set-up ({e})",
+            exe.display(),
+            describe_exit(status)
+        ));
     }
     let wait_ready = async {
         loop {
@@ -355,7 +383,10 @@ async fn reap(r: &mut Running) -> ExitStatus {
     }
 }
 
-async fn read_control(control: &mut UnixStream, decoder: &mut FrameDecoder) -> Option<ControlMessage> {
+async fn read_control(
+    control: &mut UnixStream,
+    decoder: &mut FrameDecoder,
+) -> Option<ControlMessage> {
     let mut buf = [0u8; 4096];
     loop {
         match decoder.next_frame() {
@@ -424,7 +455,9 @@ pub async fn watchdog(dom: Arc<Domain>) {
                         continue;
                     }
                     let Some(pid) = s.pid else { continue };
-                    let Some(snap) = dom.table.slot(srv.slot_base + k) else { continue };
+                    let Some(snap) = dom.table.slot(srv.slot_base + k) else {
+                        continue;
+                    };
                     if snap.state != SlotState::Running {
                         continue;
                     }
@@ -471,7 +504,9 @@ pub async fn watchdog(dom: Arc<Domain>) {
 /// When a failed server has no instance left, answer everything in its queue.
 fn maybe_drain(dom: &Arc<Domain>, server: usize) {
     let reason = {
-        let Ok(rec) = dom.servers[server].record.lock() else { return };
+        let Ok(rec) = dom.servers[server].record.lock() else {
+            return;
+        };
         match &rec.failed {
             Some(r) if rec.slots.iter().all(|s| !s.active) => r.clone(),
             _ => return,
@@ -492,7 +527,10 @@ fn maybe_drain(dom: &Arc<Domain>, server: usize) {
             use std::os::fd::IntoRawFd;
             // SAFETY: a fresh duplicate that this thread alone owns.
             let mut q = unsafe {
-                tpmon_ipc::Endpoint::from_raw_fd(fd.into_raw_fd(), dom.config.limits.frame_bytes_max as usize)
+                tpmon_ipc::Endpoint::from_raw_fd(
+                    fd.into_raw_fd(),
+                    dom.config.limits.frame_bytes_max as usize,
+                )
             };
             let _ = q.set_recv_timeout(Some(Duration::from_millis(200)));
             while !dom.is_stopping() {
@@ -505,7 +543,10 @@ fn maybe_drain(dom: &Arc<Domain>, server: usize) {
                     let body = Message::Reply(error_reply(
                         req.call_id,
                         ErrorKind::NoEnt,
-                        format!("server {name} of service {} has failed: {reason}", req.service),
+                        format!(
+                            "server {name} of service {} has failed: {reason}",
+                            req.service
+                        ),
                     ))
                     .encode();
                     let _ = dom.relay.tx.send_to_abstract(&req.reply_to, &body, true);
@@ -529,7 +570,11 @@ pub async fn stop_all(dom: &Arc<Domain>) {
         let body = Message::Shutdown.encode();
         for _ in 0..n {
             for _ in 0..200 {
-                match dom.relay.tx.send_to_path(Path::new(&srv.queue_path), &body, true) {
+                match dom
+                    .relay
+                    .tx
+                    .send_to_path(Path::new(&srv.queue_path), &body, true)
+                {
                     Err(IpcError::WouldBlock) => tokio::time::sleep(Duration::from_millis(5)).await,
                     Err(e) => {
                         tracing::warn!(server = %dom.server_name(i), error = %e, "cannot send shutdown");
@@ -555,7 +600,13 @@ pub async fn stop_all(dom: &Arc<Domain>) {
             .flat_map(|s| {
                 s.record
                     .lock()
-                    .map(|r| r.slots.iter().filter(|x| x.active).filter_map(|x| x.pid).collect::<Vec<_>>())
+                    .map(|r| {
+                        r.slots
+                            .iter()
+                            .filter(|x| x.active)
+                            .filter_map(|x| x.pid)
+                            .collect::<Vec<_>>()
+                    })
                     .unwrap_or_default()
             })
             .collect();

@@ -64,6 +64,20 @@ fn os(context: impl Into<String>) -> impl FnOnce(Errno) -> IpcError {
     move |source| IpcError::Os { context, source }
 }
 
+/// Adaptive polling state for [`Endpoint::recv_spinning`].
+#[derive(Debug, Clone, Copy)]
+pub struct Spin {
+    limit: Duration,
+    misses: u8,
+}
+
+impl Spin {
+    /// Polls for at most `limit` before sleeping (zero: never poll).
+    pub fn new(limit: Duration) -> Spin {
+        Spin { limit, misses: 0 }
+    }
+}
+
 /// A received message.
 #[derive(Debug)]
 pub struct Received {
@@ -99,12 +113,8 @@ impl Endpoint {
         let fd = dgram_socket()?;
         let mut last = Errno::EADDRINUSE;
         for _ in 0..16 {
-            let name = format!(
-                "{prefix}/{}/{:016x}",
-                std::process::id(),
-                random_u64()
-            )
-            .into_bytes();
+            let name =
+                format!("{prefix}/{}/{:016x}", std::process::id(), random_u64()).into_bytes();
             let addr = UnixAddr::new_abstract(&name).map_err(os("abstract address"))?;
             match socket::bind(fd.as_raw_fd(), &addr) {
                 Ok(()) => return Ok(Self::from_parts(fd, name, message_bytes_max)),
@@ -182,7 +192,12 @@ impl Endpoint {
     }
 
     /// Sends `body` to the abstract address `name`.
-    pub fn send_to_abstract(&self, name: &[u8], body: &[u8], nonblock: bool) -> Result<(), IpcError> {
+    pub fn send_to_abstract(
+        &self,
+        name: &[u8],
+        body: &[u8],
+        nonblock: bool,
+    ) -> Result<(), IpcError> {
         let addr = UnixAddr::new_abstract(name).map_err(os("abstract address"))?;
         self.send(&addr, body, nonblock, || {
             format!("@{}", String::from_utf8_lossy(name))
@@ -250,6 +265,42 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Receives one message like `recv(false)`, but first polls without blocking for
+    /// up to the spin limit when recent waits were short: when the peer answers within
+    /// that time this process never sleeps and the peer's send needs no wake-up (on a
+    /// small virtual machine the wake-up is most of a round trip). After two polls in a
+    /// row that found nothing, polling stops until a blocking wait again ends within
+    /// the limit, so an idle process does not burn CPU.
+    pub fn recv_spinning(&mut self, spin: &mut Spin) -> Result<Received, IpcError> {
+        if spin.limit.is_zero() {
+            return self.recv(false);
+        }
+        if spin.misses < 2 {
+            let until = std::time::Instant::now() + spin.limit;
+            loop {
+                match self.recv(true) {
+                    Err(IpcError::WouldBlock) => {}
+                    other => {
+                        spin.misses = 0;
+                        return other;
+                    }
+                }
+                if std::time::Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            spin.misses += 1;
+            return self.recv(false);
+        }
+        let t = std::time::Instant::now();
+        let r = self.recv(false);
+        if t.elapsed() <= spin.limit {
+            spin.misses = 0;
+        }
+        r
+    }
+
     /// Receives one message, waiting up to the receive timeout (or not at all when
     /// `nonblock`).
     pub fn recv(&mut self, nonblock: bool) -> Result<Received, IpcError> {
@@ -276,10 +327,12 @@ impl Endpoint {
                             IpcError::TimedOut
                         })
                     }
-                    Err(e) => return Err(IpcError::Os {
-                        context: "receiving".into(),
-                        source: e,
-                    }),
+                    Err(e) => {
+                        return Err(IpcError::Os {
+                            context: "receiving".into(),
+                            source: e,
+                        })
+                    }
                 };
                 let mut fds = Vec::new();
                 if let Ok(cmsgs) = msg.cmsgs() {
@@ -322,12 +375,18 @@ impl Endpoint {
                     max: self.message_bytes_max,
                 });
             }
-            let mut file = std::fs::File::from(fds.into_iter().next().ok_or_else(|| {
-                IpcError::Malformed("missing descriptor".into())
-            })?);
+            let mut file = std::fs::File::from(
+                fds.into_iter()
+                    .next()
+                    .ok_or_else(|| IpcError::Malformed("missing descriptor".into()))?,
+            );
             let mut body = Vec::with_capacity(n);
             file.seek(SeekFrom::Start(0))
-                .and_then(|_| Read::by_ref(&mut file).take(n as u64).read_to_end(&mut body))
+                .and_then(|_| {
+                    Read::by_ref(&mut file)
+                        .take(n as u64)
+                        .read_to_end(&mut body)
+                })
                 .map_err(|e| IpcError::Malformed(format!("reading out-of-line message: {e}")))?;
             if body.len() != n {
                 return Err(IpcError::Malformed(format!(
@@ -341,11 +400,8 @@ impl Endpoint {
 }
 
 fn write_memfd(body: &[u8]) -> Result<OwnedFd, IpcError> {
-    let fd = nix::sys::memfd::memfd_create(
-        "tpmon-msg",
-        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-    )
-    .map_err(os("memfd_create"))?;
+    let fd = nix::sys::memfd::memfd_create("tpmon-msg", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(os("memfd_create"))?;
     let mut file = std::fs::File::from(fd);
     file.write_all(body).map_err(|e| IpcError::Os {
         context: format!("writing a {}-byte message to a memfd", body.len()),
@@ -395,10 +451,12 @@ mod tests {
         let mut a = Endpoint::bind_abstract("tpmon-test", 8 << 20).expect("bind a");
         let b = Endpoint::bind_abstract("tpmon-test", 8 << 20).expect("bind b");
         let small = vec![1u8; 100];
-        b.send_to_abstract(a.name(), &small, false).expect("send small");
+        b.send_to_abstract(a.name(), &small, false)
+            .expect("send small");
         assert_eq!(a.recv(false).expect("recv").body, small);
         let large: Vec<u8> = (0..(3usize << 20)).map(|i| (i % 251) as u8 + 1).collect();
-        b.send_to_abstract(a.name(), &large, false).expect("send large");
+        b.send_to_abstract(a.name(), &large, false)
+            .expect("send large");
         assert_eq!(a.recv(false).expect("recv").body, large);
     }
 
@@ -411,10 +469,14 @@ mod tests {
         ));
         assert!(matches!(
             a.send_to_abstract(b"x", &[1u8; 2000], true),
-            Err(IpcError::TooLarge { len: 2000, max: 1000 })
+            Err(IpcError::TooLarge {
+                len: 2000,
+                max: 1000
+            })
         ));
         assert!(matches!(a.recv(true), Err(IpcError::WouldBlock)));
-        a.set_recv_timeout(Some(Duration::from_millis(5))).expect("timeout");
+        a.set_recv_timeout(Some(Duration::from_millis(5)))
+            .expect("timeout");
         assert!(matches!(a.recv(false), Err(IpcError::TimedOut)));
     }
 

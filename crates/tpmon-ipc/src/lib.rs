@@ -16,10 +16,9 @@ mod table;
 
 pub use clock::monotonic_us;
 pub use endpoint::{
-    kernel_queue_len, raise_kernel_queue_len, Endpoint, IpcError, Received, INLINE_BYTES_MAX,
+    kernel_queue_len, raise_kernel_queue_len, Endpoint, IpcError, Received, Spin, INLINE_BYTES_MAX,
 };
 pub use table::{
-    BusyRequest, CallOutcome, ServiceStats,
-    latency_bucket, SlotSnapshot, SlotState, StatusTable, TableError, TableShape, LATENCY_BUCKETS,
-    REPLY_ADDR_BYTES_MAX,
+    latency_bucket, BusyRequest, CallOutcome, ServiceStats, SlotSnapshot, SlotState, StatusTable,
+    TableError, TableShape, LATENCY_BUCKETS, REPLY_ADDR_BYTES_MAX,
 };

@@ -207,7 +207,11 @@ pub struct StatusTable {
 
 impl StatusTable {
     /// Creates (or replaces) the table file at `path`.
-    pub fn create(path: &Path, shape: TableShape, generation: u64) -> Result<StatusTable, TableError> {
+    pub fn create(
+        path: &Path,
+        shape: TableShape,
+        generation: u64,
+    ) -> Result<StatusTable, TableError> {
         let io = |source| TableError::Io {
             path: path.to_path_buf(),
             source,
@@ -248,7 +252,11 @@ impl StatusTable {
             path: path.to_path_buf(),
             what,
         };
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
         let len = file.metadata().map_err(io)?.len() as usize;
         if len < HEADER_WORDS * 8 {
             return Err(invalid(format!("{len} bytes is shorter than the header")));
@@ -537,7 +545,11 @@ mod tests {
     #[test]
     fn two_mappings_share_state() {
         let p = temp("share");
-        let shape = TableShape { servers: 2, slots: 3, services: 2 };
+        let shape = TableShape {
+            servers: 2,
+            slots: 3,
+            services: 2,
+        };
         let a = StatusTable::create(&p, shape, 9).expect("create");
         let b = StatusTable::open(&p).expect("open");
         assert_eq!(b.shape(), shape);
@@ -580,12 +592,22 @@ mod tests {
         let e = StatusTable::open(&p).expect_err("short");
         assert!(e.to_string().contains("shorter than the header"));
         std::fs::write(&p, [0u8; 64]).expect("write");
-        assert!(StatusTable::open(&p).expect_err("magic").to_string().contains("bad magic"));
-        let shape = TableShape { servers: 1, slots: 1, services: 1 };
+        assert!(StatusTable::open(&p)
+            .expect_err("magic")
+            .to_string()
+            .contains("bad magic"));
+        let shape = TableShape {
+            servers: 1,
+            slots: 1,
+            services: 1,
+        };
         drop(StatusTable::create(&p, shape, 1).expect("create"));
         let f = OpenOptions::new().write(true).open(&p).expect("open");
         f.set_len(100).expect("truncate");
-        assert!(StatusTable::open(&p).expect_err("trunc").to_string().contains("truncated"));
+        assert!(StatusTable::open(&p)
+            .expect_err("trunc")
+            .to_string()
+            .contains("truncated"));
         let _ = std::fs::remove_file(&p);
     }
 }

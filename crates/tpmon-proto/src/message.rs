@@ -123,6 +123,8 @@ pub struct Welcome {
     pub host_token: u64,
     /// Default blocking timeout in milliseconds.
     pub blocking_timeout_ms: u32,
+    /// Microseconds a local caller or instance polls before sleeping (0 = never).
+    pub spin_us: u32,
     /// Servers (queues).
     pub servers: Vec<ServerRoute>,
     /// Services.
@@ -554,6 +556,7 @@ fn encode_welcome(w: &mut Writer, wl: &Welcome) {
         .str16(&wl.run_dir)
         .u64(wl.host_token)
         .u32(wl.blocking_timeout_ms)
+        .u32(wl.spin_us)
         .u16(wl.servers.len().min(ROUTES_MAX) as u16);
     for s in wl.servers.iter().take(ROUTES_MAX) {
         w.str16(&s.name).str16(&s.queue_path).u32(s.queue_max);
@@ -575,6 +578,7 @@ fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
     let run_dir = r.str16("run dir")?;
     let host_token = r.u64("host token")?;
     let blocking_timeout_ms = r.u32("blocking timeout")?;
+    let spin_us = r.u32("spin")?;
     let n = r.u16("server count")? as usize;
     let mut servers = Vec::with_capacity(n.min(r.remaining() / 8));
     for _ in 0..n {
@@ -611,6 +615,7 @@ fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
         run_dir,
         host_token,
         blocking_timeout_ms,
+        spin_us,
         servers,
         services,
     })
@@ -628,6 +633,7 @@ mod tests {
             run_dir: "/tmp/r".into(),
             host_token: 99,
             blocking_timeout_ms: 60_000,
+            spin_us: 20,
             servers: vec![ServerRoute {
                 name: "s".into(),
                 queue_path: "/tmp/r/q/s".into(),
@@ -721,7 +727,10 @@ mod tests {
         for m in samples() {
             let bytes = m.encode();
             for cut in 0..bytes.len() {
-                assert!(Message::decode(&bytes[..cut]).is_err(), "{m:?} cut at {cut}");
+                assert!(
+                    Message::decode(&bytes[..cut]).is_err(),
+                    "{m:?} cut at {cut}"
+                );
             }
             let mut longer = bytes.clone();
             longer.push(0);

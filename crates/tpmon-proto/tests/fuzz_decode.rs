@@ -17,7 +17,11 @@ fn request() -> impl Strategy<Value = Message> {
             proptest::collection::vec(any::<u8>(), 0..64),
             any::<u32>(),
         )),
-        proptest::option::of((1u8..=5, "[a-z]{0,8}", proptest::collection::vec(any::<u8>(), 0..300))),
+        proptest::option::of((
+            1u8..=5,
+            "[a-z]{0,8}",
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )),
     )
         .prop_map(|(call_id, flags, service, reply_to, client, tx, buf)| {
             Message::Request(Request {
@@ -71,11 +75,8 @@ proptest! {
         let mut d = FrameDecoder::new(128);
         for c in chunks {
             d.extend(&c);
-            loop {
-                match d.next_frame() {
-                    Ok(Some(f)) => prop_assert!(!f.is_empty() && f.len() <= 128),
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(f)) = d.next_frame() {
+                prop_assert!(!f.is_empty() && f.len() <= 128);
             }
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tpmon_client::{from_wire, to_wire, Client};
-use tpmon_ipc::{monotonic_us, BusyRequest, CallOutcome, Endpoint, IpcError, StatusTable};
+use tpmon_ipc::{monotonic_us, BusyRequest, CallOutcome, Endpoint, IpcError, Spin, StatusTable};
 use tpmon_proto::{
     encode_frame, ControlMessage, ErrorKind, Flags, FrameDecoder, Message, Reply, ReplyStatus,
     Request, Welcome,
@@ -94,6 +94,7 @@ struct Instance {
     server_index: usize,
     slot: usize,
     service_index: HashMap<String, usize>,
+    spin: Spin,
 }
 
 fn send_control(control: &mut UnixStream, m: ControlMessage) -> Result<(), String> {
@@ -108,11 +109,16 @@ fn read_setup(control: &mut UnixStream) -> Result<(Welcome, usize, usize), Strin
     let mut dec = FrameDecoder::new(16 << 20);
     let mut buf = [0u8; 8192];
     loop {
-        if let Some(body) = dec.next_frame().map_err(|e| format!("control socket: {e}"))? {
+        if let Some(body) = dec
+            .next_frame()
+            .map_err(|e| format!("control socket: {e}"))?
+        {
             return match Message::decode(&body) {
-                Ok(Message::Control(ControlMessage::Setup { welcome, server, slot })) => {
-                    Ok((welcome, server as usize, slot as usize))
-                }
+                Ok(Message::Control(ControlMessage::Setup {
+                    welcome,
+                    server,
+                    slot,
+                })) => Ok((welcome, server as usize, slot as usize)),
                 Ok(other) => Err(format!("expected the set-up message, got {other:?}")),
                 Err(e) => Err(format!("control socket: {e}")),
             };
@@ -158,8 +164,16 @@ impl Instance {
             .map(|s| s.name.as_str())
             .collect();
         if !missing.is_empty() {
-            let reason = format!("the program has no routine for service(s) {}", missing.join(", "));
-            send_control(&mut control, ControlMessage::InitFailed { reason: reason.clone() })?;
+            let reason = format!(
+                "the program has no routine for service(s) {}",
+                missing.join(", ")
+            );
+            send_control(
+                &mut control,
+                ControlMessage::InitFailed {
+                    reason: reason.clone(),
+                },
+            )?;
             return Err(reason);
         }
         if let Some(init) = server.init.take() {
@@ -167,17 +181,33 @@ impl Instance {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => {
                     let reason = format!("tpsvrinit failed: {reason}");
-                    send_control(&mut control, ControlMessage::InitFailed { reason: reason.clone() })?;
+                    send_control(
+                        &mut control,
+                        ControlMessage::InitFailed {
+                            reason: reason.clone(),
+                        },
+                    )?;
                     return Err(reason);
                 }
                 Err(_) => {
                     let reason = "tpsvrinit panicked".to_string();
-                    send_control(&mut control, ControlMessage::InitFailed { reason: reason.clone() })?;
+                    send_control(
+                        &mut control,
+                        ControlMessage::InitFailed {
+                            reason: reason.clone(),
+                        },
+                    )?;
                     return Err(reason);
                 }
             }
         }
-        send_control(&mut control, ControlMessage::Ready { pid: std::process::id() })?;
+        send_control(
+            &mut control,
+            ControlMessage::Ready {
+                pid: std::process::id(),
+            },
+        )?;
+        let spin_us = welcome.spin_us;
         let service_index = welcome
             .services
             .iter()
@@ -194,24 +224,32 @@ impl Instance {
             server_index,
             slot,
             service_index,
+            spin: Spin::new(Duration::from_micros(u64::from(spin_us))),
         };
         let code = inst.serve();
         if let Some(done) = inst.server.done.take() {
             if catch_unwind(AssertUnwindSafe(|| done(&mut inst.ctx))).is_err() {
-                eprintln!("tpmon server {name}[{}]: tpsvrdone panicked", std::process::id());
+                eprintln!(
+                    "tpmon server {name}[{}]: tpsvrdone panicked",
+                    std::process::id()
+                );
             }
         }
         Ok(code)
     }
 
     fn log(&self, what: &str) {
-        eprintln!("tpmon server {}[{}]: {what}", self.ctx.server_name, std::process::id());
+        eprintln!(
+            "tpmon server {}[{}]: {what}",
+            self.ctx.server_name,
+            std::process::id()
+        );
     }
 
     /// Serves until a Shutdown message or a restart request; returns the exit code.
     fn serve(&mut self) -> ExitCode {
         loop {
-            let got = match self.queue.recv(false) {
+            let got = match self.queue.recv_spinning(&mut self.spin) {
                 Ok(g) => g,
                 Err(IpcError::Malformed(m)) => {
                     self.table.queue_release(self.server_index);
@@ -240,7 +278,9 @@ impl Instance {
                 Ok(Message::Shutdown) => return ExitCode::SUCCESS,
                 Ok(other) => {
                     self.table.queue_release(self.server_index);
-                    self.log(&format!("dropped an unexpected message on the queue: {other:?}"));
+                    self.log(&format!(
+                        "dropped an unexpected message on the queue: {other:?}"
+                    ));
                 }
                 Err(e) => {
                     self.table.queue_release(self.server_index);
@@ -292,15 +332,28 @@ impl Instance {
         req: &Request,
         service: Option<usize>,
     ) -> (Option<Reply>, CallOutcome, Option<String>) {
-        let err = |kind, detail: String| (Some(Self::error_reply(req, kind, detail)), CallOutcome::Error, None);
-        let Some(si) = service.filter(|&s| self.welcome.services[s].server as usize == self.server_index) else {
-            return err(ErrorKind::NoEnt, format!("service {} is not offered here", req.service));
+        let err = |kind, detail: String| {
+            (
+                Some(Self::error_reply(req, kind, detail)),
+                CallOutcome::Error,
+                None,
+            )
+        };
+        let Some(si) =
+            service.filter(|&s| self.welcome.services[s].server as usize == self.server_index)
+        else {
+            return err(
+                ErrorKind::NoEnt,
+                format!("service {} is not offered here", req.service),
+            );
         };
         let route = &self.welcome.services[si];
         let buffer = match &req.buffer {
             None => None,
             Some(w) => {
-                if route.buffer_types != 0 && route.buffer_types & (1u32 << w.type_code.min(31)) == 0 {
+                if route.buffer_types != 0
+                    && route.buffer_types & (1u32 << w.type_code.min(31)) == 0
+                {
                     return err(
                         ErrorKind::IType,
                         format!("service {} does not accept this buffer type", req.service),
@@ -308,7 +361,9 @@ impl Instance {
                 }
                 match from_wire(w) {
                     Ok(b) => Some(b),
-                    Err(e) => return err(ErrorKind::IType, format!("request buffer: {}", e.detail)),
+                    Err(e) => {
+                        return err(ErrorKind::IType, format!("request buffer: {}", e.detail))
+                    }
                 }
             }
         };
@@ -351,11 +406,18 @@ impl Instance {
         if outstanding > 0 {
             return err(
                 ErrorKind::SvcErr,
-                format!("service {} returned with {outstanding} calls outstanding", req.service),
+                format!(
+                    "service {} returned with {outstanding} calls outstanding",
+                    req.service
+                ),
             );
         }
         match result {
-            ServiceResult::Return { outcome, rcode, buffer } => {
+            ServiceResult::Return {
+                outcome,
+                rcode,
+                buffer,
+            } => {
                 let status = match outcome {
                     Outcome::Success => ReplyStatus::Success,
                     Outcome::Fail | Outcome::Exit => ReplyStatus::Fail,
@@ -389,7 +451,11 @@ impl Instance {
                 match self.ctx.client.forward(&fwd) {
                     Ok(()) => (None, CallOutcome::Success, None),
                     Err(e) => (
-                        Some(Self::error_reply(req, e.kind, format!("forward to {}: {}", fwd.service, e.detail))),
+                        Some(Self::error_reply(
+                            req,
+                            e.kind,
+                            format!("forward to {}: {}", fwd.service, e.detail),
+                        )),
                         CallOutcome::Error,
                         None,
                     ),

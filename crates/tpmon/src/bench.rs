@@ -38,7 +38,11 @@ const ENDUROX: [(usize, f64); 4] = [(1, 17_700.0), (2, 37_000.0), (4, 101_000.0)
 
 pub fn run(which: BenchCommand) -> anyhow::Result<()> {
     match which {
-        BenchCommand::Call { json, seconds, clients } => bench_call(json, seconds, &clients),
+        BenchCommand::Call {
+            json,
+            seconds,
+            clients,
+        } => bench_call(json, seconds, &clients),
     }
 }
 
@@ -54,7 +58,13 @@ struct Point {
 fn summarize(clients: usize, mut lat_ns: Vec<u64>, elapsed: Duration) -> Point {
     lat_ns.sort_unstable();
     let n = lat_ns.len().max(1);
-    let pct = |p: f64| lat_ns.get(((n as f64 * p) as usize).min(n - 1)).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        lat_ns
+            .get(((n as f64 * p) as usize).min(n - 1))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     Point {
         clients,
         calls_per_s: lat_ns.len() as f64 / elapsed.as_secs_f64(),
@@ -85,10 +95,19 @@ pub fn pong(fd: i32) -> anyhow::Result<()> {
 /// Raw round trip: 64-byte datagrams ping-ponged with a child process over a Unix
 /// datagram socket pair (the same socket type tpmon's queues use), blocking calls only.
 fn raw_baseline(seconds: f64) -> anyhow::Result<Point> {
-    let (ours, theirs) = socket::socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::SOCK_CLOEXEC)
-        .context("socketpair")?;
+    let (ours, theirs) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("socketpair")?;
     // Only the child's end may survive exec; ours must not, or the child never sees EOF.
-    nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).context("fcntl")?;
+    nix::fcntl::fcntl(
+        &theirs,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .context("fcntl")?;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("bench-pong")
@@ -152,32 +171,36 @@ fn tpcall_point(addr: &str, clients: usize, seconds: f64, relay: bool) -> anyhow
             force_relay: relay,
             ..ClientOptions::new(addr.to_string())
         };
-        handles.push(std::thread::spawn(move || -> anyhow::Result<(Vec<u64>, Duration)> {
-            let mut c = Client::connect(&opts)?;
-            if !relay && !c.is_local() {
-                bail!("the benchmark client did not get the local fast path");
-            }
-            let req = Buffer::string("x".repeat(PAYLOAD_BYTES));
-            for _ in 0..1000 {
-                c.call("ECHO", &req, Flags::NONE)?;
-            }
-            barrier.wait();
-            let mut lat = Vec::with_capacity(500_000);
-            let start = Instant::now();
-            let until = start + Duration::from_secs_f64(seconds);
-            while Instant::now() < until {
-                let t = Instant::now();
-                c.call("ECHO", &req, Flags::NONE)?;
-                lat.push(t.elapsed().as_nanos() as u64);
-            }
-            Ok((lat, start.elapsed()))
-        }));
+        handles.push(std::thread::spawn(
+            move || -> anyhow::Result<(Vec<u64>, Duration)> {
+                let mut c = Client::connect(&opts)?;
+                if !relay && !c.is_local() {
+                    bail!("the benchmark client did not get the local fast path");
+                }
+                let req = Buffer::string("x".repeat(PAYLOAD_BYTES));
+                for _ in 0..1000 {
+                    c.call("ECHO", &req, Flags::NONE)?;
+                }
+                barrier.wait();
+                let mut lat = Vec::with_capacity(500_000);
+                let start = Instant::now();
+                let until = start + Duration::from_secs_f64(seconds);
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    c.call("ECHO", &req, Flags::NONE)?;
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+                Ok((lat, start.elapsed()))
+            },
+        ));
     }
     barrier.wait();
     let mut all = Vec::new();
     let mut el = Duration::ZERO;
     for h in handles {
-        let (lat, e) = h.join().map_err(|_| anyhow::anyhow!("a benchmark client panicked"))??;
+        let (lat, e) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a benchmark client panicked"))??;
         all.extend(lat);
         el = el.max(e);
     }
@@ -188,6 +211,7 @@ fn bench_call(as_json: bool, seconds: f64, clients: &[usize]) -> anyhow::Result<
     if !(seconds.is_finite() && seconds > 0.0) {
         bail!("--seconds must be positive");
     }
+    crate::quickstart::require_example_server()?;
     let raw = raw_baseline(seconds)?;
     let instances = clients.iter().copied().max().unwrap_or(1).max(1);
     let mut dom = TempDomain::boot("bench", &bench_domain_toml(instances), false)?;
@@ -217,7 +241,10 @@ fn bench_call(as_json: bool, seconds: f64, clients: &[usize]) -> anyhow::Result<
         return Ok(());
     }
     println!("tpmon bench call: {PAYLOAD_BYTES}-byte STRING echo, {seconds} s per point\n");
-    println!("{:<34} {:>12} {:>9} {:>9} {:>9} {:>14}", "", "calls/s", "mean us", "p50 us", "p99 us", "Enduro/X c/s");
+    println!(
+        "{:<34} {:>12} {:>9} {:>9} {:>9} {:>14}",
+        "", "calls/s", "mean us", "p50 us", "p99 us", "Enduro/X c/s"
+    );
     println!(
         "{:<34} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14}",
         "raw Unix socket round trip", raw.calls_per_s, raw.mean_us, raw.p50_us, raw.p99_us, "-"
@@ -239,10 +266,17 @@ fn bench_call(as_json: bool, seconds: f64, clients: &[usize]) -> anyhow::Result<
     }
     println!(
         "{:<34} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14}",
-        "tpcall, 1 TCP client (relayed)", relay.calls_per_s, relay.mean_us, relay.p50_us, relay.p99_us, "-"
+        "tpcall, 1 TCP client (relayed)",
+        relay.calls_per_s,
+        relay.mean_us,
+        relay.p50_us,
+        relay.p99_us,
+        "-"
     );
     if let (Some(m), Some(p)) = (ratio_mean, ratio_p50) {
-        println!("\n1-client tpcall / raw round trip: {m:.2}x (mean), {p:.2}x (p50); target <= 1.15x");
+        println!(
+            "\n1-client tpcall / raw round trip: {m:.2}x (mean), {p:.2}x (p50); target <= 1.15x"
+        );
     }
     Ok(())
 }

@@ -46,7 +46,9 @@ pub fn boot(a: BootArgs) -> anyhow::Result<()> {
         let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
         // From now on stdout is /dev/null, so the parent exiting cannot hurt us.
         nix::unistd::dup2_stdout(&null).context("dup2 stdout")?;
-        Some(ReadyNotice(unsafe { std::fs::File::from_raw_fd(dup.into_raw_fd()) }))
+        Some(ReadyNotice(unsafe {
+            std::fs::File::from_raw_fd(dup.into_raw_fd())
+        }))
     } else {
         None
     };
@@ -94,7 +96,9 @@ fn detach(a: &BootArgs, cfg: &tpmon_config::DomainConfig) -> anyhow::Result<()> 
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal.
     unsafe {
         cmd.pre_exec(|| {
-            nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
         });
     }
     let mut child = cmd.spawn().context("starting the daemon")?;
@@ -119,8 +123,5 @@ fn detach(a: &BootArgs, cfg: &tpmon_config::DomainConfig) -> anyhow::Result<()> 
     if let Some(err) = line.strip_prefix("error: ") {
         bail!("{err}");
     }
-    bail!(
-        "the daemon exited during boot; see {}",
-        log_path.display()
-    )
+    bail!("the daemon exited during boot; see {}", log_path.display())
 }

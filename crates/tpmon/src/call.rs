@@ -54,7 +54,10 @@ fn from_hex(s: &str) -> anyhow::Result<Vec<u8>> {
     }
     (0..s.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| anyhow!("bad hex digits at {i}: {}", &s[i..i + 2])))
+        .map(|i| {
+            u8::from_str_radix(&s[i..i + 2], 16)
+                .map_err(|_| anyhow!("bad hex digits at {i}: {}", &s[i..i + 2]))
+        })
         .collect()
 }
 
@@ -63,7 +66,8 @@ fn to_hex(b: &[u8]) -> String {
 }
 
 pub(crate) fn field_table(cfg: &tpmon_config::DomainConfig) -> anyhow::Result<FieldTable> {
-    let mut t = FieldTable::load(cfg.domain.field_tables.iter()).context("loading the field tables")?;
+    let mut t =
+        FieldTable::load(cfg.domain.field_tables.iter()).context("loading the field tables")?;
     if t.is_empty() {
         t = FieldTable::from_env().context("loading field tables from FIELDTBLS/FLDTBLDIR")?;
     }
@@ -71,7 +75,11 @@ pub(crate) fn field_table(cfg: &tpmon_config::DomainConfig) -> anyhow::Result<Fi
 }
 
 fn request(a: &CallArgs, cfg: &tpmon_config::DomainConfig) -> anyhow::Result<(Buffer, FieldTable)> {
-    let table = if a.field.is_empty() { FieldTable::new() } else { field_table(cfg)? };
+    let table = if a.field.is_empty() {
+        FieldTable::new()
+    } else {
+        field_table(cfg)?
+    };
     let buf = if let Some(s) = &a.string {
         Buffer::try_string(s.clone().into_bytes()).context("--string")?
     } else if let Some(h) = &a.octet_hex {
@@ -87,7 +95,8 @@ fn request(a: &CallArgs, cfg: &tpmon_config::DomainConfig) -> anyhow::Result<(Bu
             let key = table
                 .resolve(name)
                 .ok_or_else(|| anyhow!("--field {f}: no field named {name} in the field tables"))?;
-            let v = FieldValue::from_text(key.field_type(), value).with_context(|| format!("--field {f}"))?;
+            let v = FieldValue::from_text(key.field_type(), value)
+                .with_context(|| format!("--field {f}"))?;
             fb.add(key, v).with_context(|| format!("--field {f}"))?;
         }
         Buffer::Field(fb)
@@ -129,15 +138,21 @@ fn run(a: &CallArgs) -> anyhow::Result<ExitCode> {
     let cfg = crate::load_config(&a.config, None, None)?;
     let (buf, mut table) = request(a, &cfg)?;
     let addr = match &a.node {
-        Some(n) => cfg
-            .node_by_name(n)
-            .ok_or_else(|| anyhow!("no node named {n} in {}", a.config.display()))?
-            .listen,
+        Some(n) => {
+            cfg.node_by_name(n)
+                .ok_or_else(|| anyhow!("no node named {n} in {}", a.config.display()))?
+                .listen
+        }
         None => cfg.domain.listen,
     };
     let opts = ClientOptions {
         addr: Some(addr.to_string()),
-        domain_password: cfg.domain.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
+        domain_password: cfg
+            .domain
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default(),
         client_name: "tpmon-call".into(),
         force_relay: a.relay,
         ..ClientOptions::default()
@@ -172,7 +187,13 @@ fn run(a: &CallArgs) -> anyhow::Result<ExitCode> {
     let result = client.call(&a.service, &buf, flags);
     let (ok, kind, urcode, reply, detail) = match &result {
         Ok(r) => (true, None, r.urcode, r.buffer.clone(), String::new()),
-        Err(e) => (false, Some(e.kind), e.urcode, e.reply.clone(), e.detail.clone()),
+        Err(e) => (
+            false,
+            Some(e.kind),
+            e.urcode,
+            e.reply.clone(),
+            e.detail.clone(),
+        ),
     };
     let (ty, text) = render(&reply, &table);
     if a.json {
@@ -192,7 +213,16 @@ fn run(a: &CallArgs) -> anyhow::Result<ExitCode> {
         None => Ok(ExitCode::SUCCESS),
         Some(k) => {
             if !a.json {
-                eprintln!("error: {} ({}), urcode {urcode}{}", k, k.description(), if detail.is_empty() { String::new() } else { format!(": {detail}") });
+                eprintln!(
+                    "error: {} ({}), urcode {urcode}{}",
+                    k,
+                    k.description(),
+                    if detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {detail}")
+                    }
+                );
             }
             Ok(ExitCode::from(k.code()))
         }

@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 
 /// The tpmon transaction processing monitor.
 #[derive(Parser)]
-#[command(name = "tpmon", version, about = "The tpmon transaction processing monitor")]
+#[command(
+    name = "tpmon",
+    version,
+    about = "The tpmon transaction processing monitor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,7 +87,11 @@ fn main() -> ExitCode {
             boot::boot(a)
         }
         Command::Down { config, run_dir } => status::down(&config, run_dir),
-        Command::Status { config, json, run_dir } => status::status(&config, json, run_dir),
+        Command::Status {
+            config,
+            json,
+            run_dir,
+        } => status::status(&config, json, run_dir),
         Command::Call(a) => return call::call(a),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Bench { which } => bench::run(which),
@@ -110,5 +118,8 @@ pub(crate) fn load_config(
 
 /// The directory holding this executable (where the example servers are built too).
 pub(crate) fn exe_dir() -> Option<PathBuf> {
-    std::env::current_exe().ok()?.parent().map(|p| p.to_path_buf())
+    std::env::current_exe()
+        .ok()?
+        .parent()
+        .map(|p| p.to_path_buf())
 }

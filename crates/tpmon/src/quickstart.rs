@@ -103,7 +103,11 @@ fn read_log_tail(p: &Path) -> String {
     match std::fs::read_to_string(p) {
         Ok(s) => {
             let lines: Vec<&str> = s.lines().rev().take(10).collect();
-            format!("\nlast lines of {}:\n{}", p.display(), lines.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            format!(
+                "\nlast lines of {}:\n{}",
+                p.display(),
+                lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
         }
         Err(_) => String::new(),
     }
@@ -127,28 +131,69 @@ impl Report {
 }
 
 fn text(b: &Option<Buffer>) -> String {
-    b.as_ref().and_then(|b| b.as_str()).unwrap_or_default().to_string()
+    b.as_ref()
+        .and_then(|b| b.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Fails with a clear message when the example server was not built.
+pub fn require_example_server() -> anyhow::Result<()> {
+    let dir = crate::exe_dir().context("locating the tpmon binary")?;
+    let server = dir.join("tpmon-quickstart-server");
+    if !server.exists() {
+        bail!(
+            "{} is missing: build the workspace first (cargo build --release)",
+            server.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
+    require_example_server()?;
     println!("tpmon quickstart: booting examples/quickstart/domain.toml in a temporary directory");
     let mut dom = TempDomain::boot("quickstart", QUICKSTART_TOML, a.keep)?;
-    println!("  domain up at {} (run directory {})\n", dom.addr, dom.run_dir.display());
-    let mut r = Report { passed: 0, failed: 0 };
+    println!(
+        "  domain up at {} (run directory {})\n",
+        dom.addr,
+        dom.run_dir.display()
+    );
+    let mut r = Report {
+        passed: 0,
+        failed: 0,
+    };
     let opts = ClientOptions::new(dom.addr.clone());
     let mut c = Client::connect(&opts).context("connecting to the quickstart domain")?;
-    println!("client {} connected ({} path)\n", c.client_id().0, if c.is_local() { "local fast" } else { "relayed" });
+    println!(
+        "client {} connected ({} path)\n",
+        c.client_id().0,
+        if c.is_local() {
+            "local fast"
+        } else {
+            "relayed"
+        }
+    );
 
     let t = Instant::now();
     let res = c.call("TOUPPER", &Buffer::string("hello, tpmon"), Flags::NONE);
-    let got = res.as_ref().map(|x| text(&x.buffer)).unwrap_or_else(|e| e.to_string());
-    r.check("tpcall TOUPPER \"hello, tpmon\"", got == "HELLO, TPMON", format!("-> {got:?} in {:?}", t.elapsed()));
+    let got = res
+        .as_ref()
+        .map(|x| text(&x.buffer))
+        .unwrap_or_else(|e| e.to_string());
+    r.check(
+        "tpcall TOUPPER \"hello, tpmon\"",
+        got == "HELLO, TPMON",
+        format!("-> {got:?} in {:?}", t.elapsed()),
+    );
 
     let octets = Buffer::x_octet(vec![0xde, 0xad, 0xbe, 0xef]);
     let res = c.call("ECHO", &octets, Flags::NONE);
     r.check(
         "tpcall ECHO X_OCTET de ad be ef",
-        res.as_ref().map(|x| x.buffer.as_ref() == Some(&octets)).unwrap_or(false),
+        res.as_ref()
+            .map(|x| x.buffer.as_ref() == Some(&octets))
+            .unwrap_or(false),
         "-> the same four bytes".into(),
     );
 
@@ -174,18 +219,37 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
     );
 
     let res = c.call("GREET", &Buffer::string("operator"), Flags::NONE);
-    let got = res.as_ref().map(|x| text(&x.buffer)).unwrap_or_else(|e| e.to_string());
-    r.check("GREET forwards to TOUPPER (tpforward)", got == "HELLO, OPERATOR", format!("-> {got:?}"));
+    let got = res
+        .as_ref()
+        .map(|x| text(&x.buffer))
+        .unwrap_or_else(|e| e.to_string());
+    r.check(
+        "GREET forwards to TOUPPER (tpforward)",
+        got == "HELLO, OPERATOR",
+        format!("-> {got:?}"),
+    );
 
     let res = c.call("SHOUT", &Buffer::string("nested"), Flags::NONE);
-    let got = res.as_ref().map(|x| text(&x.buffer)).unwrap_or_else(|e| e.to_string());
-    r.check("SHOUT calls TOUPPER (nested tpcall)", got == "NESTED!", format!("-> {got:?}"));
+    let got = res
+        .as_ref()
+        .map(|x| text(&x.buffer))
+        .unwrap_or_else(|e| e.to_string());
+    r.check(
+        "SHOUT calls TOUPPER (nested tpcall)",
+        got == "NESTED!",
+        format!("-> {got:?}"),
+    );
 
     match c.call("REFUSE", &Buffer::string("please"), Flags::NONE) {
         Err(e) if e.kind == ErrorKind::SvcFail && e.urcode == 42 => r.check(
             "REFUSE fails (TPFAIL)",
             true,
-            format!("-> {} urcode {} data {:?}", e.kind, e.urcode, text(&e.reply)),
+            format!(
+                "-> {} urcode {} data {:?}",
+                e.kind,
+                e.urcode,
+                text(&e.reply)
+            ),
         ),
         other => r.check("REFUSE fails (TPFAIL)", false, format!("-> {other:?}")),
     }
@@ -199,17 +263,30 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
             true,
             format!("-> {} after {:?}", e.kind, t.elapsed()),
         ),
-        other => r.check("SLOW 1200 ms with a 300 ms blocking timeout", false, format!("-> {other:?}")),
+        other => r.check(
+            "SLOW 1200 ms with a 300 ms blocking timeout",
+            false,
+            format!("-> {other:?}"),
+        ),
     }
     c.set_blocking_timeout(saved);
     // The late SLOW reply arrives while this call waits; it must be discarded.
     std::thread::sleep(Duration::from_millis(1000));
     let res = c.call("TOUPPER", &Buffer::string("after the timeout"), Flags::NONE);
-    let got = res.as_ref().map(|x| text(&x.buffer)).unwrap_or_else(|e| e.to_string());
-    r.check("the late reply is discarded", got == "AFTER THE TIMEOUT", format!("-> {got:?}"));
+    let got = res
+        .as_ref()
+        .map(|x| text(&x.buffer))
+        .unwrap_or_else(|e| e.to_string());
+    r.check(
+        "the late reply is discarded",
+        got == "AFTER THE TIMEOUT",
+        format!("-> {got:?}"),
+    );
 
     match c.call("NOSUCH", &Buffer::string("x"), Flags::NONE) {
-        Err(e) if e.kind == ErrorKind::NoEnt => r.check("tpcall NOSUCH", true, format!("-> {}", e.kind)),
+        Err(e) if e.kind == ErrorKind::NoEnt => {
+            r.check("tpcall NOSUCH", true, format!("-> {}", e.kind))
+        }
         other => r.check("tpcall NOSUCH", false, format!("-> {other:?}")),
     }
 
@@ -217,7 +294,9 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut ok = 0;
     for i in 0..n {
-        if c.call("ECHO", &Buffer::string(format!("ping {i}")), Flags::NONE).is_ok() {
+        if c.call("ECHO", &Buffer::string(format!("ping {i}")), Flags::NONE)
+            .is_ok()
+        {
             ok += 1;
         }
     }
@@ -225,7 +304,11 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
     r.check(
         &format!("{n} sequential tpcalls of ECHO"),
         ok == n,
-        format!("-> {:.0} calls/s, {:.1} us each", n as f64 / el.as_secs_f64(), el.as_secs_f64() * 1e6 / n as f64),
+        format!(
+            "-> {:.0} calls/s, {:.1} us each",
+            n as f64 / el.as_secs_f64(),
+            el.as_secs_f64() * 1e6 / n as f64
+        ),
     );
 
     let mut remote = Client::connect(&ClientOptions {
@@ -233,15 +316,25 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
         ..opts.clone()
     })?;
     let res = remote.call("TOUPPER", &Buffer::string("relayed"), Flags::NONE);
-    let got = res.as_ref().map(|x| text(&x.buffer)).unwrap_or_else(|e| e.to_string());
-    r.check("a remote-style client relayed by the daemon", got == "RELAYED", format!("-> {got:?}"));
+    let got = res
+        .as_ref()
+        .map(|x| text(&x.buffer))
+        .unwrap_or_else(|e| e.to_string());
+    r.check(
+        "a remote-style client relayed by the daemon",
+        got == "RELAYED",
+        format!("-> {got:?}"),
+    );
 
     println!("\nstatus of the domain:\n");
     print!("{}", crate::status::render(&dom.status()?));
     drop(c);
     drop(remote);
     dom.down()?;
-    println!("\ndomain shut down cleanly; {} checks passed, {} failed", r.passed, r.failed);
+    println!(
+        "\ndomain shut down cleanly; {} checks passed, {} failed",
+        r.passed, r.failed
+    );
     if a.keep {
         println!("kept {}", dom.dir.display());
     }

@@ -16,14 +16,22 @@ pub fn down(config: &Path, run_dir: Option<PathBuf>) -> anyhow::Result<()> {
         .map(|s| s.shutdown_timeout)
         .max()
         .unwrap_or(Duration::from_secs(10));
-    let text = admin_request(&cfg.domain.run_dir, AdminRequest::Down, grace + Duration::from_secs(10))?;
+    let text = admin_request(
+        &cfg.domain.run_dir,
+        AdminRequest::Down,
+        grace + Duration::from_secs(10),
+    )?;
     println!("domain {}: {text}", cfg.domain.name);
     Ok(())
 }
 
 pub fn status(config: &Path, json: bool, run_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = crate::load_config(config, None, run_dir)?;
-    let text = admin_request(&cfg.domain.run_dir, AdminRequest::Status, Duration::from_secs(10))?;
+    let text = admin_request(
+        &cfg.domain.run_dir,
+        AdminRequest::Status,
+        Duration::from_secs(10),
+    )?;
     let v: Value = serde_json::from_str(&text).context("the daemon's status is not JSON")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -54,13 +62,20 @@ pub fn render(v: &Value) -> String {
         n(&d["uptime_s"]),
         n(&d["clients"]),
     );
-    let _ = writeln!(out, "\nSERVER            STATE     RUN/MIN/MAX  RESTARTS  SERVED    QUEUED  PIDS");
+    let _ = writeln!(
+        out,
+        "\nSERVER            STATE     RUN/MIN/MAX  RESTARTS  SERVED    QUEUED  PIDS"
+    );
     for s in v["servers"].as_array().into_iter().flatten() {
         let pids: Vec<String> = s["instances"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|i| i["pid"].as_u64().map(|p| format!("{p}({})", i["state"].as_str().unwrap_or("?"))))
+            .filter_map(|i| {
+                i["pid"]
+                    .as_u64()
+                    .map(|p| format!("{p}({})", i["state"].as_str().unwrap_or("?")))
+            })
             .collect();
         let _ = writeln!(
             out,
@@ -79,7 +94,10 @@ pub fn render(v: &Value) -> String {
             let _ = writeln!(out, "    failed: {f}");
         }
     }
-    let _ = writeln!(out, "\nSERVICE           SERVER            QUEUED  CALLS     FAILED  ERRORS  MEAN_US  P99_US");
+    let _ = writeln!(
+        out,
+        "\nSERVICE           SERVER            QUEUED  CALLS     FAILED  ERRORS  MEAN_US  P99_US"
+    );
     for s in v["services"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,

@@ -7,7 +7,10 @@ use std::time::Duration;
 use tpmon_server::{tpforward, tpreturn, Buffer, Flags, Outcome, Server};
 
 fn text(b: &Option<Buffer>) -> String {
-    b.as_ref().and_then(|b| b.as_str()).unwrap_or_default().to_string()
+    b.as_ref()
+        .and_then(|b| b.as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn main() -> ExitCode {
@@ -32,13 +35,26 @@ fn main() -> ExitCode {
                     .create(true)
                     .append(true)
                     .open(m)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{}\n", std::process::id()).as_bytes()));
+                    .and_then(|mut f| {
+                        std::io::Write::write_all(
+                            &mut f,
+                            format!("{}\n", std::process::id()).as_bytes(),
+                        )
+                    });
             }
         })
-        .service("ECHO", |_ctx, req| tpreturn(Outcome::Success, 0, req.buffer))
-        .service("STRONLY", |_ctx, req| tpreturn(Outcome::Success, 0, req.buffer))
+        .service("ECHO", |_ctx, req| {
+            tpreturn(Outcome::Success, 0, req.buffer)
+        })
+        .service("STRONLY", |_ctx, req| {
+            tpreturn(Outcome::Success, 0, req.buffer)
+        })
         .service("PID", |_ctx, _req| {
-            tpreturn(Outcome::Success, 0, Buffer::string(std::process::id().to_string()))
+            tpreturn(
+                Outcome::Success,
+                0,
+                Buffer::string(std::process::id().to_string()),
+            )
         })
         .service("CRASH", |_ctx, _req| std::process::abort())
         .service("HANG", |_ctx, _req| loop {
@@ -50,13 +66,23 @@ fn main() -> ExitCode {
             tpreturn(Outcome::Success, 0, Buffer::string(format!("slept {ms}")))
         })
         .service("EXIT", |_ctx, _req| {
-            tpreturn(Outcome::Exit, 7, Buffer::string(std::process::id().to_string()))
+            tpreturn(
+                Outcome::Exit,
+                7,
+                Buffer::string(std::process::id().to_string()),
+            )
         })
         .service("FAIL", |_ctx, req| tpreturn(Outcome::Fail, 42, req.buffer))
         .service("PANIC", |_ctx, _req| panic!("asked to panic"))
-        .service("NESTED", |ctx, req| match ctx.client().call("ECHO", req.buffer.as_ref().unwrap_or(&Buffer::string("")), Flags::NONE) {
-            Ok(r) => tpreturn(Outcome::Success, 1, r.buffer),
-            Err(e) => tpreturn(Outcome::Fail, 2, Buffer::string(e.to_string())),
+        .service("NESTED", |ctx, req| {
+            match ctx.client().call(
+                "ECHO",
+                req.buffer.as_ref().unwrap_or(&Buffer::string("")),
+                Flags::NONE,
+            ) {
+                Ok(r) => tpreturn(Outcome::Success, 1, r.buffer),
+                Err(e) => tpreturn(Outcome::Fail, 2, Buffer::string(e.to_string())),
+            }
         })
         .service("FWD", |_ctx, req| tpforward("ECHO", req.buffer))
         .service("FWDNONE", |_ctx, req| tpforward("NOSUCH", req.buffer))
