@@ -222,7 +222,8 @@ impl Client {
         }
         let deadline = self.deadline(flags);
         let cd = self.send_call(service, data, flags, deadline)?;
-        let result = self.wait(Some(cd.0), flags, deadline);
+        // TPNOBLOCK on tpcall concerns sending only; the reply is always awaited.
+        let result = self.wait(Some(cd.0), flags.without(Flags::NOBLOCK), deadline);
         if let Err(e) = &result {
             if e.kind == ErrorKind::Time || e.kind == ErrorKind::Block {
                 self.forget(cd.0);
@@ -312,12 +313,28 @@ impl Client {
         }
         let server = route.server as usize;
         let body = Message::Request(request.clone()).encode();
+        self.check_size(&body)?;
         self.transport.send(
             server,
             &body,
             false,
             Some(Instant::now() + self.blocking_timeout),
         )
+    }
+
+    /// Refuses a message the domain would not accept, before anything is sent.
+    fn check_size(&self, body: &[u8]) -> Result<(), CallError> {
+        let max = self.welcome.message_bytes_max as usize;
+        if max > 0 && body.len() > max {
+            return Err(CallError::new(
+                ErrorKind::Limit,
+                format!(
+                    "the request is {} bytes; the domain accepts at most {max} (frame_bytes_max)",
+                    body.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn deadline(&self, flags: Flags) -> Option<Instant> {
@@ -387,6 +404,7 @@ impl Client {
             buffer: Some(to_wire(data)),
         };
         let body = Message::Request(req).encode();
+        self.check_size(&body)?;
         self.transport
             .send(server, &body, flags.contains(Flags::NOBLOCK), deadline)?;
         if noreply {

@@ -148,6 +148,7 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
             .as_millis()
             .min(u128::from(u32::MAX)) as u32,
         spin_us: config.limits.spin.as_micros().min(u128::from(u32::MAX)) as u32,
+        message_bytes_max: config.limits.frame_bytes_max,
         servers: servers
             .iter()
             .map(|s| ServerRoute {

@@ -451,7 +451,11 @@ pub async fn watchdog(dom: Arc<Domain>) {
                 }
                 for (k, s) in rec.slots.iter_mut().enumerate() {
                     if !s.active {
-                        first_free.get_or_insert(k);
+                        // Growth uses only the slots above min_instances: a slot of
+                        // the minimum that stopped did so by its restart policy.
+                        if k >= cfg.min_instances as usize {
+                            first_free.get_or_insert(k);
+                        }
                         continue;
                     }
                     let Some(pid) = s.pid else { continue };

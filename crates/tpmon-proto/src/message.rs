@@ -125,6 +125,8 @@ pub struct Welcome {
     pub blocking_timeout_ms: u32,
     /// Microseconds a local caller or instance polls before sleeping (0 = never).
     pub spin_us: u32,
+    /// Largest message (request or reply body) the domain accepts, in bytes.
+    pub message_bytes_max: u32,
     /// Servers (queues).
     pub servers: Vec<ServerRoute>,
     /// Services.
@@ -557,6 +559,7 @@ fn encode_welcome(w: &mut Writer, wl: &Welcome) {
         .u64(wl.host_token)
         .u32(wl.blocking_timeout_ms)
         .u32(wl.spin_us)
+        .u32(wl.message_bytes_max)
         .u16(wl.servers.len().min(ROUTES_MAX) as u16);
     for s in wl.servers.iter().take(ROUTES_MAX) {
         w.str16(&s.name).str16(&s.queue_path).u32(s.queue_max);
@@ -579,6 +582,7 @@ fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
     let host_token = r.u64("host token")?;
     let blocking_timeout_ms = r.u32("blocking timeout")?;
     let spin_us = r.u32("spin")?;
+    let message_bytes_max = r.u32("message limit")?;
     let n = r.u16("server count")? as usize;
     let mut servers = Vec::with_capacity(n.min(r.remaining() / 8));
     for _ in 0..n {
@@ -616,6 +620,7 @@ fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
         host_token,
         blocking_timeout_ms,
         spin_us,
+        message_bytes_max,
         servers,
         services,
     })
@@ -634,6 +639,7 @@ mod tests {
             host_token: 99,
             blocking_timeout_ms: 60_000,
             spin_us: 20,
+            message_bytes_max: 1 << 20,
             servers: vec![ServerRoute {
                 name: "s".into(),
                 queue_path: "/tmp/r/q/s".into(),

@@ -468,7 +468,17 @@ impl Instance {
         if req.flags.contains(Flags::NOREPLY) || req.reply_to.is_empty() {
             return;
         }
-        let body = Message::Reply(reply).encode();
+        let mut body = Message::Reply(reply).encode();
+        let max = self.welcome.message_bytes_max as usize;
+        if max > 0 && body.len() > max {
+            let detail = format!(
+                "service {} replied {} bytes; the domain accepts at most {max} (frame_bytes_max)",
+                req.service,
+                body.len()
+            );
+            self.log(&detail);
+            body = Message::Reply(Self::error_reply(req, ErrorKind::SvcErr, detail)).encode();
+        }
         let give_up = Instant::now() + REPLY_SEND_PATIENCE;
         loop {
             match self.queue.send_to_abstract(&req.reply_to, &body, true) {

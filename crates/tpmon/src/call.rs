@@ -36,6 +36,9 @@ pub struct CallArgs {
     /// Call through this node's daemon (multi-node domains).
     #[arg(long)]
     node: Option<String>,
+    /// Run directory of the domain, when it was booted with --run-dir.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
     /// Relay the call through the daemon even on the daemon's host.
     #[arg(long)]
     relay: bool,
@@ -122,31 +125,47 @@ fn render(b: &Option<Buffer>, table: &FieldTable) -> (String, String) {
     }
 }
 
+/// The client address reported by the daemon of `run_dir`, if one runs here.
+fn running_address(run_dir: &std::path::Path) -> Option<String> {
+    let text = tpmon_daemon::admin_request(
+        run_dir,
+        tpmon_proto::AdminRequest::Status,
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["daemon"]["client_address"].as_str().map(str::to_string)
+}
+
 /// Runs the call. Exit status: 0 on success, else the XATMI error number (e.g. 6 for
 /// TPENOENT, 11 for TPESVCFAIL, 13 for TPETIME); 1 for a usage or configuration error.
 pub fn call(a: CallArgs) -> ExitCode {
     match run(&a) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tpmon: {e:#}");
+            eprintln!("tpmon: {}", crate::error_text(&e));
             ExitCode::from(1)
         }
     }
 }
 
 fn run(a: &CallArgs) -> anyhow::Result<ExitCode> {
-    let cfg = crate::load_config(&a.config, None, None)?;
+    let cfg = crate::load_config(&a.config, None, a.run_dir.clone())?;
     let (buf, mut table) = request(a, &cfg)?;
     let addr = match &a.node {
-        Some(n) => {
-            cfg.node_by_name(n)
-                .ok_or_else(|| anyhow!("no node named {n} in {}", a.config.display()))?
-                .listen
+        Some(n) => cfg
+            .node_by_name(n)
+            .ok_or_else(|| anyhow!("no node named {n} in {}", a.config.display()))?
+            .listen
+            .to_string(),
+        // A daemon running on this host knows its real address (it may have been
+        // booted with --listen); otherwise use the configured one.
+        None => {
+            running_address(&cfg.domain.run_dir).unwrap_or_else(|| cfg.domain.listen.to_string())
         }
-        None => cfg.domain.listen,
     };
     let opts = ClientOptions {
-        addr: Some(addr.to_string()),
+        addr: Some(addr),
         domain_password: cfg
             .domain
             .password

@@ -1,0 +1,203 @@
+//! `tpmon boot` refuses what it cannot run, with an error that says where the problem
+//! is: bad configuration files (file, line and what is wrong), a client port that is
+//! taken, and a run directory that another daemon already holds.
+
+mod support;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use support::{boot_detached, s, text, tpmon, Config, Domain, Run, TempDir, TESTSRV};
+use tpmon_client::Flags;
+
+/// Writes `toml` as `bad.toml` in a fresh directory and boots it detached.
+fn boot_file(tmp: &TempDir, toml: &str) -> (PathBuf, Run) {
+    let file = tmp.path.join("bad.toml");
+    std::fs::write(&file, toml).unwrap();
+    let run = boot_detached(&file, &tmp.path.join("run"));
+    (file, run)
+}
+
+/// The boot failed, named `file:line:` and said `what`, and left nothing running.
+fn assert_refused_at(tmp: &TempDir, file: &Path, run: &Run, line: usize, what: &str) {
+    assert!(!run.ok(), "boot must fail: {run:?}");
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let at = format!("{}:{line}:", file.display());
+    assert!(
+        run.stderr.contains(&at),
+        "stderr names {at}: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(what),
+        "stderr says '{what}': {}",
+        run.stderr
+    );
+    assert!(
+        !tmp.path.join("run").join("admin.sock").exists(),
+        "no daemon was started"
+    );
+}
+
+fn server_block() -> String {
+    format!(
+        "[[server]]\nname = \"s\"\nexecutable = {}\n",
+        support::toml_string(TESTSRV)
+    )
+}
+
+const HEAD: &str = "[domain]\nname = \"x\"\nlisten = \"127.0.0.1:7480\"\n\n";
+
+#[test]
+fn an_unknown_key_is_reported_with_file_and_line() {
+    let tmp = TempDir::new("unknownkey");
+    // Line 8 is `instances = 2`.
+    let toml = format!("{HEAD}{}instances = 2\n", server_block());
+    let (file, run) = boot_file(&tmp, &toml);
+    assert_refused_at(&tmp, &file, &run, 8, "key `instances`: unknown key");
+    assert!(run.stderr.contains("server \"s\""), "{}", run.stderr);
+}
+
+#[test]
+fn a_duplicate_server_is_reported_with_file_and_line() {
+    let tmp = TempDir::new("dupserver");
+    // The second server's name is on line 10.
+    let toml = format!("{HEAD}{}\n{}", server_block(), server_block());
+    let (file, run) = boot_file(&tmp, &toml);
+    assert_refused_at(
+        &tmp,
+        &file,
+        &run,
+        10,
+        "duplicate server name (first defined at line 6)",
+    );
+}
+
+#[test]
+fn a_service_of_an_unknown_server_is_reported_with_file_and_line() {
+    let tmp = TempDir::new("unknownref");
+    // `server = "nosuch"` is on line 11.
+    let toml = format!(
+        "{HEAD}{}\n[[service]]\nname = \"SVC\"\nserver = \"nosuch\"\n",
+        server_block()
+    );
+    let (file, run) = boot_file(&tmp, &toml);
+    assert_refused_at(&tmp, &file, &run, 11, "unknown server \"nosuch\"");
+    assert!(run.stderr.contains("service \"SVC\""), "{}", run.stderr);
+}
+
+#[test]
+fn other_bad_values_are_reported_with_file_and_line() {
+    let cases: [(&str, String, usize, &str); 5] = [
+        (
+            "wrong type",
+            format!("{HEAD}{}min_instances = \"2\"\n", server_block()),
+            8,
+            "wrong type",
+        ),
+        (
+            "min above max",
+            format!("{HEAD}{}min_instances = 3\nmax_instances = 2\n", server_block()),
+            8,
+            "must be at most max_instances (2)",
+        ),
+        (
+            "duplicate key",
+            format!("{HEAD}{}name = \"t\"\n", server_block()),
+            8,
+            "duplicate key",
+        ),
+        (
+            "unset variable",
+            "[domain]\nname = \"x\"\nlisten = \"127.0.0.1:7480\"\npassword = \"${TPMON_IT_SURELY_UNSET_VAR}\"\n"
+                .to_string(),
+            4,
+            "environment variable `TPMON_IT_SURELY_UNSET_VAR` is not set",
+        ),
+        (
+            "syntax error",
+            "[domain]\nname = \"x\"\nlisten = \"127.0.0.1:7480\"\n[[server]\n".to_string(),
+            4,
+            "",
+        ),
+    ];
+    for (what, toml, line, message) in cases {
+        let tmp = TempDir::new("badvalue");
+        let (file, run) = boot_file(&tmp, &toml);
+        assert!(!run.ok(), "{what}: {run:?}");
+        assert_refused_at(&tmp, &file, &run, line, message);
+    }
+}
+
+#[test]
+
+fn a_missing_configuration_file_is_reported_once() {
+    let tmp = TempDir::new("nofile");
+    let file = tmp.path.join("absent.toml");
+    let run = boot_detached(&file, &tmp.path.join("run"));
+    assert_eq!(run.code, Some(1));
+    assert_eq!(
+        run.stderr.trim(),
+        format!(
+            "tpmon: {}: cannot read configuration file: No such file or directory (os error 2)",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn a_client_port_in_use_is_reported_with_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let tmp = TempDir::new("portinuse");
+    let file = tmp.path.join("domain.toml");
+    let cfg = Config::new()
+        .listen(&addr)
+        .server("s", &[])
+        .services("s", &["ECHO"]);
+    std::fs::write(&file, cfg.render()).unwrap();
+    // No --listen override: the file's address is the one in use.
+    let run_dir = tmp.path.join("run");
+    let run = tpmon([
+        OsStr::new("boot"),
+        OsStr::new("--detach"),
+        OsStr::new("--run-dir"),
+        run_dir.as_os_str(),
+        OsStr::new("-c"),
+        file.as_os_str(),
+    ]);
+    assert!(!run.ok(), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("cannot listen for clients on {addr}")),
+        "stderr names the address: {}",
+        run.stderr
+    );
+    assert!(
+        !run_dir.join("admin.sock").exists(),
+        "no daemon is left running"
+    );
+    drop(taken);
+}
+
+#[test]
+fn a_second_boot_of_the_same_run_directory_is_refused() {
+    let cfg = Config::new().server("s", &[]).services("s", &["ECHO"]);
+    let dom = Domain::boot("twice", &cfg);
+    let run = boot_detached(&dom.config, &dom.run_dir);
+    assert!(!run.ok(), "{run:?}");
+    assert!(run.stderr.contains("already running"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("pid {}", dom.daemon_pid)),
+        "names the running daemon: {}",
+        run.stderr
+    );
+    // The first daemon is untouched.
+    let st = dom.status();
+    assert_eq!(st["daemon"]["pid"], dom.daemon_pid);
+    assert_eq!(st["daemon"]["client_address"], dom.addr.as_str());
+    for (path, mut c) in dom.both_clients() {
+        let r = c.call("ECHO", &s("still here"), Flags::NONE).unwrap();
+        assert_eq!(text(&r), "still here", "{path}");
+    }
+}
