@@ -528,6 +528,7 @@ fn local_parts(welcome: &Welcome, endpoint: Endpoint, table: Arc<StatusTable>) -
             .iter()
             .map(|s| u64::from(s.queue_max))
             .collect(),
+        senders: Vec::new(),
         spin: tpmon_ipc::Spin::new(Duration::from_micros(u64::from(welcome.spin_us))),
         _session: None,
     }

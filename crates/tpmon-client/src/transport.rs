@@ -28,6 +28,8 @@ pub(crate) struct Local {
     pub table: Arc<StatusTable>,
     pub queues: Vec<PathBuf>,
     pub queue_max: Vec<u64>,
+    /// Sockets connected to each server's queue, made on first use.
+    pub senders: Vec<Option<Endpoint>>,
     /// Adaptive polling for replies.
     pub spin: Spin,
     /// The authenticated session with the daemon, held open for the client's lifetime.
@@ -113,7 +115,23 @@ impl Transport {
                         "routing table is inconsistent",
                     ));
                 };
-                l.endpoint.send_to_path(path, body, nonblock).map_err(|e| {
+                if l.senders.len() <= server {
+                    l.senders.resize_with(server + 1, || None);
+                }
+                if l.senders[server].is_none() {
+                    match Endpoint::connect_path(path, usize::MAX) {
+                        Ok(s) => l.senders[server] = Some(s),
+                        Err(e) => {
+                            l.table.queue_release(server);
+                            return Err(ipc_error(e));
+                        }
+                    }
+                }
+                let result = match &l.senders[server] {
+                    Some(s) => s.send_connected(body, nonblock),
+                    None => l.endpoint.send_to_path(path, body, nonblock),
+                };
+                result.map_err(|e| {
                     l.table.queue_release(server);
                     ipc_error(e)
                 })

@@ -140,6 +140,37 @@ impl Endpoint {
         ))
     }
 
+    /// An unbound socket connected to the queue at `path`, for sending only: each
+    /// send then skips the path lookup of `sendto`.
+    pub fn connect_path(path: &Path, message_bytes_max: usize) -> Result<Endpoint, IpcError> {
+        let fd = dgram_socket()?;
+        let addr = UnixAddr::new(path).map_err(os(format!("queue path {}", path.display())))?;
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {}
+            Err(Errno::ECONNREFUSED) | Err(Errno::ENOENT) => {
+                return Err(IpcError::Gone(path.display().to_string()))
+            }
+            Err(e) => {
+                return Err(IpcError::Os {
+                    context: format!("connecting to {}", path.display()),
+                    source: e,
+                })
+            }
+        }
+        Ok(Self::from_parts(
+            fd,
+            path.as_os_str().as_encoded_bytes().to_vec(),
+            message_bytes_max,
+        ))
+    }
+
+    /// Sends on a socket made by [`Endpoint::connect_path`].
+    pub fn send_connected(&self, body: &[u8], nonblock: bool) -> Result<(), IpcError> {
+        self.send(None, body, nonblock, || {
+            String::from_utf8_lossy(&self.name).into_owned()
+        })
+    }
+
     /// Adopts an inherited socket (a server instance's queue, passed by the daemon).
     ///
     /// # Safety
@@ -188,7 +219,7 @@ impl Endpoint {
     /// Sends `body` to the queue at `path`.
     pub fn send_to_path(&self, path: &Path, body: &[u8], nonblock: bool) -> Result<(), IpcError> {
         let addr = UnixAddr::new(path).map_err(os(format!("queue path {}", path.display())))?;
-        self.send(&addr, body, nonblock, || path.display().to_string())
+        self.send(Some(&addr), body, nonblock, || path.display().to_string())
     }
 
     /// Sends `body` to the abstract address `name`.
@@ -199,14 +230,14 @@ impl Endpoint {
         nonblock: bool,
     ) -> Result<(), IpcError> {
         let addr = UnixAddr::new_abstract(name).map_err(os("abstract address"))?;
-        self.send(&addr, body, nonblock, || {
+        self.send(Some(&addr), body, nonblock, || {
             format!("@{}", String::from_utf8_lossy(name))
         })
     }
 
     fn send(
         &self,
-        addr: &UnixAddr,
+        addr: Option<&UnixAddr>,
         body: &[u8],
         nonblock: bool,
         describe: impl Fn() -> String,
@@ -223,7 +254,10 @@ impl Endpoint {
             MsgFlags::empty()
         };
         let result = if body.len() <= INLINE_BYTES_MAX {
-            socket::sendto(self.fd.as_raw_fd(), body, addr, flags).map(|_| ())
+            match addr {
+                Some(a) => socket::sendto(self.fd.as_raw_fd(), body, a, flags).map(|_| ()),
+                None => socket::send(self.fd.as_raw_fd(), body, flags).map(|_| ()),
+            }
         } else {
             let memfd = write_memfd(body)?;
             let mut head = [0u8; 9];
@@ -232,7 +266,7 @@ impl Endpoint {
             let fds = [memfd.as_raw_fd()];
             let cmsg = [ControlMessage::ScmRights(&fds)];
             let iov = [IoSlice::new(&head)];
-            socket::sendmsg(self.fd.as_raw_fd(), &iov, &cmsg, flags, Some(addr)).map(|_| ())
+            socket::sendmsg(self.fd.as_raw_fd(), &iov, &cmsg, flags, addr).map(|_| ())
         };
         match result {
             Ok(()) => Ok(()),
@@ -272,17 +306,30 @@ impl Endpoint {
     /// row that found nothing, polling stops until a blocking wait again ends within
     /// the limit, so an idle process does not burn CPU.
     pub fn recv_spinning(&mut self, spin: &mut Spin) -> Result<Received, IpcError> {
+        self.recv_spinning_when(spin, || true)
+    }
+
+    /// [`Endpoint::recv_spinning`], polling the socket only while `ready()` says a
+    /// message may be there (e.g. a queue count in shared memory), so that polling
+    /// costs memory reads instead of system calls.
+    pub fn recv_spinning_when(
+        &mut self,
+        spin: &mut Spin,
+        ready: impl Fn() -> bool,
+    ) -> Result<Received, IpcError> {
         if spin.limit.is_zero() {
             return self.recv(false);
         }
         if spin.misses < 2 {
             let until = std::time::Instant::now() + spin.limit;
             loop {
-                match self.recv(true) {
-                    Err(IpcError::WouldBlock) => {}
-                    other => {
-                        spin.misses = 0;
-                        return other;
+                if ready() {
+                    match self.recv(true) {
+                        Err(IpcError::WouldBlock) => {}
+                        other => {
+                            spin.misses = 0;
+                            return other;
+                        }
                     }
                 }
                 if std::time::Instant::now() >= until {

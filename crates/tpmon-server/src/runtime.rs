@@ -249,7 +249,11 @@ impl Instance {
     /// Serves until a Shutdown message or a restart request; returns the exit code.
     fn serve(&mut self) -> ExitCode {
         loop {
-            let got = match self.queue.recv_spinning(&mut self.spin) {
+            let (table, server) = (&self.table, self.server_index);
+            let got = match self
+                .queue
+                .recv_spinning_when(&mut self.spin, || table.queued(server) > 0)
+            {
                 Ok(g) => g,
                 Err(IpcError::Malformed(m)) => {
                     self.table.queue_release(self.server_index);

@@ -74,16 +74,36 @@ fn summarize(clients: usize, mut lat_ns: Vec<u64>, elapsed: Duration) -> Point {
     }
 }
 
-/// The peer of the raw baseline: echoes every datagram on the inherited socket.
-pub fn pong(fd: i32) -> anyhow::Result<()> {
+/// Receives on a raw socket, polling for up to `spin` first (as tpmon's endpoints do).
+fn recv_raw(fd: i32, buf: &mut [u8], spin: Duration) -> nix::Result<usize> {
+    if !spin.is_zero() {
+        let until = Instant::now() + spin;
+        while Instant::now() < until {
+            match socket::recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+                Err(nix::errno::Errno::EAGAIN) => std::hint::spin_loop(),
+                other => return other,
+            }
+        }
+    }
+    loop {
+        match socket::recv(fd, buf, MsgFlags::empty()) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The peer of the raw baseline: echoes every datagram on the inherited socket,
+/// polling for `spin_us` before sleeping.
+pub fn pong(fd: i32, spin_us: u64) -> anyhow::Result<()> {
     // SAFETY: the parent passed this descriptor to us for our exclusive use.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let spin = Duration::from_micros(spin_us);
     let mut buf = [0u8; 65536];
     loop {
-        let n = match socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+        let n = match recv_raw(sock.as_raw_fd(), &mut buf, spin) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return Ok(()),
         };
         if socket::send(sock.as_raw_fd(), &buf[..n], MsgFlags::empty()).is_err() {
@@ -94,7 +114,7 @@ pub fn pong(fd: i32) -> anyhow::Result<()> {
 
 /// Raw round trip: 64-byte datagrams ping-ponged with a child process over a Unix
 /// datagram socket pair (the same socket type tpmon's queues use), blocking calls only.
-fn raw_baseline(seconds: f64) -> anyhow::Result<Point> {
+fn raw_baseline(seconds: f64, spin: Duration) -> anyhow::Result<Point> {
     let (ours, theirs) = socket::socketpair(
         AddressFamily::Unix,
         SockType::Datagram,
@@ -112,6 +132,7 @@ fn raw_baseline(seconds: f64) -> anyhow::Result<Point> {
     let mut child = Command::new(exe)
         .arg("bench-pong")
         .arg(theirs.as_raw_fd().to_string())
+        .arg(spin.as_micros().to_string())
         .stdin(Stdio::null())
         .spawn()
         .context("starting the pong process")?;
@@ -120,7 +141,7 @@ fn raw_baseline(seconds: f64) -> anyhow::Result<Point> {
     let mut buf = [0u8; 256];
     let mut once = || -> anyhow::Result<()> {
         socket::send(ours.as_raw_fd(), &msg, MsgFlags::empty())?;
-        socket::recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        recv_raw(ours.as_raw_fd(), &mut buf, spin)?;
         Ok(())
     };
     for _ in 0..2000 {
@@ -142,12 +163,15 @@ fn raw_baseline(seconds: f64) -> anyhow::Result<Point> {
     Ok(summarize(1, lat, el))
 }
 
-fn bench_domain_toml(instances: usize) -> String {
+fn bench_domain_toml(instances: usize, spin_us: u64) -> String {
     format!(
         r#"[domain]
 name = "bench"
 listen = "127.0.0.1:7499"
 run_dir = "run"
+
+[domain.limits]
+spin_us = {spin_us}
 
 [[server]]
 name = "echo"
@@ -207,76 +231,120 @@ fn tpcall_point(addr: &str, clients: usize, seconds: f64, relay: bool) -> anyhow
     Ok(summarize(clients, all, el))
 }
 
+/// The default `spin_us` of a domain (see docs/configuration.md).
+const SPIN_US_DEFAULT: u64 = 20;
+
+fn row(label: &str, p: &Point, endurox: Option<f64>) {
+    println!(
+        "{:<44} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>13}",
+        label,
+        p.calls_per_s,
+        p.mean_us,
+        p.p50_us,
+        p.p99_us,
+        endurox.map_or("-".to_string(), |e| format!("{e:.0}"))
+    );
+}
+
+fn point_json(p: &Point) -> serde_json::Value {
+    json!({"clients": p.clients, "calls_per_s": p.calls_per_s, "mean_us": p.mean_us, "p50_us": p.p50_us, "p99_us": p.p99_us})
+}
+
 fn bench_call(as_json: bool, seconds: f64, clients: &[usize]) -> anyhow::Result<()> {
     if !(seconds.is_finite() && seconds > 0.0) {
         bail!("--seconds must be positive");
     }
     crate::quickstart::require_example_server()?;
-    let raw = raw_baseline(seconds)?;
+    let spin = Duration::from_micros(SPIN_US_DEFAULT);
+    // Baselines: the issue's (blocking on both sides) and the like-for-like one for
+    // tpmon's default mode (both sides poll for spin_us before sleeping).
+    let raw_blocking = raw_baseline(seconds, Duration::ZERO)?;
+    let raw_spinning = raw_baseline(seconds, spin)?;
     let instances = clients.iter().copied().max().unwrap_or(1).max(1);
-    let mut dom = TempDomain::boot("bench", &bench_domain_toml(instances), false)?;
     let mut points = Vec::new();
-    for &c in clients {
-        points.push(tpcall_point(&dom.addr, c, seconds, false)?);
+    let relay;
+    {
+        let mut dom = TempDomain::boot(
+            "bench",
+            &bench_domain_toml(instances, SPIN_US_DEFAULT),
+            false,
+        )?;
+        for &c in clients {
+            points.push(tpcall_point(&dom.addr, c, seconds, false)?);
+        }
+        relay = tpcall_point(&dom.addr, 1, seconds, true)?;
+        dom.down()?;
     }
-    let relay = tpcall_point(&dom.addr, 1, seconds, true)?;
-    dom.down()?;
-    let one = points.iter().find(|p| p.clients == 1);
-    let ratio_mean = one.map(|p| p.mean_us / raw.mean_us);
-    let ratio_p50 = one.map(|p| p.p50_us / raw.p50_us);
+    // Like-for-like with the two baselines: one client, one instance.
+    let single = |spin_us: u64| -> anyhow::Result<Point> {
+        let mut dom = TempDomain::boot("bench-single", &bench_domain_toml(1, spin_us), false)?;
+        let p = tpcall_point(&dom.addr, 1, seconds, false)?;
+        dom.down()?;
+        Ok(p)
+    };
+    let blocking = single(0)?;
+    let spinning = single(SPIN_US_DEFAULT)?;
+    let ratio_spinning = spinning.mean_us / raw_spinning.mean_us;
+    let ratio_blocking = blocking.mean_us / raw_blocking.mean_us;
+    let endurox = |c: usize| ENDUROX.iter().find(|e| e.0 == c).map(|e| e.1);
     if as_json {
         let v = json!({
             "payload_bytes": PAYLOAD_BYTES,
             "seconds_per_point": seconds,
-            "raw_round_trip": {"calls_per_s": raw.calls_per_s, "mean_us": raw.mean_us, "p50_us": raw.p50_us, "p99_us": raw.p99_us},
-            "tpcall": points.iter().map(|p| json!({
-                "clients": p.clients, "calls_per_s": p.calls_per_s, "mean_us": p.mean_us, "p50_us": p.p50_us, "p99_us": p.p99_us,
-                "endurox_calls_per_s": ENDUROX.iter().find(|e| e.0 == p.clients).map(|e| e.1),
-            })).collect::<Vec<_>>(),
-            "relayed_tcp_1_client": {"calls_per_s": relay.calls_per_s, "mean_us": relay.mean_us, "p50_us": relay.p50_us, "p99_us": relay.p99_us},
-            "ratio_1_client_mean_to_raw": ratio_mean,
-            "ratio_1_client_p50_to_raw": ratio_p50,
+            "spin_us": SPIN_US_DEFAULT,
+            "raw_round_trip_blocking": point_json(&raw_blocking),
+            "raw_round_trip_spinning": point_json(&raw_spinning),
+            "tpcall": points.iter().map(|p| {
+                let mut v = point_json(p);
+                v["endurox_calls_per_s"] = json!(endurox(p.clients));
+                v
+            }).collect::<Vec<_>>(),
+            "tpcall_1_client_1_instance_no_spin": point_json(&blocking),
+            "tpcall_1_client_1_instance_spin": point_json(&spinning),
+            "relayed_tcp_1_client": point_json(&relay),
+            "ratio_1_client_to_raw_spinning": ratio_spinning,
+            "ratio_1_client_no_spin_to_raw_blocking": ratio_blocking,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("tpmon bench call: {PAYLOAD_BYTES}-byte STRING echo, {seconds} s per point\n");
     println!(
-        "{:<34} {:>12} {:>9} {:>9} {:>9} {:>14}",
+        "tpmon bench call: {PAYLOAD_BYTES}-byte STRING echo, {seconds} s per point, spin_us = {SPIN_US_DEFAULT}\n"
+    );
+    println!(
+        "{:<44} {:>10} {:>9} {:>9} {:>9} {:>13}",
         "", "calls/s", "mean us", "p50 us", "p99 us", "Enduro/X c/s"
     );
-    println!(
-        "{:<34} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14}",
-        "raw Unix socket round trip", raw.calls_per_s, raw.mean_us, raw.p50_us, raw.p99_us, "-"
+    row(
+        "raw Unix datagram round trip, blocking",
+        &raw_blocking,
+        None,
+    );
+    row(
+        &format!("raw Unix datagram round trip, spin {SPIN_US_DEFAULT} us"),
+        &raw_spinning,
+        None,
     );
     for p in &points {
-        let ex = ENDUROX
-            .iter()
-            .find(|e| e.0 == p.clients)
-            .map_or("-".to_string(), |e| format!("{:.0}", e.1));
-        println!(
-            "{:<34} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14}",
-            format!("tpcall, {} local client(s)", p.clients),
-            p.calls_per_s,
-            p.mean_us,
-            p.p50_us,
-            p.p99_us,
-            ex
+        row(
+            &format!("tpcall, {} local client(s)", p.clients),
+            p,
+            endurox(p.clients),
         );
     }
-    println!(
-        "{:<34} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14}",
-        "tpcall, 1 TCP client (relayed)",
-        relay.calls_per_s,
-        relay.mean_us,
-        relay.p50_us,
-        relay.p99_us,
-        "-"
+    row(
+        &format!("tpcall, 1 client, 1 instance, spin {SPIN_US_DEFAULT} us"),
+        &spinning,
+        None,
     );
-    if let (Some(m), Some(p)) = (ratio_mean, ratio_p50) {
-        println!(
-            "\n1-client tpcall / raw round trip: {m:.2}x (mean), {p:.2}x (p50); target <= 1.15x"
-        );
-    }
+    row("tpcall, 1 client, 1 instance, no spin", &blocking, None);
+    row("tpcall, 1 TCP client (relayed by daemon)", &relay, None);
+    println!();
+    println!(
+        "1-client tpcall / raw round trip, both spinning: {ratio_spinning:.2}x (target <= 1.15x)"
+    );
+    println!(
+        "1-client tpcall / raw round trip, both blocking: {ratio_blocking:.2}x (target <= 1.15x)"
+    );
     Ok(())
 }

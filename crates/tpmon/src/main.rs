@@ -66,6 +66,9 @@ enum Command {
     BenchPong {
         /// Inherited socket descriptor.
         fd: i32,
+        /// Microseconds to poll before sleeping.
+        #[arg(default_value_t = 0)]
+        spin_us: u64,
     },
 }
 
@@ -96,7 +99,7 @@ fn main() -> ExitCode {
         Command::Call(a) => return call::call(a),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Bench { which } => bench::run(which),
-        Command::BenchPong { fd } => bench::pong(fd),
+        Command::BenchPong { fd, spin_us } => bench::pong(fd, spin_us),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
