@@ -160,7 +160,7 @@ impl Transport {
                 let got = match if nonblock {
                     l.endpoint.recv(true)
                 } else {
-                    l.endpoint.recv_spinning(&mut l.spin)
+                    l.endpoint.recv_spinning(&mut l.spin, &*l.table)
                 } {
                     Ok(r) => r,
                     Err(IpcError::TimedOut) => return Err(RecvFailure::TimedOut),

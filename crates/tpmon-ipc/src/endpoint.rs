@@ -64,6 +64,25 @@ fn os(context: impl Into<String>) -> impl FnOnce(Errno) -> IpcError {
     move |source| IpcError::Os { context, source }
 }
 
+/// Limits how many processes poll at once: polling only pays while there is a CPU
+/// for every poller; beyond that it takes time slices the peers need.
+pub trait SpinGate {
+    /// Asks to poll; false means sleep instead.
+    fn enter(&self) -> bool;
+    /// Done polling (called once after every successful `enter`).
+    fn leave(&self);
+}
+
+/// A gate that always allows polling.
+pub struct NoGate;
+
+impl SpinGate for NoGate {
+    fn enter(&self) -> bool {
+        true
+    }
+    fn leave(&self) {}
+}
+
 /// Adaptive polling state for [`Endpoint::recv_spinning`].
 #[derive(Debug, Clone, Copy)]
 pub struct Spin {
@@ -305,8 +324,12 @@ impl Endpoint {
     /// small virtual machine the wake-up is most of a round trip). After two polls in a
     /// row that found nothing, polling stops until a blocking wait again ends within
     /// the limit, so an idle process does not burn CPU.
-    pub fn recv_spinning(&mut self, spin: &mut Spin) -> Result<Received, IpcError> {
-        self.recv_spinning_when(spin, || true)
+    pub fn recv_spinning(
+        &mut self,
+        spin: &mut Spin,
+        gate: &dyn SpinGate,
+    ) -> Result<Received, IpcError> {
+        self.recv_spinning_when(spin, gate, || true)
     }
 
     /// [`Endpoint::recv_spinning`], polling the socket only while `ready()` says a
@@ -315,12 +338,31 @@ impl Endpoint {
     pub fn recv_spinning_when(
         &mut self,
         spin: &mut Spin,
+        gate: &dyn SpinGate,
         ready: impl Fn() -> bool,
     ) -> Result<Received, IpcError> {
         if spin.limit.is_zero() {
             return self.recv(false);
         }
-        if spin.misses < 2 {
+        if spin.misses < 2 && gate.enter() {
+            let r = self.spin_then_recv(spin, ready);
+            gate.leave();
+            return r;
+        }
+        let t = std::time::Instant::now();
+        let r = self.recv(false);
+        if t.elapsed() <= spin.limit {
+            spin.misses = 0;
+        }
+        r
+    }
+
+    fn spin_then_recv(
+        &mut self,
+        spin: &mut Spin,
+        ready: impl Fn() -> bool,
+    ) -> Result<Received, IpcError> {
+        {
             let until = std::time::Instant::now() + spin.limit;
             loop {
                 if ready() {
@@ -338,14 +380,8 @@ impl Endpoint {
                 std::hint::spin_loop();
             }
             spin.misses += 1;
-            return self.recv(false);
+            self.recv(false)
         }
-        let t = std::time::Instant::now();
-        let r = self.recv(false);
-        if t.elapsed() <= spin.limit {
-            spin.misses = 0;
-        }
-        r
     }
 
     /// Receives one message, waiting up to the receive timeout (or not at all when

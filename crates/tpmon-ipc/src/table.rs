@@ -238,6 +238,8 @@ impl StatusTable {
         h[3].store(u64::from(shape.servers), Ordering::Relaxed);
         h[4].store(u64::from(shape.slots), Ordering::Relaxed);
         h[5].store(u64::from(shape.services), Ordering::Relaxed);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        h[7].store(cpus as u64, Ordering::Relaxed);
         h[0].store(MAGIC, Ordering::Release);
         Ok(t)
     }
@@ -349,6 +351,11 @@ impl StatusTable {
             + self.shape.slots as usize * SLOT_WORDS
             + service * SERVICE_WORDS;
         Some(&self.words()[at..at + SERVICE_WORDS])
+    }
+
+    /// Processes allowed to poll at once: the machine's CPUs.
+    fn spinners_max(&self) -> u64 {
+        self.words()[7].load(Ordering::Relaxed).max(1)
     }
 
     /// Reserves a place in a server's queue: true when the queue had room (below
@@ -519,6 +526,20 @@ impl StatusTable {
             mean_us: w[3].load(Ordering::Relaxed).checked_div(total).unwrap_or(0),
             p99_us: p99,
         }
+    }
+}
+
+impl crate::endpoint::SpinGate for StatusTable {
+    fn enter(&self) -> bool {
+        let w = &self.words()[6];
+        if w.fetch_add(1, Ordering::AcqRel) >= self.spinners_max() {
+            w.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+    fn leave(&self) {
+        self.words()[6].fetch_sub(1, Ordering::AcqRel);
     }
 }
 

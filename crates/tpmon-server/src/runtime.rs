@@ -252,7 +252,7 @@ impl Instance {
             let (table, server) = (&self.table, self.server_index);
             let got = match self
                 .queue
-                .recv_spinning_when(&mut self.spin, || table.queued(server) > 0)
+                .recv_spinning_when(&mut self.spin, &**table, || table.queued(server) > 0)
             {
                 Ok(g) => g,
                 Err(IpcError::Malformed(m)) => {
