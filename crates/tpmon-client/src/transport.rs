@@ -131,10 +131,16 @@ impl Transport {
                     Some(s) => s.send_connected(body, nonblock),
                     None => l.endpoint.send_to_path(path, body, nonblock),
                 };
-                result.map_err(|e| {
-                    l.table.queue_release(server);
-                    ipc_error(e)
-                })
+                match result {
+                    Ok(()) => {
+                        l.table.after_send(server);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        l.table.queue_release(server);
+                        Err(ipc_error(e))
+                    }
+                }
             }
             Transport::Relay(r) => {
                 let mut frame = Vec::with_capacity(body.len() + 4);

@@ -186,6 +186,9 @@ impl RelayHub {
                 other => break other,
             }
         };
+        if result.is_ok() {
+            dom.table.after_send(server);
+        }
         if let Err(e) = result {
             dom.table.queue_release(server);
             if !noreply {

@@ -116,6 +116,7 @@ async fn slot_task(dom: &Arc<Domain>, server: usize, k: usize) {
                     s.pid = None;
                     s.last_exit = Some(reason.clone());
                 });
+                dom.table.release_dead(server, slot);
                 dom.table.reset_slot(slot);
                 if dom.is_stopping() {
                     set_slot(dom, server, k, |s| s.state = "stopped");
@@ -141,6 +142,7 @@ async fn slot_task(dom: &Arc<Domain>, server: usize, k: usize) {
                 (reason, tpexit.is_some())
             }
             Err(e) => {
+                dom.table.release_dead(server, slot);
                 dom.table.reset_slot(slot);
                 tracing::error!(server = %cfg.name, slot, "instance failed to start: {e}");
                 set_slot(dom, server, k, |s| {
@@ -573,21 +575,32 @@ pub async fn stop_all(dom: &Arc<Domain>) {
             .unwrap_or(0);
         let body = Message::Shutdown.encode();
         for _ in 0..n {
+            // Counted like any request: an instance gives the place back when it
+            // takes the message.
+            dom.table.queue_reserve(i, u64::MAX);
+            let path = Path::new(&srv.queue_path);
+            let mut sent = false;
             for _ in 0..200 {
-                match dom
-                    .relay
-                    .tx
-                    .send_to_path(Path::new(&srv.queue_path), &body, true)
-                {
+                match dom.relay.tx.send_to_path(path, &body, true) {
                     Err(IpcError::WouldBlock) => tokio::time::sleep(Duration::from_millis(5)).await,
                     Err(e) => {
                         tracing::warn!(server = %dom.server_name(i), error = %e, "cannot send shutdown");
                         break;
                     }
-                    Ok(()) => break,
+                    Ok(()) => {
+                        sent = true;
+                        break;
+                    }
                 }
             }
+            if !sent {
+                // The instances left will be killed after the shutdown timeout.
+                dom.table.queue_release(i);
+            }
         }
+    }
+    for i in 0..dom.servers.len() {
+        dom.table.wake_all_followers(i);
     }
     let grace = dom
         .config

@@ -15,7 +15,7 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 use thiserror::Error;
@@ -43,6 +43,17 @@ const S_FLAGS: usize = 7;
 const S_CLIENT: usize = 8;
 const S_ADDR_LEN: usize = 9;
 const S_ADDR: usize = 10; // 16 words
+const S_FOLLOWING: usize = 26;
+
+// Server word offsets.
+const Q_QUEUED: usize = 0;
+const Q_LEADER: usize = 1; // slot + 1 of the instance waiting on the queue socket, or 0
+const Q_SLEEPERS: usize = 2; // instances asleep on the futex
+const Q_FUTEX: usize = 3; // low 32 bits: futex generation
+
+/// How long a follower sleeps at most before it looks at the queue again: the bound on
+/// any stall a lost wake-up could cause.
+const FOLLOWER_NAP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A status-table failure.
 #[derive(Debug, Error)]
@@ -364,9 +375,9 @@ impl StatusTable {
         let Some(w) = self.server_words(server) else {
             return true;
         };
-        let before = w[0].fetch_add(1, Ordering::AcqRel);
+        let before = w[Q_QUEUED].fetch_add(1, Ordering::AcqRel);
         if before >= max {
-            w[0].fetch_sub(1, Ordering::AcqRel);
+            w[Q_QUEUED].fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         true
@@ -380,6 +391,100 @@ impl StatusTable {
                 Some(v.saturating_sub(1))
             });
         }
+    }
+
+    /// Leader/followers: makes the instance in `slot` the one that waits on its
+    /// server's queue socket, if none does. Only the leader sits in `recv`, so a send
+    /// never wakes an instance that another instance's polling would have beaten.
+    pub fn try_lead(&self, server: usize, slot: usize) -> bool {
+        let Some(w) = self.server_words(server) else {
+            return true;
+        };
+        w[Q_LEADER]
+            .compare_exchange(0, slot as u64 + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The leader in `slot` took a message and stops waiting on the socket. When more
+    /// requests are already queued, a follower is woken to take the next one.
+    pub fn unlead(&self, server: usize, slot: usize) {
+        let Some(w) = self.server_words(server) else {
+            return;
+        };
+        let _ =
+            w[Q_LEADER].compare_exchange(slot as u64 + 1, 0, Ordering::AcqRel, Ordering::Acquire);
+        if w[Q_QUEUED].load(Ordering::Acquire) > 0 && w[Q_SLEEPERS].load(Ordering::Acquire) > 0 {
+            self.wake_follower(server);
+        }
+    }
+
+    /// Clears the leadership of a dead instance (the daemon, when it reaps `slot`) and
+    /// its follower mark, then wakes a follower to take over the socket.
+    pub fn release_dead(&self, server: usize, slot: usize) {
+        let Some(w) = self.server_words(server) else {
+            return;
+        };
+        if let Some(s) = self.slot_words(slot) {
+            if s[S_FOLLOWING].swap(0, Ordering::AcqRel) == 1 {
+                let _ = w[Q_SLEEPERS].fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(1))
+                });
+            }
+        }
+        let _ =
+            w[Q_LEADER].compare_exchange(slot as u64 + 1, 0, Ordering::AcqRel, Ordering::Acquire);
+        self.wake_follower(server);
+    }
+
+    /// An idle instance that is not the leader sleeps until a sender or the leader
+    /// wakes it, or at most [`FOLLOWER_NAP`].
+    pub fn follow(&self, server: usize, slot: usize) {
+        let (Some(w), Some(s)) = (self.server_words(server), self.slot_words(slot)) else {
+            return;
+        };
+        let futex = self.futex_word(server);
+        let generation = futex.load(Ordering::Acquire);
+        s[S_FOLLOWING].store(1, Ordering::Release);
+        w[Q_SLEEPERS].fetch_add(1, Ordering::AcqRel);
+        // Sleep only while somebody waits on the socket; otherwise go and lead.
+        if w[Q_LEADER].load(Ordering::Acquire) != 0 {
+            futex_wait(futex, generation, FOLLOWER_NAP);
+        }
+        w[Q_SLEEPERS].fetch_sub(1, Ordering::AcqRel);
+        s[S_FOLLOWING].store(0, Ordering::Release);
+    }
+
+    /// A sender put a request in `server`'s queue: when no instance waits on the
+    /// socket but some sleep, wake one.
+    pub fn after_send(&self, server: usize) {
+        let Some(w) = self.server_words(server) else {
+            return;
+        };
+        if w[Q_LEADER].load(Ordering::Acquire) == 0 && w[Q_SLEEPERS].load(Ordering::Acquire) > 0 {
+            self.wake_follower(server);
+        }
+    }
+
+    /// Wakes every follower of a server (shutdown).
+    pub fn wake_all_followers(&self, server: usize) {
+        if self.server_words(server).is_some() {
+            let f = self.futex_word(server);
+            f.fetch_add(1, Ordering::AcqRel);
+            futex_wake(f, i32::MAX);
+        }
+    }
+
+    fn wake_follower(&self, server: usize) {
+        let f = self.futex_word(server);
+        f.fetch_add(1, Ordering::AcqRel);
+        futex_wake(f, 1);
+    }
+
+    fn futex_word(&self, server: usize) -> &AtomicU32 {
+        let at = HEADER_WORDS + server * SERVER_WORDS + Q_FUTEX;
+        // SAFETY: the word is in bounds (callers checked `server`), 8-byte aligned,
+        // and only ever accessed as this AtomicU32 (its first four bytes).
+        unsafe { AtomicU32::from_ptr(self.map.as_ptr().add(at * 8).cast::<u32>().cast_mut()) }
     }
 
     /// Requests waiting in a server's queue.
@@ -529,6 +634,44 @@ impl StatusTable {
     }
 }
 
+/// Sleeps while `*word == expected`, at most `timeout` (shared, not private: the word
+/// lives in a mapping shared between processes).
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: std::time::Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned u32 at `word`, which stays mapped for the
+    // duration of the call; a spurious return is harmless to every caller.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0,
+        );
+    }
+}
+
+/// Wakes up to `n` sleepers on `word`.
+fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            n,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        );
+    }
+}
+
 impl crate::endpoint::SpinGate for StatusTable {
     fn enter(&self) -> bool {
         let w = &self.words()[6];
@@ -629,6 +772,36 @@ mod tests {
             .expect_err("trunc")
             .to_string()
             .contains("truncated"));
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn one_leader_at_a_time_and_dead_leaders_are_released() {
+        let p = temp("lead");
+        let shape = TableShape {
+            servers: 1,
+            slots: 3,
+            services: 1,
+        };
+        let t = StatusTable::create(&p, shape, 1).expect("create");
+        assert!(t.try_lead(0, 0));
+        assert!(!t.try_lead(0, 1), "a second leader while the first waits");
+        // Unlead by a non-leader changes nothing.
+        t.unlead(0, 2);
+        assert!(!t.try_lead(0, 1));
+        t.unlead(0, 0);
+        assert!(t.try_lead(0, 1));
+        // The daemon reaps slot 1 while it leads: the socket is free again.
+        t.release_dead(0, 1);
+        assert!(t.try_lead(0, 2));
+        // A follower with nobody else leading returns at once (it must go and lead).
+        t.unlead(0, 2);
+        t.follow(0, 0);
+        assert!(t.try_lead(0, 0));
+        // Out-of-range servers never block anyone.
+        assert!(t.try_lead(7, 0));
+        t.follow(7, 0);
+        t.after_send(7);
         let _ = std::fs::remove_file(&p);
     }
 }

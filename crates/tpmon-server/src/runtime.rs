@@ -246,22 +246,40 @@ impl Instance {
         );
     }
 
+    /// Waits for the next message on the queue as the leader (the one instance that
+    /// sits on the socket), or sleeps as a follower until it may lead.
+    fn next_message(&mut self) -> Result<tpmon_ipc::Received, IpcError> {
+        let (table, server, slot) = (self.table.clone(), self.server_index, self.slot);
+        loop {
+            if table.try_lead(server, slot) {
+                let r = self
+                    .queue
+                    .recv_spinning_when(&mut self.spin, &*table, || table.queued(server) > 0);
+                // Every datagram put in a queue was counted by its sender; give its
+                // place back before deciding whether a follower must take over.
+                if matches!(
+                    r,
+                    Ok(_) | Err(IpcError::Malformed(_)) | Err(IpcError::TooLarge { .. })
+                ) {
+                    table.queue_release(server);
+                }
+                table.unlead(server, slot);
+                return r;
+            }
+            table.follow(server, slot);
+        }
+    }
+
     /// Serves until a Shutdown message or a restart request; returns the exit code.
     fn serve(&mut self) -> ExitCode {
         loop {
-            let (table, server) = (&self.table, self.server_index);
-            let got = match self
-                .queue
-                .recv_spinning_when(&mut self.spin, &**table, || table.queued(server) > 0)
-            {
+            let got = match self.next_message() {
                 Ok(g) => g,
                 Err(IpcError::Malformed(m)) => {
-                    self.table.queue_release(self.server_index);
                     self.log(&format!("dropped a malformed datagram: {m}"));
                     continue;
                 }
                 Err(e @ IpcError::TooLarge { .. }) => {
-                    self.table.queue_release(self.server_index);
                     self.log(&format!("dropped a request: {e}"));
                     continue;
                 }
@@ -273,21 +291,22 @@ impl Instance {
             };
             match Message::decode(&got.body) {
                 Ok(Message::Request(req)) => {
-                    self.table.queue_release(self.server_index);
                     if let Some(reason) = self.handle(req) {
                         let _ = send_control(&mut self.control, ControlMessage::Exiting { reason });
                         return ExitCode::from(EXIT_RESTART);
                     }
                 }
-                Ok(Message::Shutdown) => return ExitCode::SUCCESS,
+                Ok(Message::Shutdown) => {
+                    // Let the next instance come to the socket for its own Shutdown.
+                    self.table.after_send(self.server_index);
+                    return ExitCode::SUCCESS;
+                }
                 Ok(other) => {
-                    self.table.queue_release(self.server_index);
                     self.log(&format!(
                         "dropped an unexpected message on the queue: {other:?}"
                     ));
                 }
                 Err(e) => {
-                    self.table.queue_release(self.server_index);
                     self.log(&format!("dropped a malformed request: {e}"));
                 }
             }
