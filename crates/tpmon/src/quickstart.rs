@@ -14,6 +14,8 @@ use tpmon_proto::AdminRequest;
 
 /// The example domain, compiled in so the quickstart runs from anywhere.
 pub const QUICKSTART_TOML: &str = include_str!("../../../examples/quickstart/domain.toml");
+/// Its field table, written beside it.
+pub const QUICKSTART_FLD: &str = include_str!("../../../examples/quickstart/quickstart.fld");
 
 /// Arguments of `tpmon quickstart`.
 #[derive(Args)]
@@ -43,6 +45,7 @@ impl TempDomain {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("domain.toml");
         std::fs::write(&config, toml)?;
+        std::fs::write(dir.join("quickstart.fld"), QUICKSTART_FLD)?;
         let run_dir = dir.join("run");
         let exe = std::env::current_exe()?;
         let out = Command::new(exe)
@@ -216,6 +219,22 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
         "6 x tpacall TOUPPER, tpgetrply(TPGETANY)",
         answers == want,
         format!("-> {}", answers.join(" ")),
+    );
+
+    let table = tpmon_buffer::FieldTable::parse(QUICKSTART_FLD, "quickstart.fld")?;
+    let mut fb = tpmon_buffer::FieldBuffer::new();
+    let key = |n: &str| table.key_of(n).context("quickstart.fld lacks a field");
+    fb.add(key("NAME")?, tpmon_buffer::FieldValue::string("alice"))?;
+    fb.add(key("AMOUNT")?, tpmon_buffer::FieldValue::Long(250))?;
+    fb.add(key("AMOUNT")?, tpmon_buffer::FieldValue::Long(7))?;
+    let field = Buffer::Field(fb);
+    let res = c.call("ECHO", &field, Flags::NONE);
+    r.check(
+        "tpcall ECHO FIELD NAME=alice AMOUNT=250,7",
+        res.as_ref()
+            .map(|x| x.buffer.as_ref() == Some(&field))
+            .unwrap_or(false),
+        "-> the same fields and occurrences".into(),
     );
 
     let res = c.call("GREET", &Buffer::string("operator"), Flags::NONE);

@@ -77,14 +77,18 @@ pub fn render(v: &Value) -> String {
                     .map(|p| format!("{p}({})", i["state"].as_str().unwrap_or("?")))
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "{:<17} {:<9} {:>3}/{}/{:<5} {:>8}  {:<9} {:>6}  {}",
-            s["name"].as_str().unwrap_or("?"),
-            s["state"].as_str().unwrap_or("?"),
+        let counts = format!(
+            "{}/{}/{}",
             n(&s["running"]),
             n(&s["min_instances"]),
-            n(&s["max_instances"]),
+            n(&s["max_instances"])
+        );
+        let _ = writeln!(
+            out,
+            "{:<17} {:<9} {:<11}  {:>8}  {:<9} {:>6}  {}",
+            s["name"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            counts,
             n(&s["restarts"]),
             n(&s["served"]),
             n(&s["queued"]),

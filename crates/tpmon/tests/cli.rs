@@ -180,3 +180,45 @@ fn quickstart_runs_clean() {
         run.stdout
     );
 }
+
+#[test]
+fn call_sends_field_buffers_named_by_the_field_table() {
+    let fld = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/quickstart/quickstart.fld"
+    );
+    let cfg = Config::new()
+        .domain(&format!("field_tables = [{}]", support::toml_string(fld)))
+        .server("s", &["shutdown_timeout_s = 2"])
+        .services("s", &["ECHO"]);
+    let dom = Domain::boot("cli-field", &cfg);
+    let run = call(
+        &dom,
+        &[
+            "ECHO",
+            "--field",
+            "NAME=alice",
+            "--field",
+            "AMOUNT=250",
+            "--field",
+            "AMOUNT=7",
+            "--field",
+            "RATE=0.5",
+        ],
+    );
+    assert!(run.ok(), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    // Printed in key order (type, then number), occurrences in order.
+    assert_eq!(
+        lines,
+        ["AMOUNT\t250", "AMOUNT\t7", "RATE\t0.5", "NAME\talice"],
+        "{run:?}"
+    );
+
+    let run = call(&dom, &["ECHO", "--field", "NOSUCH=1"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("no field named NOSUCH"), "{run:?}");
+    let run = call(&dom, &["ECHO", "--field", "AMOUNT=lots"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("AMOUNT=lots"), "{run:?}");
+}
