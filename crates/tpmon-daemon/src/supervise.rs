@@ -25,6 +25,8 @@ use crate::relay::error_reply;
 
 /// How often the watchdog looks at time limits and queue depth.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(20);
+/// Every this many watchdog periods (one second) the shared counters are reconciled.
+const RECONCILE_TICKS: u64 = 50;
 
 /// Claims slot `k` of `server` and starts a supervision task for it; false when the
 /// slot already has one or the server has failed.
@@ -436,10 +438,18 @@ pub async fn watchdog(dom: Arc<Domain>) {
     let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut shutdown = dom.shutdown_rx();
+    let mut ticks: u64 = 0;
+    // Per server: the queue count seen at the last reconciliation while an instance was idle.
+    let mut stale: Vec<Option<u64>> = vec![None; dom.servers.len()];
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        ticks += 1;
+        let reconcile = ticks % RECONCILE_TICKS == 0;
+        if reconcile {
+            dom.table.reset_spinners();
         }
         let now = monotonic_us();
         for (i, srv) in dom.servers.iter().enumerate() {
@@ -495,6 +505,23 @@ pub async fn watchdog(dom: Arc<Domain>) {
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+            }
+            // A caller that died between counting its request and sending it leaves
+            // the count too high, which costs idle instances needless wake-ups. An
+            // idle instance takes a real request within microseconds, so a count that
+            // stays the same across a whole period while an instance is idle is such a
+            // leftover.
+            if reconcile {
+                let q = dom.table.queued(i);
+                stale[i] = match (idle > 0 && q > 0, stale[i]) {
+                    (true, Some(prev)) if prev == q => {
+                        tracing::warn!(server = %cfg.name, count = q, "queue count without requests: reset");
+                        dom.table.queue_reset(i);
+                        None
+                    }
+                    (true, _) => Some(q),
+                    (false, _) => None,
+                };
             }
             if idle == 0 && dom.table.queued(i) > 0 && !dom.is_stopping() {
                 if let Some(k) = first_free {

@@ -369,6 +369,14 @@ impl StatusTable {
         self.words()[7].load(Ordering::Relaxed).max(1)
     }
 
+    /// Forgets the pollers count. A process killed while polling leaves its mark
+    /// behind; the daemon calls this now and then. Polls last microseconds, so live
+    /// pollers are counted again at once; a reset only allows a few extra pollers for
+    /// that instant.
+    pub fn reset_spinners(&self) {
+        self.words()[6].store(0, Ordering::Release);
+    }
+
     /// Reserves a place in a server's queue: true when the queue had room (below
     /// `max`), false (and nothing reserved) when it is full.
     pub fn queue_reserve(&self, server: usize, max: u64) -> bool {
@@ -682,7 +690,10 @@ impl crate::endpoint::SpinGate for StatusTable {
         true
     }
     fn leave(&self) {
-        self.words()[6].fetch_sub(1, Ordering::AcqRel);
+        // Saturating: the daemon may have reset the count meanwhile.
+        let _ = self.words()[6].fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            Some(v.saturating_sub(1))
+        });
     }
 }
 

@@ -163,11 +163,22 @@ impl Instance {
             .filter(|s| s.server as usize == server_index && !server.routines.contains_key(&s.name))
             .map(|s| s.name.as_str())
             .collect();
-        if !missing.is_empty() {
-            let reason = format!(
+        // Every start failure is reported to the daemon, which shows it in status.
+        let init_result = if !missing.is_empty() {
+            Err(format!(
                 "the program has no routine for service(s) {}",
                 missing.join(", ")
-            );
+            ))
+        } else if let Some(init) = server.init.take() {
+            match catch_unwind(AssertUnwindSafe(|| init(&mut ctx, &args))) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(reason)) => Err(format!("tpsvrinit failed: {reason}")),
+                Err(_) => Err("tpsvrinit panicked".to_string()),
+            }
+        } else {
+            Ok(())
+        };
+        if let Err(reason) = init_result {
             send_control(
                 &mut control,
                 ControlMessage::InitFailed {
@@ -175,31 +186,6 @@ impl Instance {
                 },
             )?;
             return Err(reason);
-        }
-        if let Some(init) = server.init.take() {
-            match catch_unwind(AssertUnwindSafe(|| init(&mut ctx, &args))) {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => {
-                    let reason = format!("tpsvrinit failed: {reason}");
-                    send_control(
-                        &mut control,
-                        ControlMessage::InitFailed {
-                            reason: reason.clone(),
-                        },
-                    )?;
-                    return Err(reason);
-                }
-                Err(_) => {
-                    let reason = "tpsvrinit panicked".to_string();
-                    send_control(
-                        &mut control,
-                        ControlMessage::InitFailed {
-                            reason: reason.clone(),
-                        },
-                    )?;
-                    return Err(reason);
-                }
-            }
         }
         send_control(
             &mut control,

@@ -122,6 +122,20 @@ struct Report {
 }
 
 impl Report {
+    /// Checks that a call succeeded with STRING `want`.
+    fn expect_text(
+        &mut self,
+        what: &str,
+        res: Result<tpmon_client::CallReply, tpmon_client::CallError>,
+        want: &str,
+    ) {
+        let got = res
+            .as_ref()
+            .map(|x| text(&x.buffer))
+            .unwrap_or_else(|e| e.to_string());
+        self.check(what, got == want, format!("-> {got:?}"));
+    }
+
     fn check(&mut self, what: &str, ok: bool, detail: String) {
         if ok {
             self.passed += 1;
@@ -237,26 +251,16 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
         "-> the same fields and occurrences".into(),
     );
 
-    let res = c.call("GREET", &Buffer::string("operator"), Flags::NONE);
-    let got = res
-        .as_ref()
-        .map(|x| text(&x.buffer))
-        .unwrap_or_else(|e| e.to_string());
-    r.check(
+    r.expect_text(
         "GREET forwards to TOUPPER (tpforward)",
-        got == "HELLO, OPERATOR",
-        format!("-> {got:?}"),
+        c.call("GREET", &Buffer::string("operator"), Flags::NONE),
+        "HELLO, OPERATOR",
     );
 
-    let res = c.call("SHOUT", &Buffer::string("nested"), Flags::NONE);
-    let got = res
-        .as_ref()
-        .map(|x| text(&x.buffer))
-        .unwrap_or_else(|e| e.to_string());
-    r.check(
+    r.expect_text(
         "SHOUT calls TOUPPER (nested tpcall)",
-        got == "NESTED!",
-        format!("-> {got:?}"),
+        c.call("SHOUT", &Buffer::string("nested"), Flags::NONE),
+        "NESTED!",
     );
 
     match c.call("REFUSE", &Buffer::string("please"), Flags::NONE) {
@@ -291,15 +295,10 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
     c.set_blocking_timeout(saved);
     // The late SLOW reply arrives while this call waits; it must be discarded.
     std::thread::sleep(Duration::from_millis(1000));
-    let res = c.call("TOUPPER", &Buffer::string("after the timeout"), Flags::NONE);
-    let got = res
-        .as_ref()
-        .map(|x| text(&x.buffer))
-        .unwrap_or_else(|e| e.to_string());
-    r.check(
+    r.expect_text(
         "the late reply is discarded",
-        got == "AFTER THE TIMEOUT",
-        format!("-> {got:?}"),
+        c.call("TOUPPER", &Buffer::string("after the timeout"), Flags::NONE),
+        "AFTER THE TIMEOUT",
     );
 
     match c.call("NOSUCH", &Buffer::string("x"), Flags::NONE) {
@@ -334,15 +333,10 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
         force_relay: true,
         ..opts.clone()
     })?;
-    let res = remote.call("TOUPPER", &Buffer::string("relayed"), Flags::NONE);
-    let got = res
-        .as_ref()
-        .map(|x| text(&x.buffer))
-        .unwrap_or_else(|e| e.to_string());
-    r.check(
+    r.expect_text(
         "a remote-style client relayed by the daemon",
-        got == "RELAYED",
-        format!("-> {got:?}"),
+        remote.call("TOUPPER", &Buffer::string("relayed"), Flags::NONE),
+        "RELAYED",
     );
 
     println!("\nstatus of the domain:\n");

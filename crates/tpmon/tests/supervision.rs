@@ -464,3 +464,36 @@ fn waiting_requests_bring_up_more_instances() {
     });
     assert!(served > 1, "more than one instance served requests");
 }
+
+/// A caller that died between counting its request and sending it leaves the queue
+/// count high; the daemon notices that an idle instance never takes it and resets it,
+/// and calls keep working meanwhile.
+#[test]
+fn a_leftover_queue_count_is_reconciled() {
+    let cfg = Config::new()
+        .server("s", &["shutdown_timeout_s = 2"])
+        .services("s", &["ECHO"]);
+    let dom = Domain::boot("leftover-count", &cfg);
+    let table = tpmon_ipc::StatusTable::open(&dom.run_dir.join("status.shm"))
+        .expect("map the status table");
+    // Three phantom requests: reserved, never sent.
+    for _ in 0..3 {
+        assert!(table.queue_reserve(0, 100));
+    }
+    assert_eq!(table.queued(0), 3);
+    let mut c = dom.client();
+    assert_eq!(
+        text(
+            &c.call("ECHO", &s("still served"), Flags::NONE)
+                .expect("call")
+        ),
+        "still served"
+    );
+    dom.wait_status("the phantom count is gone", AWAIT, |st| {
+        st["servers"][0]["queued"].as_u64() == Some(0)
+    });
+    assert_eq!(
+        text(&c.call("ECHO", &s("after"), Flags::NONE).expect("call")),
+        "after"
+    );
+}
