@@ -1,0 +1,1 @@
+//! tpmon-txlog (being written)
