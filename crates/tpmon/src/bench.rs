@@ -29,6 +29,19 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
         clients: Vec<usize>,
     },
+    /// Global transaction log: group commit against one fdatasync per change, on real
+    /// files in a temporary directory.
+    Log {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seconds measured per mode.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrent committing threads.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+    },
 }
 
 const PAYLOAD_BYTES: usize = 64;
@@ -43,6 +56,11 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
             seconds,
             clients,
         } => bench_call(json, seconds, &clients),
+        BenchCommand::Log {
+            json,
+            seconds,
+            writers,
+        } => bench_log(json, seconds, writers),
     }
 }
 
@@ -345,6 +363,171 @@ fn bench_call(as_json: bool, seconds: f64, clients: &[usize]) -> anyhow::Result<
     );
     println!(
         "1-client tpcall / raw round trip, both blocking: {ratio_blocking:.2}x (target <= 1.15x)"
+    );
+    Ok(())
+}
+
+/// One mode of `tpmon bench log`: the point plus the log's own counters.
+struct LogPoint {
+    point: Point,
+    stats: tpmon_txlog::LogStats,
+}
+
+/// A transaction entry of about 200 bytes on disk (202 with the record frame).
+fn bench_entry(writer: usize, n: u64) -> tpmon_txlog::Entry {
+    let branch = |rm: u32| tpmon_txlog::Branch {
+        rm,
+        bqual: format!("bq-{rm:013}").into_bytes(),
+        state: 1,
+    };
+    tpmon_txlog::Entry {
+        gtrid: format!("node-a:{writer:04}:{n:020}").into_bytes(),
+        state: tpmon_txlog::TxState::Prepare,
+        advice: tpmon_txlog::Advice::None,
+        branches: vec![branch(1), branch(2)],
+        data: vec![0x5A; 96],
+    }
+}
+
+/// `writers` threads each loop: put an entry, remove it (two durable records, one
+/// "decision"), for `seconds`.
+fn log_point(
+    dir: &std::path::Path,
+    writers: usize,
+    seconds: f64,
+    group_commit: tpmon_txlog::GroupCommit,
+) -> anyhow::Result<LogPoint> {
+    use tpmon_txlog::{LogIdentity, Options, TxLog};
+    let options = Options {
+        group_commit,
+        ..Options::default()
+    };
+    let log = Arc::new(
+        TxLog::create(dir, LogIdentity::new("bench", "node-a"), options)
+            .with_context(|| format!("creating a log in {}", dir.display()))?,
+    );
+    let barrier = Arc::new(Barrier::new(writers + 1));
+    let mut handles = Vec::new();
+    for w in 0..writers {
+        let log = log.clone();
+        let barrier = barrier.clone();
+        handles.push(std::thread::spawn(
+            move || -> anyhow::Result<(Vec<u64>, Duration)> {
+                let mut n = 0u64;
+                let decide = |n: u64| -> anyhow::Result<()> {
+                    let e = bench_entry(w, n);
+                    let gtrid = e.gtrid.clone();
+                    log.put(e)?;
+                    log.remove(&gtrid)?;
+                    Ok(())
+                };
+                barrier.wait();
+                let mut lat = Vec::with_capacity(100_000);
+                let start = Instant::now();
+                let until = start + Duration::from_secs_f64(seconds);
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    decide(n)?;
+                    lat.push(t.elapsed().as_nanos() as u64);
+                    n += 1;
+                }
+                Ok((lat, start.elapsed()))
+            },
+        ));
+    }
+    barrier.wait();
+    let mut all = Vec::new();
+    let mut el = Duration::ZERO;
+    for h in handles {
+        let (lat, e) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a benchmark writer panicked"))??;
+        all.extend(lat);
+        el = el.max(e);
+    }
+    let stats = log.stats();
+    Ok(LogPoint {
+        point: summarize(writers, all, el),
+        stats,
+    })
+}
+
+fn bench_log(as_json: bool, seconds: f64, writers: usize) -> anyhow::Result<()> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        bail!("--seconds must be positive");
+    }
+    if writers == 0 {
+        bail!("--writers must be at least 1");
+    }
+    let root = std::env::temp_dir().join(format!("tpmon-bench-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let run = || -> anyhow::Result<(LogPoint, LogPoint)> {
+        let baseline = log_point(
+            &root.join("off"),
+            writers,
+            seconds,
+            tpmon_txlog::GroupCommit::Off,
+        )?;
+        let group = log_point(
+            &root.join("on"),
+            writers,
+            seconds,
+            tpmon_txlog::GroupCommit::On,
+        )?;
+        Ok((baseline, group))
+    };
+    let result = run();
+    let _ = std::fs::remove_dir_all(&root);
+    let (baseline, group) = result?;
+    let ratio = group.point.calls_per_s / baseline.point.calls_per_s.max(f64::MIN_POSITIVE);
+    let per_flush = |p: &LogPoint| p.stats.records as f64 / p.stats.flushes.max(1) as f64;
+    if as_json {
+        let mode = |p: &LogPoint| {
+            let mut v = point_json(&p.point);
+            v["decisions_per_s"] = json!(p.point.calls_per_s);
+            v["fdatasyncs"] = json!(p.stats.flushes);
+            v["records"] = json!(p.stats.records);
+            v["records_per_fdatasync"] = json!(per_flush(p));
+            v["rotations"] = json!(p.stats.rotations);
+            v
+        };
+        let v = json!({
+            "writers": writers,
+            "seconds_per_mode": seconds,
+            "records_per_decision": 2,
+            "dir": root.display().to_string(),
+            "one_fdatasync_per_record": mode(&baseline),
+            "group_commit": mode(&group),
+            "ratio_group_to_baseline": ratio,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "tpmon bench log: {writers} writers, each deciding in a loop (put of a ~200-byte entry, then remove: 2 durable records), {seconds} s per mode, real files in {}\n",
+        std::env::temp_dir().display()
+    );
+    println!(
+        "{:<40} {:>12} {:>10} {:>10} {:>10} {:>14}",
+        "", "decisions/s", "mean us", "p50 us", "p99 us", "records/fsync"
+    );
+    for (label, p) in [
+        ("one fdatasync per record (baseline)", &baseline),
+        ("group commit", &group),
+    ] {
+        println!(
+            "{:<40} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>14.1}",
+            label,
+            p.point.calls_per_s,
+            p.point.mean_us,
+            p.point.p50_us,
+            p.point.p99_us,
+            per_flush(p)
+        );
+    }
+    println!();
+    println!(
+        "group commit / one fdatasync per record, {writers} writers: {ratio:.1}x (target >= 10x at 64 writers)"
     );
     Ok(())
 }
