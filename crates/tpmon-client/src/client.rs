@@ -160,7 +160,10 @@ impl Client {
             transport,
             welcome,
             services,
-            next_call_id: 1,
+            // Unguessable ids (see `forget` for why they must also never repeat): a
+            // reply is taken only for a pending id, so a local process of another user
+            // cannot forge one without guessing 63 random bits.
+            next_call_id: (tpmon_ipc::random_u64() >> 1).max(1),
             pending: HashMap::new(),
             ready: VecDeque::new(),
             abandoned: HashSet::new(),

@@ -173,7 +173,9 @@ impl Transport {
                     Err(IpcError::WouldBlock) => return Err(RecvFailure::WouldBlock),
                     // A malformed datagram from some other local process is dropped;
                     // it must not fail the caller's call.
-                    Err(IpcError::Malformed(_)) | Err(IpcError::TooLarge { .. }) => continue,
+                    Err(IpcError::Malformed(_))
+                    | Err(IpcError::TooLarge { .. })
+                    | Err(IpcError::Foreign { .. }) => continue,
                     Err(e) => return Err(RecvFailure::Fatal(ipc_error(e))),
                 };
                 if let Ok(Message::Reply(r)) = Message::decode(&got.body) {

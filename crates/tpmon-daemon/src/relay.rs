@@ -50,14 +50,18 @@ pub fn error_reply(call_id: u64, kind: ErrorKind, detail: impl Into<String>) -> 
 impl RelayHub {
     /// Binds the daemon's reply and send sockets.
     pub fn new(domain: &str, message_bytes_max: usize) -> Result<RelayHub, IpcError> {
-        let rx = Endpoint::bind_abstract(&format!("tpmon/{domain}/daemon"), message_bytes_max)?;
+        let mut rx = Endpoint::bind_abstract(&format!("tpmon/{domain}/daemon"), message_bytes_max)?;
+        // Replies relayed to remote clients must come from this user's processes.
+        rx.refuse_other_users()?;
         let tx = Endpoint::bind_abstract(&format!("tpmon/{domain}/daemon-tx"), message_bytes_max)?;
         Ok(RelayHub {
             tx,
             rx_name: rx.name().to_vec(),
             rx: Mutex::new(Some(rx)),
             pending: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
+            // Unguessable ids: a reply is accepted only for a pending id, so another
+            // local user cannot forge one without guessing 63 random bits.
+            next: AtomicU64::new(tpmon_ipc::random_u64() >> 1),
         })
     }
 

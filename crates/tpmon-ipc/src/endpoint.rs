@@ -46,6 +46,15 @@ pub enum IpcError {
         /// The limit.
         max: usize,
     },
+    /// A datagram from another user was refused (only this process's user and root
+    /// may talk to tpmon's sockets).
+    #[error("refused a datagram from uid {uid} (pid {pid})")]
+    Foreign {
+        /// The sender's user id.
+        uid: u32,
+        /// The sender's process id.
+        pid: i32,
+    },
     /// A malformed datagram arrived (bad marker, truncated, bad fd).
     #[error("malformed datagram: {0}")]
     Malformed(String),
@@ -112,6 +121,8 @@ pub struct Endpoint {
     name: Vec<u8>,
     recv_buf: Vec<u8>,
     cmsg_buf: Vec<u8>,
+    /// Sender credentials are checked (SO_PASSCRED could be set).
+    passcred: bool,
     recv_timeout: Option<Duration>,
     message_bytes_max: usize,
 }
@@ -208,10 +219,23 @@ impl Endpoint {
             fd,
             name,
             recv_buf: vec![0u8; INLINE_BYTES_MAX + 64],
-            cmsg_buf: nix::cmsg_space!([RawFd; 4]),
+            cmsg_buf: nix::cmsg_space!(socket::UnixCredentials, [RawFd; 4]),
+            passcred: false,
             recv_timeout: None,
             message_bytes_max,
         }
+    }
+
+    /// From now on, refuse datagrams of other users ([`IpcError::Foreign`]): the kernel
+    /// stamps every datagram with its sender's credentials. Abstract addresses have no
+    /// file permissions, so any local user can send to them; this check costs about a
+    /// microsecond per message, so the hot path (callers' reply addresses) relies on
+    /// unguessable call ids instead and only the daemon's relay socket uses it.
+    pub fn refuse_other_users(&mut self) -> Result<(), IpcError> {
+        socket::setsockopt(&self.fd, socket::sockopt::PassCred, &true)
+            .map_err(os("setting SO_PASSCRED"))?;
+        self.passcred = true;
+        Ok(())
     }
 
     /// The bound name: abstract name bytes, or the path for a queue.
@@ -393,7 +417,7 @@ impl Endpoint {
             MsgFlags::empty()
         };
         loop {
-            let (len, truncated, fds) = {
+            let (len, truncated, fds, sender) = {
                 let mut iov = [IoSliceMut::new(&mut self.recv_buf)];
                 let msg = match socket::recvmsg::<()>(
                     self.fd.as_raw_fd(),
@@ -418,16 +442,42 @@ impl Endpoint {
                     }
                 };
                 let mut fds = Vec::new();
+                let mut sender = None;
                 if let Ok(cmsgs) = msg.cmsgs() {
                     for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(r) = c {
-                            // SAFETY: the kernel just installed these descriptors for us.
-                            fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        match c {
+                            ControlMessageOwned::ScmRights(r) => {
+                                // SAFETY: the kernel just installed these descriptors for us.
+                                fds.extend(
+                                    r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                                );
+                            }
+                            ControlMessageOwned::ScmCredentials(c) => {
+                                sender = Some((c.uid(), c.pid()))
+                            }
+                            _ => {}
                         }
                     }
                 }
-                (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC), fds)
+                (
+                    msg.bytes,
+                    msg.flags.contains(MsgFlags::MSG_TRUNC),
+                    fds,
+                    sender,
+                )
             };
+            if self.passcred {
+                // Dropping `fds` closes anything a stranger passed us.
+                match sender {
+                    Some((uid, _)) if uid == 0 || uid == nix::unistd::geteuid().as_raw() => {}
+                    Some((uid, pid)) => return Err(IpcError::Foreign { uid, pid }),
+                    None => {
+                        return Err(IpcError::Malformed(
+                            "datagram without sender credentials".into(),
+                        ))
+                    }
+                }
+            }
             if truncated {
                 return Err(IpcError::Malformed(format!(
                     "inline datagram larger than {INLINE_BYTES_MAX} bytes"
@@ -493,7 +543,8 @@ fn write_memfd(body: &[u8]) -> Result<OwnedFd, IpcError> {
     Ok(OwnedFd::from(file))
 }
 
-fn random_u64() -> u64 {
+/// A random number from the kernel (falls back to time and pid).
+pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -561,6 +612,50 @@ mod tests {
         a.set_recv_timeout(Some(Duration::from_millis(5)))
             .expect("timeout");
         assert!(matches!(a.recv(false), Err(IpcError::TimedOut)));
+    }
+
+    #[test]
+    fn datagrams_of_other_users_are_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to send as another user");
+            return;
+        }
+        let mut a = Endpoint::bind_abstract("tpmon-test", 1 << 20).expect("bind");
+        a.refuse_other_users().expect("passcred");
+        let name = a.name().to_vec();
+        let addr = UnixAddr::new_abstract(&name).expect("addr");
+        // A child process that becomes `nobody` and sends a forged datagram. Only
+        // system calls between fork and _exit.
+        // SAFETY: the child calls only async-signal-safe functions and exits.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => unsafe {
+                let ok = libc::setuid(65534) == 0
+                    && socket::socket(
+                        AddressFamily::Unix,
+                        SockType::Datagram,
+                        SockFlag::empty(),
+                        None,
+                    )
+                    .ok()
+                    .and_then(|fd| {
+                        socket::sendto(fd.as_raw_fd(), b"\x01forged", &addr, MsgFlags::empty()).ok()
+                    })
+                    .is_some();
+                libc::_exit(if ok { 0 } else { 1 });
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).expect("wait");
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+        match a.recv(true) {
+            Err(IpcError::Foreign { uid, .. }) => assert_eq!(uid, 65534),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Our own datagrams still pass.
+        let b = Endpoint::bind_abstract("tpmon-test", 1 << 20).expect("bind");
+        b.send_to_abstract(&name, b"\x01ours", true).expect("send");
+        assert_eq!(a.recv(true).expect("recv").body, b"\x01ours");
     }
 
     #[test]

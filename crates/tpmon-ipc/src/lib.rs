@@ -16,8 +16,8 @@ mod table;
 
 pub use clock::monotonic_us;
 pub use endpoint::{
-    kernel_queue_len, raise_kernel_queue_len, Endpoint, IpcError, NoGate, Received, Spin, SpinGate,
-    INLINE_BYTES_MAX,
+    kernel_queue_len, raise_kernel_queue_len, random_u64, Endpoint, IpcError, NoGate, Received,
+    Spin, SpinGate, INLINE_BYTES_MAX,
 };
 pub use table::{
     latency_bucket, BusyRequest, CallOutcome, ServiceStats, SlotSnapshot, SlotState, StatusTable,

@@ -265,6 +265,10 @@ impl Instance {
                     self.log(&format!("dropped a malformed datagram: {m}"));
                     continue;
                 }
+                Err(e @ IpcError::Foreign { .. }) => {
+                    self.log(&format!("{e}"));
+                    continue;
+                }
                 Err(e @ IpcError::TooLarge { .. }) => {
                     self.log(&format!("dropped a request: {e}"));
                     continue;
