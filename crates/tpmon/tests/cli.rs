@@ -222,3 +222,94 @@ fn call_sends_field_buffers_named_by_the_field_table() {
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains("AMOUNT=lots"), "{run:?}");
 }
+
+/// `tpmon boot` in the foreground, stopped by SIGTERM the way a service manager stops
+/// it: it exits 0 after every instance ran tpsvrdone.
+#[test]
+fn foreground_boot_stops_cleanly_on_sigterm() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = support::TempDir::new("foreground");
+    let marker = dir.path.join("done.txt");
+    let cfg = Config::new()
+        .server(
+            "s",
+            &[
+                "min_instances = 2",
+                "shutdown_timeout_s = 5",
+                &format!(
+                    "args = [\"--done-marker\", {}]",
+                    support::toml_string(&marker.display().to_string())
+                ),
+            ],
+        )
+        .services("s", &["ECHO"]);
+    let config = dir.path.join("domain.toml");
+    std::fs::write(&config, cfg.render()).expect("config");
+    let run_dir = dir.path.join("run");
+    let mut child = Command::new(support::TPMON)
+        .args(["boot", "--listen", "127.0.0.1:0", "-c"])
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tpmon boot");
+    let status_ok = || {
+        tpmon([
+            "status".as_ref(),
+            "--json".as_ref(),
+            "-c".as_ref(),
+            config.as_os_str(),
+            "--run-dir".as_ref(),
+            run_dir.as_os_str(),
+        ])
+    };
+    let st = support::wait_for(
+        "the foreground daemon answers",
+        Duration::from_secs(15),
+        || {
+            let run = status_ok();
+            run.ok().then(|| json(&run))
+        },
+    );
+    let pids = support::serving_pids(&st, "s");
+    assert_eq!(pids.len(), 2, "{st}");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(code.success(), "exit {code:?}: {err}");
+    assert!(err.contains("SIGTERM"), "{err}");
+    let done: HashSet<u32> = std::fs::read_to_string(&marker)
+        .expect("tpsvrdone markers")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(
+        done,
+        pids.iter().copied().collect::<HashSet<u32>>(),
+        "every instance ran tpsvrdone"
+    );
+    assert!(pids.iter().all(|p| !alive(*p)));
+    assert!(!status_ok().ok(), "no daemon answers any more");
+}

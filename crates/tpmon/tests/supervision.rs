@@ -497,3 +497,42 @@ fn a_leftover_queue_count_is_reconciled() {
         "after"
     );
 }
+
+/// kill -9 of the daemon takes its instances with it (they would hold a queue nobody
+/// routes to), `tpmon down` then says no daemon runs, and the same configuration and
+/// run directory boot again despite the stale pid file and sockets.
+#[test]
+fn instances_die_with_a_killed_daemon_and_the_domain_boots_again() {
+    let cfg = Config::new()
+        .server("s", &["min_instances = 2", "shutdown_timeout_s = 2"])
+        .services("s", &["ECHO"]);
+    let mut dom = Domain::boot("daemon-kill", &cfg);
+    let pids = serving_pids(&dom.status(), "s");
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    kill9(dom.daemon_pid);
+    wait_until("the daemon and its instances are gone", AWAIT, || {
+        !alive(dom.daemon_pid) && pids.iter().all(|p| !alive(*p))
+    });
+    let run = dom.down();
+    assert!(!run.ok(), "{run:?}");
+    assert!(run.stderr.contains("no daemon is running"), "{run:?}");
+
+    let run = support::boot_detached(&dom.config, &dom.run_dir);
+    assert!(run.ok(), "second boot: {run:?}\n{}", dom.log());
+    let st = dom.status();
+    let addr = st["daemon"]["client_address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    let new_pids = serving_pids(&st, "s");
+    assert_eq!(new_pids.len(), 2);
+    assert!(new_pids.iter().all(|p| !pids.contains(p)));
+    let mut c = Client::connect(&tpmon_client::ClientOptions::new(addr)).expect("connect");
+    assert_eq!(
+        text(&c.call("ECHO", &s("again"), Flags::NONE).expect("call")),
+        "again"
+    );
+    drop(c);
+    assert!(dom.down().ok(), "down after the second boot");
+    assert!(new_pids.iter().all(|p| !alive(*p)));
+}
