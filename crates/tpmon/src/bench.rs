@@ -92,6 +92,36 @@ fn summarize(clients: usize, mut lat_ns: Vec<u64>, elapsed: Duration) -> Point {
     }
 }
 
+/// Runs `op` repeatedly for `seconds`, recording each run's latency in nanoseconds.
+fn timed_loop(
+    seconds: f64,
+    lat: &mut Vec<u64>,
+    mut op: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < until {
+        let t = Instant::now();
+        op()?;
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok(())
+}
+
+/// Joins the benchmark threads and merges their latencies.
+fn join_latencies(
+    handles: Vec<std::thread::JoinHandle<anyhow::Result<Vec<u64>>>>,
+    who: &str,
+) -> anyhow::Result<Vec<u64>> {
+    let mut all = Vec::new();
+    for h in handles {
+        let lat = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a benchmark {who} panicked"))??;
+        all.extend(lat);
+    }
+    Ok(all)
+}
+
 /// Receives on a raw socket, polling for up to `spin` first (as tpmon's endpoints do).
 fn recv_raw(fd: i32, buf: &mut [u8], spin: Duration) -> nix::Result<usize> {
     if !spin.is_zero() {
@@ -213,40 +243,28 @@ fn tpcall_point(addr: &str, clients: usize, seconds: f64, relay: bool) -> anyhow
             force_relay: relay,
             ..ClientOptions::new(addr.to_string())
         };
-        handles.push(std::thread::spawn(
-            move || -> anyhow::Result<(Vec<u64>, Duration)> {
-                let mut c = Client::connect(&opts)?;
-                if !relay && !c.is_local() {
-                    bail!("the benchmark client did not get the local fast path");
-                }
-                let req = Buffer::string("x".repeat(PAYLOAD_BYTES));
-                for _ in 0..1000 {
-                    c.call("ECHO", &req, Flags::NONE)?;
-                }
-                barrier.wait();
-                let mut lat = Vec::with_capacity(500_000);
-                let start = Instant::now();
-                let until = start + Duration::from_secs_f64(seconds);
-                while Instant::now() < until {
-                    let t = Instant::now();
-                    c.call("ECHO", &req, Flags::NONE)?;
-                    lat.push(t.elapsed().as_nanos() as u64);
-                }
-                Ok((lat, start.elapsed()))
-            },
-        ));
+        handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<u64>> {
+            let mut c = Client::connect(&opts)?;
+            if !relay && !c.is_local() {
+                bail!("the benchmark client did not get the local fast path");
+            }
+            let req = Buffer::string("x".repeat(PAYLOAD_BYTES));
+            for _ in 0..1000 {
+                c.call("ECHO", &req, Flags::NONE)?;
+            }
+            barrier.wait();
+            let mut lat = Vec::with_capacity(500_000);
+            timed_loop(seconds, &mut lat, || {
+                c.call("ECHO", &req, Flags::NONE)?;
+                Ok(())
+            })?;
+            Ok(lat)
+        }));
     }
     barrier.wait();
-    let mut all = Vec::new();
-    let mut el = Duration::ZERO;
-    for h in handles {
-        let (lat, e) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a benchmark client panicked"))??;
-        all.extend(lat);
-        el = el.max(e);
-    }
-    Ok(summarize(clients, all, el))
+    let start = Instant::now();
+    let all = join_latencies(handles, "client")?;
+    Ok(summarize(clients, all, start.elapsed()))
 }
 
 /// The default `spin_us` of a domain (see docs/configuration.md).
@@ -411,40 +429,29 @@ fn log_point(
     for w in 0..writers {
         let log = log.clone();
         let barrier = barrier.clone();
-        handles.push(std::thread::spawn(
-            move || -> anyhow::Result<(Vec<u64>, Duration)> {
-                let mut n = 0u64;
-                let decide = |n: u64| -> anyhow::Result<()> {
-                    let e = bench_entry(w, n);
-                    let gtrid = e.gtrid.clone();
-                    log.put(e)?;
-                    log.remove(&gtrid)?;
-                    Ok(())
-                };
-                barrier.wait();
-                let mut lat = Vec::with_capacity(100_000);
-                let start = Instant::now();
-                let until = start + Duration::from_secs_f64(seconds);
-                while Instant::now() < until {
-                    let t = Instant::now();
-                    decide(n)?;
-                    lat.push(t.elapsed().as_nanos() as u64);
-                    n += 1;
-                }
-                Ok((lat, start.elapsed()))
-            },
-        ));
+        handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<u64>> {
+            let mut n = 0u64;
+            let decide = |n: u64| -> anyhow::Result<()> {
+                let e = bench_entry(w, n);
+                let gtrid = e.gtrid.clone();
+                log.put(e)?;
+                log.remove(&gtrid)?;
+                Ok(())
+            };
+            barrier.wait();
+            let mut lat = Vec::with_capacity(100_000);
+            timed_loop(seconds, &mut lat, || {
+                decide(n)?;
+                n += 1;
+                Ok(())
+            })?;
+            Ok(lat)
+        }));
     }
     barrier.wait();
-    let mut all = Vec::new();
-    let mut el = Duration::ZERO;
-    for h in handles {
-        let (lat, e) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a benchmark writer panicked"))??;
-        all.extend(lat);
-        el = el.max(e);
-    }
+    let start = Instant::now();
+    let all = join_latencies(handles, "writer")?;
+    let el = start.elapsed();
     let stats = log.stats();
     Ok(LogPoint {
         point: summarize(writers, all, el),
