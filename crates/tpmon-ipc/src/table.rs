@@ -445,7 +445,7 @@ impl StatusTable {
     }
 
     /// An idle instance that is not the leader sleeps until a sender or the leader
-    /// wakes it, or at most [`FOLLOWER_NAP`].
+    /// wakes it, or at most 100 ms (`FOLLOWER_NAP`).
     pub fn follow(&self, server: usize, slot: usize) {
         let (Some(w), Some(s)) = (self.server_words(server), self.slot_words(slot)) else {
             return;
