@@ -33,6 +33,9 @@ pub struct CallReply {
 struct Pending {
     flags: Flags,
     request_type: Option<tpmon_buffer::BufferType>,
+    /// Made inside the current transaction: its reply reports branches, and its
+    /// failure dooms the transaction.
+    in_tx: bool,
 }
 
 /// Largest message a client accepts or sends when the daemon does not say otherwise.
@@ -41,8 +44,8 @@ const MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// One client context (what `tpinit` creates). Not shared between threads: give each
 /// thread its own, as XATMI contexts are per thread.
 pub struct Client {
-    transport: Transport,
-    welcome: Welcome,
+    pub(crate) transport: Transport,
+    pub(crate) welcome: Welcome,
     services: HashMap<String, usize>,
     blocking_timeout: Duration,
     next_call_id: u64,
@@ -52,7 +55,10 @@ pub struct Client {
     /// Calls whose replies are to be thrown away (cancelled or timed-out tpcalls).
     abandoned: HashSet<u64>,
     pending_max: usize,
-    tx: Option<TxContext>,
+    /// The transaction this context is in (as originator or as a participant).
+    pub(crate) txn: Option<crate::tx::ActiveTx>,
+    /// TX settings (timeout, commit return, control) and the sequence of gtrids.
+    pub(crate) tx_settings: crate::tx::TxSettings,
 }
 
 impl std::fmt::Debug for Client {
@@ -124,6 +130,7 @@ impl Client {
                     stream,
                     decoder,
                     read_timeout: None,
+                    stash: Vec::new(),
                 })
             }
         };
@@ -168,7 +175,8 @@ impl Client {
             ready: VecDeque::new(),
             abandoned: HashSet::new(),
             pending_max,
-            tx: None,
+            txn: None,
+            tx_settings: crate::tx::TxSettings::default(),
         }
     }
 
@@ -197,9 +205,42 @@ impl Client {
         self.blocking_timeout
     }
 
-    /// Sets the transaction context that following calls carry (used by the TX layer).
+    /// Joins the transaction of a request being served (a participant: its calls
+    /// carry the transaction, and their branches are collected for the reply), or
+    /// leaves it with None. Used by the server runtime.
     pub fn set_transaction(&mut self, tx: Option<TxContext>) {
-        self.tx = tx;
+        self.txn = tx.map(crate::tx::ActiveTx::participant);
+    }
+
+    /// Adds a branch to the current transaction (a server's own branch in a
+    /// transaction it began itself); a failed branch dooms the transaction.
+    pub fn join_branch(&mut self, b: tpmon_proto::Branch) {
+        if let Some(t) = &mut self.txn {
+            if b.vote == tpmon_proto::Vote::Failed {
+                t.doom("a branch failed to prepare");
+            }
+            t.branches.push(b);
+        }
+    }
+
+    /// The context that calls in the current transaction carry.
+    pub fn current_context(&self) -> Option<TxContext> {
+        self.txn.as_ref().map(|t| t.context())
+    }
+
+    /// The current transaction's gtrid.
+    pub fn current_gtrid(&self) -> Option<String> {
+        self.txn.as_ref().map(|t| t.gtrid.clone())
+    }
+
+    /// True when the current transaction can only roll back.
+    pub fn transaction_doomed(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.doomed.is_some())
+    }
+
+    /// Leaves the current transaction and returns what was collected in it.
+    pub fn take_transaction(&mut self) -> Option<crate::tx::ActiveTx> {
+        self.txn.take()
     }
 
     /// Looks a service up in the routing table.
@@ -238,7 +279,7 @@ impl Client {
     /// Asynchronous call (`tpacall`): returns a descriptor for [`Client::getrply`], or
     /// `Cd(0)` with TPNOREPLY.
     pub fn acall(&mut self, service: &str, data: &Buffer, flags: Flags) -> Result<Cd, CallError> {
-        if flags.contains(Flags::NOREPLY) && self.tx.is_some() && !flags.contains(Flags::NOTRAN) {
+        if flags.contains(Flags::NOREPLY) && self.txn.is_some() && !flags.contains(Flags::NOTRAN) {
             return Err(CallError::new(
                 ErrorKind::Inval,
                 "TPNOREPLY inside a transaction needs TPNOTRAN",
@@ -275,7 +316,7 @@ impl Client {
                 format!("no outstanding call {}", cd.0),
             ));
         }
-        if self.tx.is_some() {
+        if self.pending.get(&cd.0).is_some_and(|p| p.in_tx) {
             return Err(CallError::new(
                 ErrorKind::Tran,
                 "a call that belongs to a global transaction cannot be cancelled",
@@ -296,6 +337,15 @@ impl Client {
     /// Number of calls awaiting replies.
     pub fn outstanding(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Ids of the outstanding calls made inside the current transaction.
+    pub(crate) fn outstanding_in_tx(&self) -> Vec<u64> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.in_tx)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Sends a request prepared by a server (a forward): its call id, reply address and
@@ -341,15 +391,31 @@ impl Client {
     }
 
     fn deadline(&self, flags: Flags) -> Option<Instant> {
-        if flags.contains(Flags::NOTIME) {
+        let blocking = if flags.contains(Flags::NOTIME) {
             None
         } else {
             Some(Instant::now() + self.blocking_timeout)
+        };
+        // A call inside a transaction also ends at the transaction's deadline.
+        let tx = if flags.contains(Flags::NOTRAN) {
+            None
+        } else {
+            self.txn.as_ref().map(|t| t.deadline_instant())
+        };
+        match (blocking, tx) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
-    fn forget(&mut self, call_id: u64) {
-        self.pending.remove(&call_id);
+    pub(crate) fn forget(&mut self, call_id: u64) {
+        if let Some(p) = self.pending.remove(&call_id) {
+            if p.in_tx {
+                if let Some(t) = &mut self.txn {
+                    t.doom("a call of the transaction was abandoned (timed out or cancelled)");
+                }
+            }
+        }
         self.ready.retain(|r| r.call_id != call_id);
         self.abandoned.insert(call_id);
         // Call ids are never reused, so an old abandoned id can only match a reply that
@@ -387,8 +453,9 @@ impl Client {
         let tx = if flags.contains(Flags::NOTRAN) {
             None
         } else {
-            self.tx.clone()
+            self.txn.as_ref().map(|t| t.context())
         };
+        let in_tx = tx.is_some();
         let mut wire_flags = flags.without(Flags::GETANY);
         if tx.is_some() {
             wire_flags |= Flags::TRAN;
@@ -418,12 +485,13 @@ impl Client {
             Pending {
                 flags,
                 request_type: Some(data.buffer_type()),
+                in_tx,
             },
         );
         Ok(Cd(call_id))
     }
 
-    fn wait(
+    pub(crate) fn wait(
         &mut self,
         want: Option<u64>,
         flags: Flags,
@@ -475,6 +543,11 @@ impl Client {
 
     fn finish(&mut self, r: Reply) -> Result<(u64, CallReply), CallError> {
         let pending = self.pending.remove(&r.call_id);
+        if pending.as_ref().is_some_and(|p| p.in_tx) {
+            if let Some(t) = &mut self.txn {
+                t.absorb(&r);
+            }
+        }
         let buffer = match &r.buffer {
             Some(w) => Some(from_wire(w)?),
             None => None,
@@ -534,6 +607,7 @@ fn local_parts(welcome: &Welcome, endpoint: Endpoint, table: Arc<StatusTable>) -
         senders: Vec::new(),
         spin: tpmon_ipc::Spin::new(Duration::from_micros(u64::from(welcome.spin_us))),
         _session: None,
+        tm: None,
     }
 }
 

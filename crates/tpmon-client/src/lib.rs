@@ -16,6 +16,7 @@ mod convert;
 mod error;
 mod options;
 mod transport;
+mod tx;
 
 pub use client::{CallReply, Cd, Client};
 pub use convert::{from_wire, to_wire};
@@ -23,3 +24,4 @@ pub use error::CallError;
 pub use options::ClientOptions;
 pub use tpmon_buffer::Buffer;
 pub use tpmon_proto::{ClientId, ErrorKind, Flags, UnsolMode};
+pub use tx::{ActiveTx, CommitReturn, Committed, TxControl, TxError, TxInfo, TxStatus};

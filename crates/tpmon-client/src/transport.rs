@@ -34,6 +34,8 @@ pub(crate) struct Local {
     pub spin: Spin,
     /// The authenticated session with the daemon, held open for the client's lifetime.
     pub _session: Option<TcpStream>,
+    /// Connection to the transaction manager's socket, made at the first commit.
+    pub tm: Option<(std::os::unix::net::UnixStream, FrameDecoder)>,
 }
 
 /// Relay: every message goes over the TCP session.
@@ -41,6 +43,8 @@ pub(crate) struct Relay {
     pub stream: TcpStream,
     pub decoder: FrameDecoder,
     pub read_timeout: Option<Option<Duration>>,
+    /// Replies read while waiting for a transaction outcome.
+    pub stash: Vec<Reply>,
 }
 
 pub(crate) enum Transport {
@@ -183,6 +187,9 @@ impl Transport {
                 }
             },
             Transport::Relay(r) => loop {
+                if !r.stash.is_empty() {
+                    return Ok(r.stash.remove(0));
+                }
                 match r.decoder.next_frame() {
                     Ok(Some(body)) => match Message::decode(&body) {
                         Ok(Message::Reply(rep)) => return Ok(rep),

@@ -52,8 +52,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ErrorKind, Position};
 pub use model::{
-    Domain, DomainConfig, Group, Limits, Node, Password, ResourceManager, RestartPolicy, Server,
-    Service, BUFFER_TYPES, DEFAULT_GROUP, NAME_LEN_MAX,
+    Domain, DomainConfig, Group, Limits, Node, Password, ResourceManager, RestartPolicy, RmKind,
+    Server, Service, TxSettings, XaResource, BUFFER_TYPES, DEFAULT_GROUP, GTRID_NAMES_BYTES_MAX,
+    NAME_LEN_MAX,
 };
 
 /// Reads and validates the configuration file at `path`.

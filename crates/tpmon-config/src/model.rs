@@ -54,6 +54,10 @@ pub struct DomainConfig {
     pub services: Vec<Service>,
 }
 
+/// Longest domain name plus node name: every global transaction id starts with both
+/// and must fit the 64 bytes XA allows (the rest holds four numbers).
+pub const GTRID_NAMES_BYTES_MAX: usize = 24;
+
 /// The `[domain]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Domain {
@@ -71,6 +75,25 @@ pub struct Domain {
     /// [`Domain::run_dir`] unless absolute. `None`: the daemon logs to stderr. Use
     /// [`Domain::log_path`] for the resolved path.
     pub log_file: Option<PathBuf>,
+    /// Transaction manager settings (`[domain.tx]`).
+    pub tx: TxSettings,
+}
+
+/// The transaction manager's settings (`[domain.tx]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxSettings {
+    /// Absolute directory of the global transaction log (default `RUN_DIR/txlog`).
+    pub log_dir: PathBuf,
+    /// Transaction timeout when the originator sets none.
+    pub timeout: Duration,
+    /// Longest transaction timeout an originator may ask for.
+    pub timeout_max: Duration,
+    /// Commit a transaction with one prepared branch without a log record.
+    pub one_phase_commit: bool,
+    /// How often recovery looks for unfinished and in-doubt transactions.
+    pub recovery_interval: Duration,
+    /// Most transactions the log holds at once.
+    pub entries_max: u32,
 }
 
 impl Domain {
@@ -150,11 +173,60 @@ pub struct Node {
 }
 
 /// How the monitor talks to a group's resource manager.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ResourceManager {
     /// No resource manager: the group's servers run in non-XA mode.
     None,
+    /// An XA resource manager.
+    Xa(XaResource),
+}
+
+impl ResourceManager {
+    /// The XA resource, if the group has one.
+    pub fn xa(&self) -> Option<&XaResource> {
+        match self {
+            ResourceManager::None => None,
+            ResourceManager::Xa(x) => Some(x),
+        }
+    }
+}
+
+/// Kinds of XA resource managers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RmKind {
+    /// PostgreSQL (PREPARE TRANSACTION / COMMIT PREPARED).
+    Postgres,
+    /// MariaDB or MySQL (XA START / END / PREPARE / COMMIT).
+    Mariadb,
+    /// Does nothing and votes yes: measures the transaction manager alone.
+    Noop,
+    /// A scripted resource manager kept in a directory, for fault injection in tests.
+    Fake,
+}
+
+impl RmKind {
+    /// The spelling used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RmKind::Postgres => "postgres",
+            RmKind::Mariadb => "mariadb",
+            RmKind::Noop => "noop",
+            RmKind::Fake => "fake",
+        }
+    }
+}
+
+/// A group's XA resource manager (`[group.rm]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XaResource {
+    /// Which kind.
+    pub kind: RmKind,
+    /// The open string (a connection string or URL, or the fake's directory), after
+    /// `${VAR}` expansion. It may hold a password, so `Debug` hides it.
+    pub open: Password,
+    /// Most connections the transaction manager keeps to it (phase 2, recovery).
+    pub pool_max: u32,
 }
 
 /// A server group (`[[group]]`).
@@ -166,6 +238,9 @@ pub struct Group {
     pub node: usize,
     /// The group's resource manager.
     pub rm: ResourceManager,
+    /// Implicit demarcation: a call that arrives outside a transaction runs as its own
+    /// global transaction, begun and committed by the server.
+    pub auto_transaction: bool,
     /// `true` for the [`DEFAULT_GROUP`] that tpmon created because the file has no
     /// `[[group]]`.
     pub implicit: bool,

@@ -45,6 +45,19 @@ pub(crate) struct RawDomain {
     pub field_tables: Vec<Str>,
     pub log_file: Option<Str>,
     pub limits: Option<Spanned<RawLimits>>,
+    pub tx: Option<Spanned<RawTx>>,
+}
+
+/// `[domain.tx]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawTx {
+    pub log_dir: Option<Str>,
+    pub timeout_s: Option<Int>,
+    pub timeout_max_s: Option<Int>,
+    pub one_phase_commit: Option<bool>,
+    pub recovery_interval_ms: Option<Int>,
+    pub entries_max: Option<Int>,
 }
 
 /// `[domain.limits]`.
@@ -76,7 +89,29 @@ pub(crate) struct RawNode {
 pub(crate) struct RawGroup {
     pub name: Option<Str>,
     pub node: Option<Str>,
-    pub rm: Option<Str>,
+    pub rm: Option<Spanned<RawRm>>,
+    pub auto_transaction: Option<bool>,
+}
+
+/// A group's `rm`: a kind alone (`rm = "none"`) or a table.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a resource manager kind (\"none\", \"postgres\", ...) or a table with kind, open and pool_max"
+)]
+pub(crate) enum RawRm {
+    Kind(String),
+    Table(RawRmTable),
+}
+
+/// `[group.rm]`. Plain values: spans do not survive an untagged enum, so errors point
+/// at the `rm` key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRmTable {
+    pub kind: String,
+    pub open: Option<String>,
+    pub pool_max: Option<i64>,
 }
 
 /// One `[[server]]`.

@@ -190,6 +190,7 @@ fn full_file_round_trip() {
             name: "APPGRP".into(),
             node: 0,
             rm: ResourceManager::None,
+            auto_transaction: false,
             implicit: false,
         }]
     );
@@ -290,6 +291,7 @@ fn minimal_file_gets_defaults() {
             name: DEFAULT_GROUP.into(),
             node: 0,
             rm: ResourceManager::None,
+            auto_transaction: false,
             implicit: true,
         }]
     );
@@ -1063,8 +1065,61 @@ fn zero_and_negative_limits() {
 }
 
 #[test]
-fn unsupported_rm_kind() {
+fn resource_managers_and_transaction_settings() {
+    let v = with_domain(&[
+        "[domain.tx]",
+        "timeout_s = 5",
+        "one_phase_commit = false",
+        "[[group]]",
+        "name = \"G\"",
+        "auto_transaction = true",
+        "[group.rm]",
+        "kind = \"postgres\"",
+        "open = \"host=127.0.0.1 password=${PGPW}\"",
+        "pool_max = 3",
+    ]);
+    let c = parse_with_env(&doc(&lines(&v)), Path::new(SOURCE), &|k: &str| {
+        (k == "PGPW").then(|| "s3cret".to_string())
+    })
+    .expect("valid");
+    assert_eq!(c.domain.tx.timeout, std::time::Duration::from_secs(5));
+    assert!(!c.domain.tx.one_phase_commit);
+    let g = &c.groups[0];
+    assert!(g.auto_transaction);
+    let rm = g.rm.xa().expect("xa");
+    assert_eq!(rm.kind, crate::RmKind::Postgres);
+    assert_eq!(rm.open.expose(), "host=127.0.0.1 password=s3cret");
+    assert_eq!(rm.pool_max, 3);
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "the open string is never printed"
+    );
+
+    // A kind alone needs an open string (except noop).
     let v = with_domain(&["[[group]]", "name = \"G\"", "rm = \"postgres\""]);
+    let e = parse_err(&lines(&v));
+    check(
+        &e,
+        ErrorKind::MissingKey,
+        6,
+        Some("group \"G\""),
+        Some("rm.open"),
+    );
+    let v = with_domain(&["[[group]]", "name = \"G\"", "rm = \"noop\""]);
+    parse_ok(&lines(&v));
+    // Implicit demarcation needs a resource manager.
+    let v = with_domain(&["[[group]]", "name = \"G\"", "auto_transaction = true"]);
+    let e = parse_err(&lines(&v));
+    assert_eq!(e.kind(), ErrorKind::InvalidValue, "{e}");
+    // The transaction timeout cannot exceed its limit.
+    let v = with_domain(&["[domain.tx]", "timeout_s = 50", "timeout_max_s = 10"]);
+    let e = parse_err(&lines(&v));
+    assert!(e.message().contains("timeout_max_s"), "{e}");
+}
+
+#[test]
+fn unsupported_rm_kind() {
+    let v = with_domain(&["[[group]]", "name = \"G\"", "rm = \"embedded\""]);
     let e = parse_err(&lines(&v));
     check(
         &e,

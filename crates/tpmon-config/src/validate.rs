@@ -21,11 +21,12 @@ use serde_spanned::Spanned;
 use crate::error::{ConfigError, ErrorKind, Position};
 use crate::expand::{expand, Var};
 use crate::model::{
-    Domain, DomainConfig, Group, Limits, Node, Password, ResourceManager, RestartPolicy, Server,
-    Service, BUFFER_TYPES, DEFAULT_GROUP, NAME_LEN_MAX,
+    Domain, DomainConfig, Group, Limits, Node, Password, ResourceManager, RestartPolicy, RmKind,
+    Server, Service, TxSettings, XaResource, BUFFER_TYPES, DEFAULT_GROUP, GTRID_NAMES_BYTES_MAX,
+    NAME_LEN_MAX,
 };
 use crate::raw::{
-    Int, RawDomain, RawFile, RawGroup, RawLimits, RawNode, RawServer, RawService, Str,
+    Int, RawDomain, RawFile, RawGroup, RawLimits, RawNode, RawRm, RawServer, RawService, RawTx, Str,
 };
 
 /// The default, smallest and largest accepted value of an integer key.
@@ -70,8 +71,16 @@ const PASSWORD_BYTES_MAX: usize = 255;
 /// Longest node host name (the DNS limit).
 const HOST_LEN_MAX: usize = 253;
 
-/// The resource manager kinds tpmon will support; only `none` is implemented.
-const RM_KINDS_LATER: [&str; 3] = ["postgres", "mariadb", "embedded"];
+/// The resource manager kinds tpmon will support but does not yet.
+const RM_KINDS_LATER: [&str; 1] = ["embedded"];
+
+// `[domain.tx]`.
+const TX_TIMEOUT_S: Bound = bound(30, 1, 86_400);
+const TX_TIMEOUT_MAX_S: Bound = bound(300, 1, 86_400);
+const RECOVERY_INTERVAL_MS: Bound = bound(1000, 10, 600_000);
+const TX_ENTRIES: Bound = bound(65_536, 16, 10_000_000);
+// `[group.rm]`.
+const RM_POOL: Bound = bound(8, 1, 1024);
 
 /// The label of the `index`-th entry (0-based) of a section in messages: `server "qsrv"`
 /// if the entry has a valid name, else `server #2` (numbered from 1).
@@ -344,6 +353,33 @@ pub(crate) fn build(
     let limits = limits(&ctx, raw_domain.get_ref().limits.as_ref())?;
     let (nodes, node_names) = nodes(&ctx, &raw.node, &domain)?;
     let (groups, group_names) = groups(&ctx, &raw.group, &nodes, &node_names)?;
+    if groups.iter().any(|g| g.rm.xa().is_some()) {
+        for node in &nodes {
+            if domain.name.len() + node.name.len() > GTRID_NAMES_BYTES_MAX {
+                let at = raw_domain
+                    .get_ref()
+                    .name
+                    .as_ref()
+                    .map_or(0, |n| n.span().start);
+                return Err(ctx.err(
+                    &Scope {
+                        item: None,
+                        prefix: "domain.",
+                    },
+                    "name",
+                    at,
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "the domain name and the name of node {:?} are {} bytes together; \
+                         with resource managers configured they must fit in \
+                         {GTRID_NAMES_BYTES_MAX} (both start every 64-byte XA transaction id)",
+                        node.name,
+                        domain.name.len() + node.name.len()
+                    ),
+                ));
+            }
+        }
+    }
     let implicit_group = raw.group.is_empty();
     let mut servers = Vec::with_capacity(raw.server.len());
     let mut server_names = Names::default();
@@ -462,6 +498,7 @@ fn domain(ctx: &Ctx<'_>, raw: &Spanned<RawDomain>) -> Result<Domain, ConfigError
         Some(value) => Some(PathBuf::from(ctx.non_empty(&scope, "log_file", value)?)),
         None => None,
     };
+    let tx = tx_settings(ctx, raw.tx.as_ref(), &run_dir)?;
     Ok(Domain {
         name,
         listen,
@@ -469,6 +506,60 @@ fn domain(ctx: &Ctx<'_>, raw: &Spanned<RawDomain>) -> Result<Domain, ConfigError
         password,
         field_tables,
         log_file,
+        tx,
+    })
+}
+
+fn tx_settings(
+    ctx: &Ctx<'_>,
+    raw: Option<&Spanned<RawTx>>,
+    run_dir: &std::path::Path,
+) -> Result<TxSettings, ConfigError> {
+    let empty = RawTx::default();
+    let raw = raw.map_or(&empty, |r| r.get_ref());
+    let scope = Scope {
+        item: None,
+        prefix: "domain.tx.",
+    };
+    let log_dir = match &raw.log_dir {
+        Some(value) => ctx.path(&scope, "log_dir", value)?,
+        None => run_dir.join("txlog"),
+    };
+    let timeout_s = ctx.int(&scope, "timeout_s", raw.timeout_s.as_ref(), TX_TIMEOUT_S)?;
+    let timeout_max_s = ctx.int(
+        &scope,
+        "timeout_max_s",
+        raw.timeout_max_s.as_ref(),
+        TX_TIMEOUT_MAX_S,
+    )?;
+    if timeout_s > timeout_max_s {
+        let at = raw
+            .timeout_s
+            .as_ref()
+            .or(raw.timeout_max_s.as_ref())
+            .map_or(0, |v| v.span().start);
+        return Err(ctx.err(
+            &scope,
+            "timeout_s",
+            at,
+            ErrorKind::InvalidValue,
+            format!("must be at most timeout_max_s ({timeout_max_s})"),
+        ));
+    }
+    let recovery_interval_ms = ctx.int(
+        &scope,
+        "recovery_interval_ms",
+        raw.recovery_interval_ms.as_ref(),
+        RECOVERY_INTERVAL_MS,
+    )?;
+    let entries_max = ctx.int(&scope, "entries_max", raw.entries_max.as_ref(), TX_ENTRIES)?;
+    Ok(TxSettings {
+        log_dir,
+        timeout: Duration::from_secs(timeout_s),
+        timeout_max: Duration::from_secs(timeout_max_s),
+        one_phase_commit: raw.one_phase_commit.unwrap_or(true),
+        recovery_interval: Duration::from_millis(recovery_interval_ms),
+        entries_max: narrow(entries_max),
     })
 }
 
@@ -667,6 +758,7 @@ fn groups(
             name: DEFAULT_GROUP.to_string(),
             node: 0,
             rm: ResourceManager::None,
+            auto_transaction: false,
             implicit: true,
         };
         return Ok((vec![group], names));
@@ -718,39 +810,99 @@ fn groups(
         };
         let rm = match &r.rm {
             None => ResourceManager::None,
-            Some(value) => match value.get_ref().as_str() {
-                "none" => ResourceManager::None,
-                kind if RM_KINDS_LATER.contains(&kind) => {
-                    return Err(ctx.err(
-                        &scope,
-                        "rm",
-                        value.span().start,
-                        ErrorKind::Unsupported,
-                        format!("resource manager kind {kind:?} is not supported yet (only \"none\" is)"),
-                    ));
-                }
-                kind => {
-                    return Err(ctx.err(
-                        &scope,
-                        "rm",
-                        value.span().start,
-                        ErrorKind::InvalidValue,
-                        format!(
-                            "unknown resource manager kind {kind:?} (expected \"none\", \
-                             \"postgres\", \"mariadb\" or \"embedded\")"
-                        ),
-                    ));
-                }
-            },
+            Some(spanned) => rm(ctx, &scope, spanned)?,
         };
+        let auto_transaction = r.auto_transaction.unwrap_or(false);
+        if auto_transaction && rm.xa().is_none() {
+            return Err(ctx.err(
+                &scope,
+                "auto_transaction",
+                span.start,
+                ErrorKind::InvalidValue,
+                "needs a resource manager (rm) in the group",
+            ));
+        }
         groups.push(Group {
             name,
             node,
             rm,
+            auto_transaction,
             implicit: false,
         });
     }
     Ok((groups, names))
+}
+
+fn rm(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    spanned: &Spanned<RawRm>,
+) -> Result<ResourceManager, ConfigError> {
+    let at = |v| Spanned::new(spanned.span(), v);
+    let (kind_value, open, pool_max, key) = match spanned.get_ref() {
+        RawRm::Kind(k) => (at(k.clone()), None, None, "rm"),
+        RawRm::Table(t) => (
+            at(t.kind.clone()),
+            t.open.clone().map(at),
+            t.pool_max.map(|n| Spanned::new(spanned.span(), n)),
+            "rm.kind",
+        ),
+    };
+    let kind = match kind_value.get_ref().as_str() {
+        "none" => return Ok(ResourceManager::None),
+        "postgres" => RmKind::Postgres,
+        "mariadb" | "mysql" => RmKind::Mariadb,
+        "noop" => RmKind::Noop,
+        "fake" => RmKind::Fake,
+        kind if RM_KINDS_LATER.contains(&kind) => {
+            return Err(ctx.err(
+                scope,
+                key,
+                kind_value.span().start,
+                ErrorKind::Unsupported,
+                format!("resource manager kind {kind:?} is not supported yet"),
+            ));
+        }
+        kind => {
+            return Err(ctx.err(
+                scope,
+                key,
+                kind_value.span().start,
+                ErrorKind::InvalidValue,
+                format!(
+                    "unknown resource manager kind {kind:?} (expected \"none\", \"postgres\", \
+                     \"mariadb\", \"noop\", \"fake\" or \"embedded\")"
+                ),
+            ));
+        }
+    };
+    let open = match &open {
+        Some(v) => ctx.expanded(scope, "rm.open", v)?,
+        None if kind == RmKind::Noop => String::new(),
+        None => {
+            return Err(ctx.err(
+                scope,
+                "rm.open",
+                spanned.span().start,
+                ErrorKind::MissingKey,
+                format!(
+                    "a {} resource manager needs an open string ([group.rm] open = ...)",
+                    kind.as_str()
+                ),
+            ))
+        }
+    };
+    let open = if kind == RmKind::Fake {
+        ctx.base_dir.join(open).display().to_string()
+    } else {
+        open
+    };
+    let pool_max = ctx.int(scope, "rm.pool_max", pool_max.as_ref(), RM_POOL)?;
+    Ok(ResourceManager::Xa(XaResource {
+        kind,
+        open: Password::new(open),
+        pool_max: narrow(pool_max),
+    }))
 }
 
 fn server(

@@ -51,6 +51,19 @@ pub async fn serve(
                     let text = crate::status::report(&dom).to_string();
                     reply(&mut stream, true, text).await;
                 }
+                Some(Message::Admin(AdminRequest::TxList)) => {
+                    let list = dom.tm.list();
+                    let text = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+                    reply(&mut stream, true, text).await;
+                }
+                Some(Message::Admin(AdminRequest::TxResolve { gtrid, commit })) => {
+                    let gtrid = String::from_utf8_lossy(&gtrid).into_owned();
+                    tracing::info!(%gtrid, commit, "operator resolves a transaction");
+                    match dom.tm.resolve(&gtrid, commit).await {
+                        Ok(text) => reply(&mut stream, true, text).await,
+                        Err(text) => reply(&mut stream, false, text).await,
+                    }
+                }
                 Some(Message::Admin(AdminRequest::Down)) => {
                     tracing::info!("shutdown requested on the admin socket");
                     let _ = down.send(stream);

@@ -108,6 +108,8 @@ fn message_name(m: &Message) -> &'static str {
         Message::Admin(_) => "an admin request",
         Message::AdminReply { .. } => "an admin reply",
         Message::Shutdown => "a shutdown message",
+        Message::TxEnd(_) => "a transaction end",
+        Message::TxDone(_) => "a transaction outcome",
     }
 }
 
@@ -184,6 +186,14 @@ async fn connection(dom: &Arc<Domain>, mut stream: TcpStream, peer: SocketAddr) 
                         {
                             let _ = tx.send(Message::Reply(reply).encode());
                         }
+                    }
+                    Ok(Message::TxEnd(end)) => {
+                        // A remote originator ends its transaction on its session.
+                        let (dom, tx) = (dom.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let done = dom.tm.end(end).await;
+                            let _ = tx.send(Message::TxDone(done).encode());
+                        });
                     }
                     Ok(other) => {
                         break 'conn format!("protocol violation: sent {}", message_name(&other))

@@ -85,6 +85,8 @@ pub struct Domain {
     pub relay: RelayHub,
     /// When the daemon booted.
     pub started: Instant,
+    /// The node's transaction manager.
+    pub tm: Arc<tpmon_tm::Tm>,
 }
 
 impl Domain {

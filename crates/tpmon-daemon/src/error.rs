@@ -39,4 +39,7 @@ pub enum DaemonError {
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The transaction manager could not start (its log is damaged or unreadable).
+    #[error("{0}")]
+    Tm(#[from] tpmon_tm::TmError),
 }

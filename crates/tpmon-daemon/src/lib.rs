@@ -21,6 +21,7 @@ mod relay;
 mod run;
 mod status;
 mod supervise;
+mod tm_port;
 
 pub use error::DaemonError;
 pub use run::{run, BootOptions, ReadyNotice};

@@ -44,6 +44,7 @@ pub fn error_reply(call_id: u64, kind: ErrorKind, detail: impl Into<String>) -> 
         urcode: 0,
         buffer: None,
         detail: detail.into(),
+        branches: Vec::new(),
     }
 }
 
@@ -113,7 +114,8 @@ impl RelayHub {
     }
 
     /// Relays one request of connection `conn`. On failure returns the error reply
-    /// the client should get.
+    /// the client should get (built once per failed call, so its size does not matter).
+    #[allow(clippy::result_large_err)]
     pub async fn relay(
         &self,
         dom: &Domain,

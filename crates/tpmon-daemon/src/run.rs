@@ -16,7 +16,7 @@ use tpmon_proto::{ServerRoute, ServiceRoute, Welcome};
 
 use crate::domain::{Domain, ServerRecord, ServerRt, SlotRecord};
 use crate::relay::RelayHub;
-use crate::{admin, clients, supervise, DaemonError, ADMIN_SOCKET, PID_FILE};
+use crate::{admin, clients, supervise, tm_port, DaemonError, ADMIN_SOCKET, PID_FILE};
 
 /// Where to report readiness: a pipe to the `tpmon boot --detach` parent, which waits
 /// for one line: `ready` or `error: …`.
@@ -46,8 +46,8 @@ const KERNEL_QUEUE_LEN_WANTED: usize = 1024;
 pub fn run(config: DomainConfig, mut opts: BootOptions) -> Result<(), DaemonError> {
     let ready = opts.ready.take();
     match boot(config, opts) {
-        Ok((rt, dom, listener, admin_listener, lock)) => {
-            let r = rt.block_on(serve(dom, listener, admin_listener, ready));
+        Ok((rt, dom, listener, admin_listener, tm_listener, lock)) => {
+            let r = rt.block_on(serve(dom, listener, admin_listener, tm_listener, ready));
             drop(lock);
             r
         }
@@ -64,6 +64,7 @@ type Booted = (
     tokio::runtime::Runtime,
     Arc<Domain>,
     tokio::net::TcpListener,
+    tokio::net::UnixListener,
     tokio::net::UnixListener,
     File,
 );
@@ -86,6 +87,8 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
             .map(|n| n.name.clone())
             .unwrap_or_default(),
     };
+    // The run directory's lock is held: no other daemon has this log open.
+    let tm = tpmon_tm::Tm::start(&config, &node)?;
     let qlen = tpmon_ipc::raise_kernel_queue_len(KERNEL_QUEUE_LEN_WANTED);
     if qlen < 64 {
         tracing::warn!(
@@ -148,6 +151,19 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
             .as_millis()
             .min(u128::from(u32::MAX)) as u32,
         spin_us: config.limits.spin.as_micros().min(u128::from(u32::MAX)) as u32,
+        epoch: tm.epoch(),
+        tx_timeout_ms: config
+            .domain
+            .tx
+            .timeout
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32,
+        tx_timeout_max_ms: config
+            .domain
+            .tx
+            .timeout_max
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32,
         message_bytes_max: config.limits.frame_bytes_max,
         servers: servers
             .iter()
@@ -184,7 +200,7 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
         .thread_name("tpmon-daemon")
         .build()
         .map_err(DaemonError::Runtime)?;
-    let (listener, admin_listener) = {
+    let (listener, admin_listener, tm_listener) = {
         let _g = rt.enter();
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(rd_err)?;
         let admin_path = run_dir.join(ADMIN_SOCKET);
@@ -192,7 +208,12 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
         let admin_listener = tokio::net::UnixListener::bind(&admin_path).map_err(rd_err)?;
         std::fs::set_permissions(&admin_path, std::fs::Permissions::from_mode(0o600))
             .map_err(rd_err)?;
-        (listener, admin_listener)
+        let tm_path = run_dir.join(tm_port::TM_SOCKET);
+        let _ = std::fs::remove_file(&tm_path);
+        let tm_listener = tokio::net::UnixListener::bind(&tm_path).map_err(rd_err)?;
+        std::fs::set_permissions(&tm_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(rd_err)?;
+        (listener, admin_listener, tm_listener)
     };
     let (shutdown_tx, _) = watch::channel(false);
     let mut config = config;
@@ -210,14 +231,16 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
         shutdown_tx,
         relay,
         started: Instant::now(),
+        tm,
     });
-    Ok((rt, dom, listener, admin_listener, lock))
+    Ok((rt, dom, listener, admin_listener, tm_listener, lock))
 }
 
 async fn serve(
     dom: Arc<Domain>,
     listener: tokio::net::TcpListener,
     admin_listener: tokio::net::UnixListener,
+    tm_listener: tokio::net::UnixListener,
     ready: Option<ReadyNotice>,
 ) -> Result<(), DaemonError> {
     tracing::info!(
@@ -228,6 +251,13 @@ async fn serve(
         "booting"
     );
     RelayHub::start_reader(dom.clone());
+    tokio::spawn(tm_port::serve(dom.clone(), tm_listener));
+    {
+        let mut stop = dom.shutdown_rx();
+        tokio::spawn(dom.tm.clone().run_recovery(async move {
+            let _ = stop.changed().await;
+        }));
+    }
     for (i, s) in dom.config.servers.iter().enumerate() {
         for k in 0..s.min_instances as usize {
             supervise::start_slot(&dom, i, k);
@@ -306,6 +336,7 @@ async fn serve(
         let _ = std::fs::remove_file(&s.queue_path);
     }
     let _ = std::fs::remove_file(run_dir.join(ADMIN_SOCKET));
+    let _ = std::fs::remove_file(run_dir.join(tm_port::TM_SOCKET));
     let _ = std::fs::remove_file(run_dir.join("host.token"));
     let _ = std::fs::remove_file(run_dir.join(PID_FILE));
     for mut s in waiting_admins {

@@ -279,9 +279,24 @@ async fn start_instance(
             tpmon_server_env::MESSAGE_BYTES_MAX,
             dom.config.limits.frame_bytes_max.to_string(),
         )
+        .env_remove(tpmon_server_env::RM_KIND)
+        .env_remove(tpmon_server_env::RM_OPEN)
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
+    let group = &dom.config.groups[cfg.group];
+    if let Some(rm) = group.rm.xa() {
+        // The open string may hold a password: it travels in the child's environment,
+        // never on a command line or in a log.
+        cmd.env(tpmon_server_env::RM_KIND, rm.kind.as_str())
+            .env(tpmon_server_env::RM_OPEN, rm.open.expose())
+            .env(tpmon_server_env::RM_POOL_MAX, rm.pool_max.to_string());
+    }
+    if group.auto_transaction {
+        cmd.env(tpmon_server_env::AUTO_TRANSACTION, "1");
+    } else {
+        cmd.env_remove(tpmon_server_env::AUTO_TRANSACTION);
+    }
     let daemon_pid = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls (prctl, getppid, fcntl, dup2) between fork
     // and exec. The descriptors are first moved above 10 so that placing them on 3 and
@@ -329,6 +344,7 @@ async fn start_instance(
             welcome,
             server: server as u16,
             slot: slot as u32,
+            group: cfg.group as u16,
         })
         .encode(),
         &mut frame,
@@ -431,6 +447,10 @@ async fn watch_instance(mut r: Running) -> Ended {
 mod tpmon_server_env {
     pub const SERVER_NAME: &str = "TPMON_SERVER_NAME";
     pub const MESSAGE_BYTES_MAX: &str = "TPMON_MESSAGE_BYTES_MAX";
+    pub const RM_KIND: &str = "TPMON_RM_KIND";
+    pub const RM_OPEN: &str = "TPMON_RM_OPEN";
+    pub const RM_POOL_MAX: &str = "TPMON_RM_POOL_MAX";
+    pub const AUTO_TRANSACTION: &str = "TPMON_AUTO_TRANSACTION";
 }
 
 /// Service time limits and growth under load, checked every few milliseconds.

@@ -16,6 +16,7 @@ mod flags;
 mod frame;
 mod kind;
 mod message;
+mod tx;
 
 pub use codec::{DecodeError, Reader, Writer};
 pub use flags::Flags;
@@ -23,11 +24,15 @@ pub use frame::{encode_frame, FrameDecoder, FrameError, FRAME_HEADER_BYTES};
 pub use kind::ErrorKind;
 pub use message::{
     AdminRequest, BufferWire, ClientId, ControlMessage, Hello, Message, Reply, ReplyStatus,
-    Request, ServerRoute, ServiceRoute, TxContext, UnsolMode, Welcome, XID_PART_BYTES_MAX,
+    Request, ServerRoute, ServiceRoute, TxContext, UnsolMode, Welcome,
+};
+pub use tx::{
+    Branch, Gtrid, TxDone, TxEnd, TxOutcome, Vote, BRANCHES_MAX, FORMAT_ID, NAMES_BYTES_MAX,
+    SEQ_MAX, XID_PART_BYTES_MAX,
 };
 
 /// The protocol version spoken by this build; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Longest service name, in bytes (XATMI allows 31 characters plus the terminating NUL).
 pub const SERVICE_NAME_BYTES_MAX: usize = 31;

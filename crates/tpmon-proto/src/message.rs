@@ -8,10 +8,11 @@
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::flags::Flags;
 use crate::kind::ErrorKind;
+use crate::tx::{
+    decode_branches, decode_done, decode_end, encode_branches, encode_done, encode_end, xid_part,
+    Branch, TxDone, TxEnd,
+};
 use crate::PROTOCOL_VERSION;
-
-/// Longest gtrid or bqual, in bytes (the XA limit).
-pub const XID_PART_BYTES_MAX: usize = 64;
 
 /// Identifies a client context within the domain (XATMI `CLIENTID`); assigned by the
 /// daemon when a client or server instance connects.
@@ -26,10 +27,12 @@ pub struct TxContext {
     pub format_id: i32,
     /// Global transaction id (at most 64 bytes).
     pub gtrid: Vec<u8>,
-    /// Branch qualifier (at most 64 bytes).
-    pub bqual: Vec<u8>,
-    /// Time left before the transaction times out, in milliseconds (0 = none).
-    pub timeout_ms: u32,
+    /// The transaction's deadline in Unix milliseconds.
+    pub deadline_ms: u64,
+    /// Branches already joined on the way to this request (a forward carries the
+    /// forwarding service's branch and those it collected), so that the final reply
+    /// reports them all.
+    pub branches: Vec<Branch>,
 }
 
 /// A typed buffer on the wire: the type code of `tpmon-buffer`, the subtype and the body.
@@ -125,6 +128,12 @@ pub struct Welcome {
     pub blocking_timeout_ms: u32,
     /// Microseconds a local caller or instance polls before sleeping (0 = never).
     pub spin_us: u32,
+    /// Boot epoch of the node's transaction manager (part of every gtrid).
+    pub epoch: u64,
+    /// Transaction timeout when the originator sets none, in milliseconds.
+    pub tx_timeout_ms: u32,
+    /// Longest transaction timeout allowed, in milliseconds.
+    pub tx_timeout_max_ms: u32,
     /// Largest message (request or reply body) the domain accepts, in bytes.
     pub message_bytes_max: u32,
     /// Servers (queues).
@@ -176,6 +185,9 @@ pub struct Reply {
     pub buffer: Option<BufferWire>,
     /// Human-readable detail for errors (empty on success).
     pub detail: String,
+    /// Transaction branches the call made (its own and its nested calls'), reported
+    /// to the originator, which hands them to the transaction manager at commit.
+    pub branches: Vec<Branch>,
 }
 
 /// Daemon ↔ server-instance control messages.
@@ -189,6 +201,8 @@ pub enum ControlMessage {
         server: u16,
         /// The instance's slot in the status table.
         slot: u32,
+        /// Index of the server's group.
+        group: u16,
     },
     /// Instance to daemon: tpsvrinit succeeded, serving.
     Ready {
@@ -214,6 +228,15 @@ pub enum AdminRequest {
     Status,
     /// Shut the domain down cleanly.
     Down,
+    /// In-flight and in-doubt transactions as JSON.
+    TxList,
+    /// Resolve one transaction by hand.
+    TxResolve {
+        /// The transaction.
+        gtrid: Vec<u8>,
+        /// Commit (true) or roll back (false).
+        commit: bool,
+    },
 }
 
 /// Any protocol message.
@@ -247,6 +270,10 @@ pub enum Message {
     },
     /// Sent to a server queue to make one instance run tpsvrdone and exit.
     Shutdown,
+    /// Originator → transaction manager: commit or roll back.
+    TxEnd(TxEnd),
+    /// Transaction manager → originator: the outcome.
+    TxDone(TxDone),
 }
 
 mod tag {
@@ -259,6 +286,8 @@ mod tag {
     pub const ADMIN: u8 = 7;
     pub const ADMIN_REPLY: u8 = 8;
     pub const SHUTDOWN: u8 = 9;
+    pub const TX_END: u8 = 10;
+    pub const TX_DONE: u8 = 11;
 }
 
 /// Largest buffer body accepted by the decoder; the sockets enforce smaller limits.
@@ -302,8 +331,8 @@ impl Message {
                         w.u8(1)
                             .i32(tx.format_id)
                             .bytes16(&tx.gtrid)
-                            .bytes16(&tx.bqual)
-                            .u32(tx.timeout_ms);
+                            .u64(tx.deadline_ms);
+                        encode_branches(&mut w, &tx.branches);
                     }
                 }
                 encode_buffer(&mut w, r.buffer.as_ref());
@@ -318,6 +347,7 @@ impl Message {
                 w.i64(r.urcode);
                 encode_buffer(&mut w, r.buffer.as_ref());
                 w.str16(&r.detail);
+                encode_branches(&mut w, &r.branches);
             }
             Message::Control(c) => {
                 w.u8(tag::CONTROL);
@@ -326,8 +356,9 @@ impl Message {
                         welcome,
                         server,
                         slot,
+                        group,
                     } => {
-                        w.u8(1).u16(*server).u32(*slot);
+                        w.u8(1).u16(*server).u32(*slot).u16(*group);
                         encode_welcome(&mut w, welcome);
                     }
                     ControlMessage::Ready { pid } => {
@@ -342,16 +373,35 @@ impl Message {
                 }
             }
             Message::Admin(a) => {
-                w.u8(tag::ADMIN).u8(match a {
-                    AdminRequest::Status => 1,
-                    AdminRequest::Down => 2,
-                });
+                w.u8(tag::ADMIN);
+                match a {
+                    AdminRequest::Status => {
+                        w.u8(1);
+                    }
+                    AdminRequest::Down => {
+                        w.u8(2);
+                    }
+                    AdminRequest::TxList => {
+                        w.u8(3);
+                    }
+                    AdminRequest::TxResolve { gtrid, commit } => {
+                        w.u8(4).bytes16(gtrid).bool(*commit);
+                    }
+                }
             }
             Message::AdminReply { ok, text } => {
                 w.u8(tag::ADMIN_REPLY).bool(*ok).bytes32(text.as_bytes());
             }
             Message::Shutdown => {
                 w.u8(tag::SHUTDOWN);
+            }
+            Message::TxEnd(e) => {
+                w.u8(tag::TX_END);
+                encode_end(&mut w, e);
+            }
+            Message::TxDone(d) => {
+                w.u8(tag::TX_DONE);
+                encode_done(&mut w, d);
             }
         }
         w.finish()
@@ -402,8 +452,8 @@ impl Message {
                     1 => Some(TxContext {
                         format_id: r.i32("xid format")?,
                         gtrid: xid_part(&mut r, "gtrid")?,
-                        bqual: xid_part(&mut r, "bqual")?,
-                        timeout_ms: r.u32("transaction timeout")?,
+                        deadline_ms: r.u64("transaction deadline")?,
+                        branches: decode_branches(&mut r)?,
                     }),
                     v => return Err(r.error(format!("transaction marker {v} is not 0 or 1"))),
                 };
@@ -438,22 +488,26 @@ impl Message {
                 let urcode = r.i64("urcode")?;
                 let buffer = decode_buffer(&mut r)?;
                 let detail = r.str16("detail")?;
+                let branches = decode_branches(&mut r)?;
                 Message::Reply(Reply {
                     call_id,
                     status,
                     urcode,
                     buffer,
                     detail,
+                    branches,
                 })
             }
             tag::CONTROL => Message::Control(match r.u8("control kind")? {
                 1 => {
                     let server = r.u16("server index")?;
                     let slot = r.u32("slot")?;
+                    let group = r.u16("group index")?;
                     ControlMessage::Setup {
                         welcome: decode_welcome(&mut r)?,
                         server,
                         slot,
+                        group,
                     }
                 }
                 2 => ControlMessage::Ready { pid: r.u32("pid")? },
@@ -468,6 +522,11 @@ impl Message {
             tag::ADMIN => Message::Admin(match r.u8("admin kind")? {
                 1 => AdminRequest::Status,
                 2 => AdminRequest::Down,
+                3 => AdminRequest::TxList,
+                4 => AdminRequest::TxResolve {
+                    gtrid: xid_part(&mut r, "gtrid")?,
+                    commit: r.bool("commit")?,
+                },
                 v => return Err(r.error(format!("unknown admin request {v}"))),
             }),
             tag::ADMIN_REPLY => {
@@ -483,6 +542,8 @@ impl Message {
                 }
             }
             tag::SHUTDOWN => Message::Shutdown,
+            tag::TX_END => Message::TxEnd(decode_end(&mut r)?),
+            tag::TX_DONE => Message::TxDone(decode_done(&mut r)?),
             t => {
                 return Err(DecodeError {
                     offset: tag_at,
@@ -517,18 +578,6 @@ fn kind_from(r: &mut Reader<'_>) -> Result<ErrorKind, DecodeError> {
     ErrorKind::from_code(k).ok_or_else(|| r.error(format!("unknown error kind {k}")))
 }
 
-fn xid_part(r: &mut Reader<'_>, what: &str) -> Result<Vec<u8>, DecodeError> {
-    let at = r.offset();
-    let b = r.bytes16(what)?;
-    if b.len() > XID_PART_BYTES_MAX {
-        return Err(DecodeError {
-            offset: at,
-            what: format!("{what} of {} bytes exceeds {XID_PART_BYTES_MAX}", b.len()),
-        });
-    }
-    Ok(b.to_vec())
-}
-
 fn encode_buffer(w: &mut Writer, b: Option<&BufferWire>) {
     match b {
         None => {
@@ -559,6 +608,9 @@ fn encode_welcome(w: &mut Writer, wl: &Welcome) {
         .u64(wl.host_token)
         .u32(wl.blocking_timeout_ms)
         .u32(wl.spin_us)
+        .u64(wl.epoch)
+        .u32(wl.tx_timeout_ms)
+        .u32(wl.tx_timeout_max_ms)
         .u32(wl.message_bytes_max)
         .u16(wl.servers.len().min(ROUTES_MAX) as u16);
     for s in wl.servers.iter().take(ROUTES_MAX) {
@@ -582,6 +634,9 @@ fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
     let host_token = r.u64("host token")?;
     let blocking_timeout_ms = r.u32("blocking timeout")?;
     let spin_us = r.u32("spin")?;
+    let epoch = r.u64("epoch")?;
+    let tx_timeout_ms = r.u32("transaction timeout")?;
+    let tx_timeout_max_ms = r.u32("transaction timeout limit")?;
     let message_bytes_max = r.u32("message limit")?;
     let n = r.u16("server count")? as usize;
     let mut servers = Vec::with_capacity(n.min(r.remaining() / 8));
@@ -620,6 +675,9 @@ fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
         host_token,
         blocking_timeout_ms,
         spin_us,
+        epoch,
+        tx_timeout_ms,
+        tx_timeout_max_ms,
         message_bytes_max,
         servers,
         services,
@@ -639,6 +697,9 @@ mod tests {
             host_token: 99,
             blocking_timeout_ms: 60_000,
             spin_us: 20,
+            epoch: 3,
+            tx_timeout_ms: 30_000,
+            tx_timeout_max_ms: 300_000,
             message_bytes_max: 1 << 20,
             servers: vec![ServerRoute {
                 name: "s".into(),
@@ -675,8 +736,12 @@ mod tests {
                 tx: Some(TxContext {
                     format_id: 0x7470,
                     gtrid: vec![1; 64],
-                    bqual: vec![2; 3],
-                    timeout_ms: 5,
+                    deadline_ms: 5,
+                    branches: vec![Branch {
+                        group: 2,
+                        bqual: b"1.2".to_vec(),
+                        vote: crate::tx::Vote::Prepared,
+                    }],
                 }),
                 buffer: Some(BufferWire {
                     type_code: 1,
@@ -690,6 +755,7 @@ mod tests {
                 urcode: -5,
                 buffer: None,
                 detail: "crashed".into(),
+                branches: vec![],
             }),
             Message::Reply(Reply {
                 call_id: 2,
@@ -701,11 +767,17 @@ mod tests {
                     body: vec![],
                 }),
                 detail: String::new(),
+                branches: vec![Branch {
+                    group: 0,
+                    bqual: vec![b'x'; 64],
+                    vote: crate::tx::Vote::ReadOnly,
+                }],
             }),
             Message::Control(ControlMessage::Setup {
                 welcome,
                 server: 0,
                 slot: 4,
+                group: 1,
             }),
             Message::Control(ControlMessage::Ready { pid: 42 }),
             Message::Control(ControlMessage::InitFailed { reason: "x".into() }),
@@ -717,6 +789,27 @@ mod tests {
                 text: "{}".into(),
             },
             Message::Shutdown,
+            Message::Admin(AdminRequest::TxList),
+            Message::Admin(AdminRequest::TxResolve {
+                gtrid: b"d:n:1:2:3:4".to_vec(),
+                commit: true,
+            }),
+            Message::TxEnd(TxEnd {
+                gtrid: b"d:n:1:2:3:4".to_vec(),
+                commit: true,
+                wait_completed: false,
+                branches: vec![Branch {
+                    group: 1,
+                    bqual: b"a".to_vec(),
+                    vote: crate::tx::Vote::Failed,
+                }],
+                doomed: "TPFAIL".into(),
+            }),
+            Message::TxDone(TxDone {
+                gtrid: b"g".to_vec(),
+                outcome: crate::tx::TxOutcome::Mixed,
+                detail: "x".into(),
+            }),
         ]
     }
 

@@ -2,7 +2,25 @@
 //! either decode to something that re-encodes identically or fail cleanly.
 
 use proptest::prelude::*;
-use tpmon_proto::{BufferWire, ClientId, Flags, FrameDecoder, Message, Request, TxContext};
+use tpmon_proto::{
+    Branch, BufferWire, ClientId, Flags, FrameDecoder, Message, Request, TxContext, Vote,
+};
+
+fn branches() -> impl Strategy<Value = Vec<Branch>> {
+    proptest::collection::vec(
+        (
+            any::<u16>(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            prop_oneof![
+                Just(Vote::Prepared),
+                Just(Vote::ReadOnly),
+                Just(Vote::Failed)
+            ],
+        )
+            .prop_map(|(group, bqual, vote)| Branch { group, bqual, vote }),
+        0..4,
+    )
+}
 
 fn request() -> impl Strategy<Value = Message> {
     (
@@ -14,8 +32,8 @@ fn request() -> impl Strategy<Value = Message> {
         proptest::option::of((
             any::<i32>(),
             proptest::collection::vec(any::<u8>(), 0..64),
-            proptest::collection::vec(any::<u8>(), 0..64),
-            any::<u32>(),
+            any::<u64>(),
+            branches(),
         )),
         proptest::option::of((
             1u8..=5,
@@ -30,11 +48,11 @@ fn request() -> impl Strategy<Value = Message> {
                 service,
                 reply_to,
                 client: ClientId(client),
-                tx: tx.map(|(format_id, gtrid, bqual, timeout_ms)| TxContext {
+                tx: tx.map(|(format_id, gtrid, deadline_ms, branches)| TxContext {
                     format_id,
                     gtrid,
-                    bqual,
-                    timeout_ms,
+                    deadline_ms,
+                    branches,
                 }),
                 buffer: buf.map(|(type_code, subtype, body)| BufferWire {
                     type_code,

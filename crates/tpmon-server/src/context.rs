@@ -1,6 +1,11 @@
 //! What a routine can use besides its request: nested calls and server facts.
 
-use tpmon_client::Client;
+use tpmon_client::{CallError, Client};
+use tpmon_proto::ErrorKind;
+use tpmon_xa::drivers::{mysql, postgres};
+use tpmon_xa::mariadb::MariaRm;
+use tpmon_xa::postgres::PgRm;
+use tpmon_xa::Rm;
 
 /// The server's context, passed to init, done and every routine.
 pub struct Context {
@@ -8,6 +13,15 @@ pub struct Context {
     pub(crate) server_name: String,
     pub(crate) args: Vec<String>,
     pub(crate) slot: u32,
+    /// The group's resource manager session (XA mode), opened at start.
+    pub(crate) rm: Option<Box<dyn Rm>>,
+}
+
+fn no_rm(what: &str) -> CallError {
+    CallError::new(
+        ErrorKind::Proto,
+        format!("this server's group has no {what} resource manager"),
+    )
 }
 
 impl Context {
@@ -27,5 +41,35 @@ impl Context {
     /// This instance's slot number in the domain's status table.
     pub fn instance(&self) -> u32 {
         self.slot
+    }
+
+    /// The PostgreSQL session of the group's resource manager. Inside a global
+    /// transaction the statements run in the request's branch (tpmon begins it before
+    /// the routine and prepares or rolls it back after); outside one, in autocommit.
+    pub fn postgres(&mut self) -> Result<&mut postgres::Client, CallError> {
+        let rm = self.rm.as_mut().ok_or_else(|| no_rm("PostgreSQL"))?;
+        let pg = rm
+            .as_any()
+            .downcast_mut::<PgRm>()
+            .ok_or_else(|| no_rm("PostgreSQL"))?;
+        pg.client()
+            .map_err(|e| CallError::new(ErrorKind::System, e.to_string()))
+    }
+
+    /// The MariaDB connection of the group's resource manager (see
+    /// [`Context::postgres`]).
+    pub fn mariadb(&mut self) -> Result<&mut mysql::Conn, CallError> {
+        let rm = self.rm.as_mut().ok_or_else(|| no_rm("MariaDB"))?;
+        let m = rm
+            .as_any()
+            .downcast_mut::<MariaRm>()
+            .ok_or_else(|| no_rm("MariaDB"))?;
+        m.conn()
+            .map_err(|e| CallError::new(ErrorKind::System, e.to_string()))
+    }
+
+    /// The resource manager session itself, if the group has one.
+    pub fn resource_manager(&mut self) -> Option<&mut (dyn Rm + 'static)> {
+        self.rm.as_deref_mut()
     }
 }

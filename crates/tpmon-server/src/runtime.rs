@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use tpmon_client::{from_wire, to_wire, Client};
 use tpmon_ipc::{monotonic_us, BusyRequest, CallOutcome, Endpoint, IpcError, Spin, StatusTable};
 use tpmon_proto::{
-    encode_frame, ControlMessage, ErrorKind, Flags, FrameDecoder, Message, Reply, ReplyStatus,
-    Request, Welcome,
+    encode_frame, Branch, ControlMessage, ErrorKind, Flags, FrameDecoder, Message, Reply,
+    ReplyStatus, Request, TxContext, Vote, Welcome,
 };
+use tpmon_xa::{failpoint, Rm, Xid};
 
 use crate::context::Context;
 use crate::service::{Outcome, ServiceRequest, ServiceResult};
@@ -95,6 +96,55 @@ struct Instance {
     slot: usize,
     service_index: HashMap<String, usize>,
     spin: Spin,
+    /// The server's group (the `group` of the branches it reports).
+    group: u16,
+    /// Implicit demarcation: a call outside a transaction runs in its own.
+    auto_transaction: bool,
+    /// Branches started by this instance (for unique bquals).
+    branches: u64,
+}
+
+/// Environment variables the daemon sets for servers of a group with a resource
+/// manager.
+const ENV_RM_KIND: &str = "TPMON_RM_KIND";
+const ENV_RM_OPEN: &str = "TPMON_RM_OPEN";
+const ENV_RM_POOL_MAX: &str = "TPMON_RM_POOL_MAX";
+const ENV_AUTO_TRANSACTION: &str = "TPMON_AUTO_TRANSACTION";
+
+/// Opens the group's resource manager, if the daemon named one.
+fn open_rm() -> Result<Option<Box<dyn Rm>>, String> {
+    let Ok(kind) = std::env::var(ENV_RM_KIND) else {
+        return Ok(None);
+    };
+    let kind = match kind.as_str() {
+        "postgres" => tpmon_config::RmKind::Postgres,
+        "mariadb" => tpmon_config::RmKind::Mariadb,
+        "noop" => tpmon_config::RmKind::Noop,
+        "fake" => tpmon_config::RmKind::Fake,
+        other => return Err(format!("unknown resource manager kind {other:?}")),
+    };
+    let res = tpmon_config::XaResource {
+        kind,
+        open: tpmon_config::Password::new(std::env::var(ENV_RM_OPEN).unwrap_or_default()),
+        pool_max: std::env::var(ENV_RM_POOL_MAX)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+    };
+    tpmon_xa::open(&res)
+        .map(Some)
+        .map_err(|e| format!("cannot open the {} resource manager: {e}", kind.as_str()))
+}
+
+/// How a request relates to a global transaction.
+enum TxRole {
+    /// Not in one.
+    None,
+    /// A participant of the caller's transaction; `own` is this instance's branch when
+    /// the group has a resource manager.
+    Join { own: Option<Xid> },
+    /// The server began a transaction for this call (implicit demarcation).
+    Auto { own: Xid },
 }
 
 fn send_control(control: &mut UnixStream, m: ControlMessage) -> Result<(), String> {
@@ -105,7 +155,7 @@ fn send_control(control: &mut UnixStream, m: ControlMessage) -> Result<(), Strin
         .map_err(|e| format!("control socket: {e}"))
 }
 
-fn read_setup(control: &mut UnixStream) -> Result<(Welcome, usize, usize), String> {
+fn read_setup(control: &mut UnixStream) -> Result<(Welcome, usize, usize, u16), String> {
     let mut dec = FrameDecoder::new(16 << 20);
     let mut buf = [0u8; 8192];
     loop {
@@ -118,7 +168,8 @@ fn read_setup(control: &mut UnixStream) -> Result<(Welcome, usize, usize), Strin
                     welcome,
                     server,
                     slot,
-                })) => Ok((welcome, server as usize, slot as usize)),
+                    group,
+                })) => Ok((welcome, server as usize, slot as usize, group)),
                 Ok(other) => Err(format!("expected the set-up message, got {other:?}")),
                 Err(e) => Err(format!("control socket: {e}")),
             };
@@ -143,18 +194,33 @@ impl Instance {
         let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
         // SAFETY: as above.
         let queue = unsafe { Endpoint::from_raw_fd(QUEUE_FD, max) };
-        let (welcome, server_index, slot) = read_setup(&mut control)?;
+        let (welcome, server_index, slot, group) = read_setup(&mut control)?;
         let table = Arc::new(
             StatusTable::open(&Path::new(&welcome.run_dir).join("status.shm"))
                 .map_err(|e| e.to_string())?,
         );
         let client = Client::local(welcome.clone(), table.clone()).map_err(|e| e.to_string())?;
         let args: Vec<String> = std::env::args().skip(1).collect();
+        // XA mode: the group's resource manager is opened before tpsvrinit (tx_open).
+        let rm = match open_rm() {
+            Ok(rm) => rm,
+            Err(reason) => {
+                send_control(
+                    &mut control,
+                    ControlMessage::InitFailed {
+                        reason: reason.clone(),
+                    },
+                )?;
+                return Err(reason);
+            }
+        };
+        let auto_transaction = rm.is_some() && std::env::var(ENV_AUTO_TRANSACTION).is_ok();
         let mut ctx = Context {
             client,
             server_name: name.clone(),
             args: args.clone(),
             slot: slot as u32,
+            rm,
         };
         // Every service the configuration gives this server must have a routine.
         let missing: Vec<&str> = welcome
@@ -211,6 +277,9 @@ impl Instance {
             slot,
             service_index,
             spin: Spin::new(Duration::from_micros(u64::from(spin_us))),
+            group,
+            auto_transaction,
+            branches: 0,
         };
         let code = inst.serve();
         if let Some(done) = inst.server.done.take() {
@@ -337,6 +406,7 @@ impl Instance {
             urcode: 0,
             buffer: None,
             detail,
+            branches: Vec::new(),
         }
     }
 
@@ -380,21 +450,26 @@ impl Instance {
                 }
             }
         };
-        let Some(routine) = self.server.routines.get_mut(&req.service) else {
+        if !self.server.routines.contains_key(&req.service) {
             return err(ErrorKind::NoEnt, format!("no routine for {}", req.service));
+        }
+        let role = match self.enter_transaction(req) {
+            Ok(r) => r,
+            Err(reply) => return (Some(*reply), CallOutcome::Error, None),
         };
-        self.ctx.client.set_transaction(req.tx.clone());
         let sreq = ServiceRequest {
             service: req.service.clone(),
             flags: req.flags,
             client: req.client,
             call_id: req.call_id,
             buffer,
-            tx: req.tx.clone(),
+            tx: self.ctx.client.current_context(),
+        };
+        let Some(routine) = self.server.routines.get_mut(&req.service) else {
+            return err(ErrorKind::NoEnt, format!("no routine for {}", req.service));
         };
         let ctx = &mut self.ctx;
         let result = catch_unwind(AssertUnwindSafe(|| routine(ctx, sreq)));
-        self.ctx.client.set_transaction(None);
         let outstanding = self.ctx.client.outstanding();
         if outstanding > 0 {
             self.ctx.client.abandon_all();
@@ -409,21 +484,24 @@ impl Instance {
                     .unwrap_or_else(|| "panic".into());
                 let reason = format!("service {} panicked: {msg}", req.service);
                 self.log(&reason);
-                return (
-                    Some(Self::error_reply(req, ErrorKind::SvcErr, reason.clone())),
-                    CallOutcome::Error,
-                    Some(reason),
-                );
+                let branches = self.leave_transaction(role, false).1;
+                let mut reply = Self::error_reply(req, ErrorKind::SvcErr, reason.clone());
+                reply.branches = branches;
+                return (Some(reply), CallOutcome::Error, Some(reason));
             }
         };
         if outstanding > 0 {
-            return err(
+            let branches = self.leave_transaction(role, false).1;
+            let mut reply = Self::error_reply(
+                req,
                 ErrorKind::SvcErr,
                 format!(
                     "service {} returned with {outstanding} calls outstanding",
                     req.service
                 ),
             );
+            reply.branches = branches;
+            return (Some(reply), CallOutcome::Error, None);
         }
         match result {
             ServiceResult::Return {
@@ -431,48 +509,222 @@ impl Instance {
                 rcode,
                 buffer,
             } => {
-                let status = match outcome {
-                    Outcome::Success => ReplyStatus::Success,
-                    Outcome::Fail | Outcome::Exit => ReplyStatus::Fail,
-                };
-                let reply = Reply {
+                let success = outcome == Outcome::Success;
+                let (tx_failure, branches) = self.leave_transaction(role, success);
+                let mut reply = Reply {
                     call_id: req.call_id,
-                    status,
+                    status: if success {
+                        ReplyStatus::Success
+                    } else {
+                        ReplyStatus::Fail
+                    },
                     urcode: rcode,
                     buffer: buffer.as_ref().map(to_wire),
                     detail: String::new(),
+                    branches,
                 };
-                let stat = if outcome == Outcome::Success {
+                let mut stat = if success {
                     CallOutcome::Success
                 } else {
                     CallOutcome::Failure
                 };
+                if let Some(why) = tx_failure {
+                    // The routine succeeded but its transaction work did not.
+                    reply.status = ReplyStatus::Error(ErrorKind::SvcErr);
+                    reply.buffer = None;
+                    reply.detail = why;
+                    stat = CallOutcome::Error;
+                }
                 let exit = (outcome == Outcome::Exit)
                     .then(|| format!("service {} returned TPEXIT", req.service));
                 (Some(reply), stat, exit)
             }
             ServiceResult::Forward { service, buffer } => {
+                if matches!(role, TxRole::Auto { .. }) {
+                    self.leave_transaction(role, false);
+                    return err(
+                        ErrorKind::Proto,
+                        format!(
+                            "service {} forwarded from an automatic transaction; \
+                             tpforward needs the caller's transaction",
+                            req.service
+                        ),
+                    );
+                }
+                // This instance's work is done: its branch is prepared now and travels
+                // with the request, so the final reply reports it.
+                let in_tx = req.tx.is_some();
+                let (tx_failure, branches) = self.leave_transaction(role, true);
+                if let Some(why) = tx_failure {
+                    let mut reply = Self::error_reply(req, ErrorKind::SvcErr, why);
+                    reply.branches = branches;
+                    return (Some(reply), CallOutcome::Error, None);
+                }
                 let fwd = Request {
                     call_id: req.call_id,
                     flags: req.flags,
                     service,
                     reply_to: req.reply_to.clone(),
                     client: req.client,
-                    tx: req.tx.clone(),
+                    tx: req.tx.as_ref().filter(|_| in_tx).map(|t| TxContext {
+                        format_id: t.format_id,
+                        gtrid: t.gtrid.clone(),
+                        deadline_ms: t.deadline_ms,
+                        branches: branches.clone(),
+                    }),
                     buffer: buffer.as_ref().map(to_wire),
                 };
                 match self.ctx.client.forward(&fwd) {
                     Ok(()) => (None, CallOutcome::Success, None),
-                    Err(e) => (
-                        Some(Self::error_reply(
+                    Err(e) => {
+                        let mut reply = Self::error_reply(
                             req,
                             e.kind,
                             format!("forward to {}: {}", fwd.service, e.detail),
-                        )),
-                        CallOutcome::Error,
-                        None,
-                    ),
+                        );
+                        reply.branches = branches;
+                        (Some(reply), CallOutcome::Error, None)
+                    }
                 }
+            }
+        }
+    }
+
+    /// Joins the request's transaction (or begins one for an automatic-transaction
+    /// group) and starts this instance's branch in the resource manager.
+    fn enter_transaction(&mut self, req: &Request) -> Result<TxRole, Box<Reply>> {
+        let auto = self.auto_transaction && req.tx.is_none() && !req.flags.contains(Flags::NOTRAN);
+        if !auto {
+            self.ctx.client.set_transaction(req.tx.clone());
+        } else if let Err(e) = self.ctx.client.tx_begin() {
+            return Err(Box::new(Self::error_reply(
+                req,
+                ErrorKind::Tran,
+                format!("cannot begin the automatic transaction: {e}"),
+            )));
+        }
+        let Some(gtrid) = self.ctx.client.current_gtrid() else {
+            return Ok(TxRole::None);
+        };
+        let Some(rm) = self.ctx.rm.as_mut() else {
+            return Ok(TxRole::Join { own: None });
+        };
+        self.branches += 1;
+        let xid = Xid::new(
+            gtrid,
+            format!(
+                "{:x}.{:x}.{:x}",
+                self.slot,
+                std::process::id(),
+                self.branches
+            ),
+        );
+        if let Err(e) = tpmon_xa::with_reconnect(rm.as_mut(), |rm| rm.begin(&xid)) {
+            let why = format!("cannot start the transaction branch: {e}");
+            let _ = rm.rollback_active(&xid);
+            self.log(&why);
+            if auto {
+                let _ = self.ctx.client.tx_rollback();
+            } else {
+                self.ctx.client.take_transaction();
+            }
+            let mut reply = Self::error_reply(req, ErrorKind::SvcErr, why);
+            reply.branches = vec![Branch {
+                group: self.group,
+                bqual: xid.bqual.into_bytes(),
+                vote: Vote::Failed,
+            }];
+            return Err(Box::new(reply));
+        }
+        Ok(if auto {
+            TxRole::Auto { own: xid }
+        } else {
+            TxRole::Join { own: Some(xid) }
+        })
+    }
+
+    /// Ends this instance's part of the transaction: prepares its branch when the
+    /// routine succeeded, else rolls it back; for an automatic transaction, commits or
+    /// rolls back the whole. Returns why the transaction work failed (when the
+    /// routine succeeded but it did not) and the branches to report to the caller.
+    fn leave_transaction(&mut self, role: TxRole, success: bool) -> (Option<String>, Vec<Branch>) {
+        let own = match &role {
+            TxRole::None => None,
+            TxRole::Join { own } => own.clone(),
+            TxRole::Auto { own } => Some(own.clone()),
+        };
+        let mut failure = None;
+        let mut own_branch = None;
+        if let (Some(xid), Some(rm)) = (own, self.ctx.rm.as_mut()) {
+            let doomed = self.ctx.client.transaction_doomed();
+            if success && !doomed {
+                failpoint::hit("server.before_prepare");
+                match rm.prepare(&xid) {
+                    Ok(vote) => {
+                        failpoint::hit("server.after_prepare");
+                        own_branch = Some(Branch {
+                            group: self.group,
+                            bqual: xid.bqual.clone().into_bytes(),
+                            vote,
+                        });
+                    }
+                    Err(e) => {
+                        let _ = rm.rollback_active(&xid);
+                        failure = Some(format!("the branch failed to prepare: {e}"));
+                        own_branch = Some(Branch {
+                            group: self.group,
+                            bqual: xid.bqual.clone().into_bytes(),
+                            vote: Vote::Failed,
+                        });
+                    }
+                }
+            } else {
+                let _ = rm.rollback_active(&xid);
+                own_branch = Some(Branch {
+                    group: self.group,
+                    bqual: xid.bqual.clone().into_bytes(),
+                    vote: Vote::Failed,
+                });
+            }
+        }
+        match role {
+            TxRole::None => {
+                self.ctx.client.take_transaction();
+                (None, Vec::new())
+            }
+            TxRole::Join { .. } => {
+                let mut branches = self
+                    .ctx
+                    .client
+                    .take_transaction()
+                    .map(|t| {
+                        let mut b = t.branches;
+                        if t.doomed.is_some() && own_branch.is_none() {
+                            // A nested call failed: tell the originator.
+                            b.push(Branch {
+                                group: self.group,
+                                bqual: b"doomed".to_vec(),
+                                vote: Vote::Failed,
+                            });
+                        }
+                        b
+                    })
+                    .unwrap_or_default();
+                branches.extend(own_branch);
+                (failure, branches)
+            }
+            TxRole::Auto { .. } => {
+                if let Some(b) = own_branch {
+                    self.ctx.client.join_branch(b);
+                }
+                if success && failure.is_none() {
+                    if let Err(e) = self.ctx.client.tx_commit() {
+                        failure = Some(format!("the automatic transaction did not commit: {e}"));
+                    }
+                } else {
+                    let _ = self.ctx.client.tx_rollback();
+                }
+                (failure, Vec::new())
             }
         }
     }

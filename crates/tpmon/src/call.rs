@@ -48,6 +48,17 @@ pub struct CallArgs {
     /// Print the reply as JSON ({"ok", "kind", "urcode", "type", "data"}).
     #[arg(long)]
     json: bool,
+    /// Wrap the call in a global transaction: tx_begin, the call, then tx_commit when
+    /// it succeeded (tx_rollback otherwise). Exit status 14 (TPETRAN) when the
+    /// transaction rolled back although the call succeeded.
+    #[arg(long, conflicts_with = "no_reply")]
+    tx: bool,
+    /// With --tx: the transaction timeout in seconds (default: the domain's).
+    #[arg(long, requires = "tx")]
+    tx_timeout: Option<u64>,
+    /// With --tx: return only once every branch committed (TX_COMMIT_COMPLETED).
+    #[arg(long, requires = "tx")]
+    tx_wait_completed: bool,
 }
 
 fn from_hex(s: &str) -> anyhow::Result<Vec<u8>> {
@@ -203,7 +214,45 @@ fn run(a: &CallArgs) -> anyhow::Result<ExitCode> {
     if table.is_empty() {
         table = field_table(&cfg).unwrap_or_default();
     }
-    let result = client.call(&a.service, &buf, flags);
+    if a.tx {
+        if let Some(t) = a.tx_timeout {
+            client
+                .tx_set_timeout(Duration::from_secs(t))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        if a.tx_wait_completed {
+            client.tx_set_commit_return(tpmon_client::CommitReturn::Completed);
+        }
+        client.tx_begin().map_err(|e| anyhow!("tx_begin: {e}"))?;
+    }
+    let mut result = client.call(&a.service, &buf, flags);
+    let mut tx_note = String::new();
+    if a.tx {
+        let xid = client.tx_info().xid.unwrap_or_default();
+        if result.is_ok() {
+            match client.tx_commit() {
+                Ok(tpmon_client::Committed::Done) => tx_note = format!("committed {xid}"),
+                Ok(tpmon_client::Committed::Pending) => {
+                    tx_note = format!("committed {xid} (some branches complete later)")
+                }
+                Err(e) => {
+                    tx_note = format!("transaction {xid}: {e}");
+                    result = Err(tpmon_client::CallError::new(
+                        tpmon_client::ErrorKind::Tran,
+                        format!("the call succeeded but the transaction did not commit: {e}"),
+                    ));
+                }
+            }
+        } else {
+            match client.tx_rollback() {
+                Ok(()) => tx_note = format!("rolled back {xid}"),
+                Err(e) => tx_note = format!("rollback of {xid}: {e}"),
+            }
+        }
+        if !a.json {
+            eprintln!("{tx_note}");
+        }
+    }
     let (ok, kind, urcode, reply, detail) = match &result {
         Ok(r) => (true, None, r.urcode, r.buffer.clone(), String::new()),
         Err(e) => (
@@ -223,6 +272,7 @@ fn run(a: &CallArgs) -> anyhow::Result<ExitCode> {
             "type": ty,
             "data": text,
             "detail": detail,
+            "transaction": tx_note,
         });
         println!("{v}");
     } else if !text.is_empty() {

@@ -9,6 +9,7 @@ mod boot;
 mod call;
 mod quickstart;
 mod status;
+mod txcmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,11 @@ enum Command {
     },
     /// Call a service and print the reply.
     Call(call::CallArgs),
+    /// Global transactions: list the unfinished ones, resolve one by hand.
+    Tx {
+        #[command(subcommand)]
+        which: txcmd::TxCommand,
+    },
     /// Boot the sample domain in a temporary directory, run a sample workload, shut down.
     Quickstart(quickstart::QuickstartArgs),
     /// Benchmarks.
@@ -97,6 +103,7 @@ fn main() -> ExitCode {
             run_dir,
         } => status::status(&config, json, run_dir),
         Command::Call(a) => return call::call(a),
+        Command::Tx { which } => txcmd::run(which),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Bench { which } => bench::run(which),
         Command::BenchPong { fd, spin_us } => bench::pong(fd, spin_us),

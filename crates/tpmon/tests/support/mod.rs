@@ -106,8 +106,18 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    tpmon_env(args, &[])
+}
+
+/// [`tpmon`] with extra environment variables (e.g. `TPMON_FAILPOINTS` for a daemon).
+pub fn tpmon_env<I, S>(args: I, env: &[(&str, &str)]) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut child = Command::new(TPMON)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -263,6 +273,12 @@ impl Config {
         self
     }
 
+    /// Adds a raw section (e.g. a `[[group]]` or `[domain.tx]` table).
+    pub fn section(mut self, text: &str) -> Config {
+        self.sections.push(text.to_string());
+        self
+    }
+
     /// Adds one `[[service]]` offered by `server`, with extra lines.
     pub fn service(mut self, name: &str, server: &str, extra: &[&str]) -> Config {
         let mut s = format!("[[service]]\nname = \"{name}\"\nserver = \"{server}\"\n");
@@ -343,20 +359,82 @@ pub struct Domain {
 impl Domain {
     /// Boots `cfg` detached on a free port; fails the test if the boot fails.
     pub fn boot(tag: &str, cfg: &Config) -> Domain {
+        Domain::boot_env(tag, cfg, &[])
+    }
+
+    /// [`Domain::boot`] with extra environment variables for the daemon (and so its
+    /// servers).
+    pub fn boot_env(tag: &str, cfg: &Config, env: &[(&str, &str)]) -> Domain {
         let dir = TempDir::new(tag);
         let config = dir.path.join("domain.toml");
         std::fs::write(&config, cfg.render()).expect("writing the configuration");
         let run_dir = dir.path.join("run");
-        let run = boot_detached(&config, &run_dir);
+        let (addr, daemon_pid, client_config) =
+            Domain::start(&dir.path, &config, &run_dir, cfg, env);
+        Domain {
+            config,
+            client_config,
+            run_dir,
+            addr,
+            daemon_pid,
+            stopped: false,
+            dir,
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (its instances die with it), waits until every
+    /// process is gone, and boots the same domain again in the same directory (so the
+    /// transaction log is recovered), with `env` for the new daemon.
+    pub fn crash_and_reboot(&mut self, cfg: &Config, env: &[(&str, &str)]) {
+        let pids = self
+            .try_status()
+            .map(|st| all_pids(&st))
+            .unwrap_or_default();
+        self.kill_all(&pids);
+        self.reboot(cfg, env);
+    }
+
+    /// Kills the given processes and the daemon with SIGKILL and waits until they are gone.
+    pub fn kill_all(&self, pids: &[u32]) {
+        for pid in std::iter::once(self.daemon_pid).chain(pids.iter().copied()) {
+            if alive(pid) {
+                kill9(pid);
+            }
+        }
+        for pid in std::iter::once(self.daemon_pid).chain(pids.iter().copied()) {
+            wait_until("a killed process is gone", Duration::from_secs(10), || {
+                !alive(pid)
+            });
+        }
+    }
+
+    /// Boots the domain again in its directory (after the daemon died).
+    pub fn reboot(&mut self, cfg: &Config, env: &[(&str, &str)]) {
+        let (addr, pid, client_config) =
+            Domain::start(&self.dir.path, &self.config, &self.run_dir, cfg, env);
+        self.addr = addr;
+        self.daemon_pid = pid;
+        self.client_config = client_config;
+        self.stopped = false;
+    }
+
+    fn start(
+        dir: &Path,
+        config: &Path,
+        run_dir: &Path,
+        cfg: &Config,
+        env: &[(&str, &str)],
+    ) -> (String, u32, PathBuf) {
+        let run = boot_detached_env(config, run_dir, env);
         assert!(
             run.ok(),
             "tpmon boot failed ({:?}): {}\n{}\nlog:\n{}",
             run.code,
             run.stdout,
             run.stderr,
-            read_log(&run_dir)
+            read_log(run_dir)
         );
-        let status = status_of(&config, &run_dir).expect("status right after boot");
+        let status = status_of(config, run_dir).expect("status right after boot");
         let addr = status["daemon"]["client_address"]
             .as_str()
             .expect("daemon.client_address")
@@ -367,17 +445,9 @@ impl Domain {
             "boot reports the address the status shows: {} / {addr}",
             run.stdout
         );
-        let client_config = dir.path.join("client.toml");
+        let client_config = dir.join("client.toml");
         std::fs::write(&client_config, cfg.render_with(&addr)).expect("writing client.toml");
-        Domain {
-            config,
-            client_config,
-            run_dir,
-            addr,
-            daemon_pid,
-            stopped: false,
-            dir,
-        }
+        (addr, daemon_pid, client_config)
     }
 
     /// The domain's directory (holds the configuration and the run directory).
@@ -525,16 +595,24 @@ impl Drop for Domain {
 
 /// `tpmon boot --detach --listen 127.0.0.1:0 --run-dir RUN -c CONFIG`.
 pub fn boot_detached(config: &Path, run_dir: &Path) -> Run {
-    tpmon([
-        OsStr::new("boot"),
-        OsStr::new("--detach"),
-        OsStr::new("--listen"),
-        OsStr::new("127.0.0.1:0"),
-        OsStr::new("--run-dir"),
-        run_dir.as_os_str(),
-        OsStr::new("-c"),
-        config.as_os_str(),
-    ])
+    boot_detached_env(config, run_dir, &[])
+}
+
+/// [`boot_detached`] with extra environment variables.
+pub fn boot_detached_env(config: &Path, run_dir: &Path, env: &[(&str, &str)]) -> Run {
+    tpmon_env(
+        [
+            OsStr::new("boot"),
+            OsStr::new("--detach"),
+            OsStr::new("--listen"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--run-dir"),
+            run_dir.as_os_str(),
+            OsStr::new("-c"),
+            config.as_os_str(),
+        ],
+        env,
+    )
 }
 
 fn status_of(config: &Path, run_dir: &Path) -> Option<Value> {

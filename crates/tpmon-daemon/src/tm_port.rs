@@ -1,0 +1,95 @@
+//! The transaction manager's local port: a Unix stream socket in the run directory
+//! (`tm.sock`, mode 0600 in a 0700 directory, and the peer's uid is checked) on which
+//! local originators (fast-path clients and server instances) send `TxEnd` frames and
+//! read `TxDone` frames. Remote clients send the same frames on their TCP session.
+//!
+//! Owns only the framing and the per-connection limits; the decisions are the
+//! transaction manager's.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tpmon_proto::{encode_frame, FrameDecoder, Message};
+
+use crate::domain::Domain;
+
+/// File name of the socket in the run directory.
+pub const TM_SOCKET: &str = "tm.sock";
+
+/// Largest request frame (a TxEnd with the most branches fits easily).
+const FRAME_MAX: usize = 256 * 1024;
+
+/// Accepts originators until shutdown.
+pub async fn serve(dom: Arc<Domain>, listener: UnixListener) {
+    let mut shutdown = dom.shutdown_rx();
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tm socket: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == me => {}
+            Ok(c) => {
+                tracing::warn!(
+                    uid = c.uid(),
+                    "tm socket: refused a process of another user"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tm socket: cannot read the peer's credentials");
+                continue;
+            }
+        }
+        tokio::spawn(connection(dom.clone(), stream));
+    }
+}
+
+async fn connection(dom: Arc<Domain>, mut stream: UnixStream) {
+    let mut decoder = FrameDecoder::new(FRAME_MAX);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out = Vec::new();
+    loop {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(body)) => {
+                    let reply = match Message::decode(&body) {
+                        Ok(Message::TxEnd(end)) => Message::TxDone(dom.tm.end(end).await),
+                        Ok(_) => {
+                            tracing::warn!("tm socket: unexpected message; closing");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!("tm socket: malformed frame ({e}); closing");
+                            return;
+                        }
+                    };
+                    out.clear();
+                    encode_frame(&reply.encode(), &mut out);
+                    if stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("tm socket: bad frame ({e}); closing");
+                    return;
+                }
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => decoder.extend(&buf[..n]),
+        }
+    }
+}

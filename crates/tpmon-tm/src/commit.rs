@@ -1,0 +1,278 @@
+//! Ending a transaction at its originator's request: roll back, commit one prepared
+//! branch directly, or decide commit durably and run phase 2.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tpmon_proto::{Branch, Gtrid, TxDone, TxEnd, TxOutcome, Vote};
+use tpmon_txlog::{Branch as LogBranch, Entry, TxState};
+use tpmon_xa::{failpoint, XaError, Xid};
+
+use crate::{now_unix_ms, Tm, Tracked};
+
+/// Outcome of one branch's phase 2.
+enum BranchEnd {
+    Done,
+    Pending(String),
+}
+
+fn done(gtrid: &[u8], outcome: TxOutcome, detail: impl Into<String>) -> TxDone {
+    TxDone {
+        gtrid: gtrid.to_vec(),
+        outcome,
+        detail: detail.into(),
+    }
+}
+
+impl Tm {
+    /// Ends a transaction as its originator asks. Returns once the outcome is known:
+    /// for a commit, once the decision is durable (or, with `wait_completed`, once
+    /// every branch finished).
+    pub async fn end(self: &Arc<Self>, req: TxEnd) -> TxDone {
+        let Some(g) = Gtrid::parse(&req.gtrid) else {
+            return done(&req.gtrid, TxOutcome::Refused, "not a tpmon transaction id");
+        };
+        if g.domain != self.domain || g.node != self.node {
+            return done(
+                &req.gtrid,
+                TxOutcome::Refused,
+                format!(
+                    "transaction of {}:{} sent to the manager of {}:{}",
+                    g.domain, g.node, self.domain, self.node
+                ),
+            );
+        }
+        let text = g.encode();
+        if let Some(unknown) = req
+            .branches
+            .iter()
+            .find(|b| b.vote == Vote::Prepared && self.pool(b.group).is_none())
+        {
+            // Roll back what can be, and say why the rest cannot.
+            self.roll_back(&text, &req.branches, g.deadline_s).await;
+            return done(
+                &req.gtrid,
+                TxOutcome::Refused,
+                format!(
+                    "branch of group #{} which has no resource manager",
+                    unknown.group
+                ),
+            );
+        }
+        let failed = req.branches.iter().any(|b| b.vote == Vote::Failed);
+        let why_not = if !req.commit {
+            Some(String::new())
+        } else if !req.doomed.is_empty() {
+            Some(req.doomed.clone())
+        } else if failed {
+            Some("a branch failed".to_string())
+        } else if g.epoch != self.epoch {
+            Some("the transaction manager restarted since the transaction began".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            self.roll_back(&text, &req.branches, g.deadline_s).await;
+            return done(&req.gtrid, TxOutcome::RolledBack, why);
+        }
+        let prepared: Vec<Branch> = req
+            .branches
+            .iter()
+            .filter(|b| b.vote == Vote::Prepared)
+            .cloned()
+            .collect();
+        if prepared.is_empty() {
+            return done(&req.gtrid, TxOutcome::Committed, "");
+        }
+        // The deadline check and the registration are one step under the lock that
+        // recovery takes before it presumes abort.
+        {
+            let mut st = self.lock();
+            if now_unix_ms() >= g.deadline_s.saturating_mul(1000) {
+                drop(st);
+                self.roll_back(&text, &req.branches, g.deadline_s).await;
+                return done(
+                    &req.gtrid,
+                    TxOutcome::RolledBack,
+                    "the transaction timed out",
+                );
+            }
+            st.deciding.insert(text.clone());
+        }
+        failpoint::hit("tm.before_decision");
+        if prepared.len() == 1 && self.one_phase_commit {
+            let b = &prepared[0];
+            match self.commit_branch(&text, b).await {
+                BranchEnd::Done => {
+                    self.lock().deciding.remove(&text);
+                    return done(&req.gtrid, TxOutcome::Committed, "");
+                }
+                BranchEnd::Pending(e) => {
+                    // The branch is still prepared and nothing else decided; make the
+                    // decision durable and let recovery finish it.
+                    tracing::warn!(gtrid = %text, error = %e, "one-phase commit failed; logging the decision");
+                }
+            }
+        }
+        let entry = Entry {
+            gtrid: text.as_bytes().to_vec(),
+            state: TxState::Commit,
+            advice: tpmon_txlog::Advice::None,
+            branches: prepared
+                .iter()
+                .map(|b| LogBranch {
+                    rm: u32::from(b.group),
+                    bqual: b.bqual.clone(),
+                    state: 0,
+                })
+                .collect(),
+            data: Vec::new(),
+        };
+        if let Err(e) = self.log_op(move |log| log.put(entry)).await {
+            // Nothing durable: the transaction is rolled back (presumed abort).
+            tracing::error!(gtrid = %text, error = %e, "cannot log the commit decision; rolling back");
+            self.lock().deciding.remove(&text);
+            self.roll_back(&text, &req.branches, g.deadline_s).await;
+            return done(
+                &req.gtrid,
+                TxOutcome::RolledBack,
+                format!("the commit decision could not be logged: {e}"),
+            );
+        }
+        failpoint::hit("tm.after_decision");
+        self.lock().tracked.insert(
+            text.clone(),
+            Tracked {
+                state: "committing",
+                since: SystemTime::now(),
+                branches: prepared
+                    .iter()
+                    .map(|b| {
+                        (
+                            b.group,
+                            String::from_utf8_lossy(&b.bqual).into_owned(),
+                            false,
+                        )
+                    })
+                    .collect(),
+                retries: 0,
+                last_error: String::new(),
+            },
+        );
+        if req.wait_completed {
+            let pending = self.phase_two(&text, &prepared).await;
+            if pending == 0 {
+                done(&req.gtrid, TxOutcome::Committed, "")
+            } else {
+                done(
+                    &req.gtrid,
+                    TxOutcome::CommittedPending,
+                    format!("{pending} branch(es) will be committed by recovery"),
+                )
+            }
+        } else {
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.phase_two(&text, &prepared).await;
+            });
+            done(&req.gtrid, TxOutcome::Committed, "")
+        }
+    }
+
+    /// Commits every branch of a logged decision; forgets the decision when all are
+    /// done. Returns the number of branches left for recovery.
+    pub(crate) async fn phase_two(self: &Arc<Self>, gtrid: &str, branches: &[Branch]) -> usize {
+        let mut tasks = Vec::with_capacity(branches.len());
+        for b in branches {
+            let me = self.clone();
+            let (g, b) = (gtrid.to_string(), b.clone());
+            tasks.push(tokio::spawn(async move {
+                failpoint::hit("tm.phase2");
+                me.commit_branch(&g, &b).await
+            }));
+        }
+        let mut pending = 0;
+        let mut last_error = String::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await {
+                Ok(BranchEnd::Done) => {
+                    if let Some(tr) = self.lock().tracked.get_mut(gtrid) {
+                        if let Some(b) = tr.branches.get_mut(i) {
+                            b.2 = true;
+                        }
+                    }
+                }
+                Ok(BranchEnd::Pending(e)) => {
+                    pending += 1;
+                    last_error = e;
+                }
+                Err(e) => {
+                    pending += 1;
+                    last_error = e.to_string();
+                }
+            }
+        }
+        if pending == 0 {
+            failpoint::hit("tm.after_phase2");
+            let key = gtrid.as_bytes().to_vec();
+            // Losing this removal in a crash only makes recovery commit again, which
+            // finds nothing to do; no one waits for it.
+            if let Err(e) = self.log_op(move |log| log.remove(&key)).await {
+                tracing::warn!(gtrid, error = %e, "cannot remove a completed transaction from the log");
+            }
+            let mut st = self.lock();
+            st.tracked.remove(gtrid);
+            st.deciding.remove(gtrid);
+        } else {
+            tracing::warn!(gtrid, pending, error = %last_error, "phase 2 incomplete; recovery will retry");
+            let mut st = self.lock();
+            if let Some(tr) = st.tracked.get_mut(gtrid) {
+                tr.state = "committing (retrying)";
+                tr.last_error = last_error;
+            }
+            // Recovery drives it from the log from now on.
+            st.deciding.remove(gtrid);
+        }
+        pending
+    }
+
+    async fn commit_branch(&self, gtrid: &str, b: &Branch) -> BranchEnd {
+        let Some(pool) = self.pool(b.group) else {
+            return BranchEnd::Pending(format!("group #{} has no resource manager", b.group));
+        };
+        let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
+        match pool.run(move |rm| rm.commit(&xid)).await {
+            // Unknown after a commit decision: an earlier attempt committed it.
+            Ok(()) | Err(XaError::NotFound(_)) => BranchEnd::Done,
+            Err(e) => BranchEnd::Pending(e.to_string()),
+        }
+    }
+
+    /// Rolls back the prepared branches it is told of and remembers the transaction
+    /// as rolled back until its deadline passed, so that recovery also rolls back a
+    /// branch that prepares late (after this rollback).
+    pub(crate) async fn roll_back(&self, gtrid: &str, branches: &[Branch], deadline_s: u64) {
+        self.lock()
+            .rolled_back
+            .insert(gtrid.to_string(), deadline_s);
+        let mut tasks = Vec::new();
+        for b in branches.iter().filter(|b| b.vote == Vote::Prepared) {
+            let Some(pool) = self.pool(b.group).cloned() else {
+                continue;
+            };
+            let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
+            tasks.push(tokio::spawn(async move {
+                match pool.run(move |rm| rm.rollback(&xid)).await {
+                    Ok(()) | Err(XaError::NotFound(_)) => None,
+                    Err(e) => Some(e.to_string()),
+                }
+            }));
+        }
+        for t in tasks {
+            if let Ok(Some(e)) = t.await {
+                // Recovery finds the branch still prepared and rolls it back later.
+                tracing::warn!(gtrid, error = %e, "rollback of a branch failed; recovery will retry");
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The transaction manager: it ends global transactions by two-phase commit over the
+//! branches their originators report, keeps the decisions in the durable global
+//! transaction log, and recovers: it drives logged decisions to completion and rolls
+//! back prepared branches that no decision covers (presumed abort).
+//!
+//! It runs inside the node daemon, which hands it the originators' requests; it owns
+//! the log, the sessions it opens to resource managers and the in-memory view of the
+//! transactions it is deciding. It never runs service code and never talks to clients
+//! itself.
+//!
+//! Ordering rules (docs/design-transactions.md has the full argument):
+//! * a commit decision is durable in the log before any branch is told to commit and
+//!   before the originator hears "committed";
+//! * no commit is decided after the transaction's deadline, and recovery rolls back a
+//!   prepared branch of the current epoch only after that deadline plus a grace, or
+//!   once this manager rolled the transaction back; both checks happen under one lock
+//!   with the set of transactions being decided, so they never race;
+//! * a branch of an earlier epoch without a decision is rolled back at once: its
+//!   originator's session died with the previous daemon, so nobody can decide it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tpmon_config::DomainConfig;
+use tpmon_proto::Gtrid;
+use tpmon_txlog::{Entry, LogError, LogIdentity, Options, TxLog, TxState};
+
+mod commit;
+pub mod pool;
+mod recover;
+mod view;
+
+pub use view::{TxView, TxViewBranch};
+
+use pool::Pool;
+
+/// Gtrid of the log entry that holds the boot epoch counter (never a real gtrid:
+/// those start with the domain name).
+const EPOCH_KEY: &[u8] = b"#epoch";
+
+/// How long after a transaction's deadline recovery waits before it presumes abort for
+/// a prepared branch of the current epoch.
+pub const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the transaction manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TmError {
+    /// The log could not be created or opened.
+    #[error("global transaction log {dir}: {source}")]
+    Log {
+        /// The log directory.
+        dir: String,
+        /// Why.
+        #[source]
+        source: LogError,
+    },
+}
+
+/// What the manager knows of one transaction it is working on, for `tpmon tx list`.
+#[derive(Debug, Clone)]
+pub(crate) struct Tracked {
+    pub state: &'static str,
+    pub since: SystemTime,
+    pub branches: Vec<(u16, String, bool)>,
+    pub retries: u32,
+    pub last_error: String,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    /// Transactions whose commit is being decided or driven: recovery leaves them alone.
+    pub deciding: HashSet<String>,
+    /// Transactions of this epoch rolled back here, until their deadline has passed.
+    pub rolled_back: HashMap<String, u64>,
+    /// Transactions with work left, for the operator.
+    pub tracked: HashMap<String, Tracked>,
+    /// Per resource manager: last error and when to try again.
+    pub rm_down: HashMap<usize, (String, std::time::Instant, Duration)>,
+}
+
+/// The transaction manager of one node.
+pub struct Tm {
+    domain: String,
+    node: String,
+    epoch: u64,
+    prefix: String,
+    one_phase_commit: bool,
+    recovery_interval: Duration,
+    log: Arc<TxLog>,
+    /// Per configured group: its resource manager's pool.
+    pools: Vec<Option<Arc<Pool>>>,
+    /// Per group: the index of the first group with the same resource manager, so
+    /// that recovery asks each database once.
+    rm_of_group: Vec<usize>,
+    pub(crate) state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Tm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tm")
+            .field("domain", &self.domain)
+            .field("node", &self.node)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Tm {
+    /// Opens (creating on first use) the node's log, advances the boot epoch durably
+    /// and prepares a pool per resource manager. `node` is this daemon's node name.
+    pub fn start(cfg: &DomainConfig, node: &str) -> Result<Arc<Tm>, TmError> {
+        let settings = &cfg.domain.tx;
+        let dir = &settings.log_dir;
+        let identity = LogIdentity::new(cfg.domain.name.clone(), node.to_string());
+        let options = Options {
+            entries_max: settings.entries_max as usize + 1,
+            ..Options::default()
+        };
+        let log_err = |source| TmError::Log {
+            dir: dir.display().to_string(),
+            source,
+        };
+        let log = if has_segments(dir) {
+            let (log, report) = TxLog::open(dir, identity, options).map_err(log_err)?;
+            tracing::info!(dir = %dir.display(), ?report, entries = log.len(), "global transaction log opened");
+            log
+        } else {
+            tracing::info!(dir = %dir.display(), "global transaction log created");
+            TxLog::create(dir, identity, options).map_err(log_err)?
+        };
+        let epoch = match log.get(EPOCH_KEY) {
+            Some(e) => decode_epoch(&e.data) + 1,
+            None => 1,
+        };
+        let mut marker = Entry::new(EPOCH_KEY.to_vec(), TxState::Idle);
+        marker.data = epoch.to_be_bytes().to_vec();
+        log.put(marker).map_err(log_err)?;
+        let mut pools = Vec::with_capacity(cfg.groups.len());
+        let mut rm_of_group = Vec::with_capacity(cfg.groups.len());
+        for (i, g) in cfg.groups.iter().enumerate() {
+            let res = g.rm.xa().cloned();
+            let same = res.as_ref().and_then(|r| {
+                cfg.groups[..i].iter().position(|o| {
+                    o.rm.xa()
+                        .is_some_and(|x| x.kind == r.kind && x.open == r.open)
+                })
+            });
+            rm_of_group.push(same.unwrap_or(i));
+            pools.push(res.map(|r| Arc::new(Pool::new(r))));
+        }
+        Ok(Arc::new(Tm {
+            prefix: Gtrid::prefix(&cfg.domain.name, node),
+            domain: cfg.domain.name.clone(),
+            node: node.to_string(),
+            epoch,
+            one_phase_commit: settings.one_phase_commit,
+            recovery_interval: settings.recovery_interval,
+            log: Arc::new(log),
+            pools,
+            rm_of_group,
+            state: Mutex::new(State::default()),
+        }))
+    }
+
+    /// This boot's epoch (part of every gtrid begun here).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The prefix of every gtrid this node coordinates.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Number of transactions the log holds (the epoch marker excluded).
+    pub fn logged(&self) -> usize {
+        self.log.iter().filter(|e| e.gtrid != EPOCH_KEY).count()
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn pool(&self, group: u16) -> Option<&Arc<Pool>> {
+        self.pools.get(group as usize).and_then(|p| p.as_ref())
+    }
+
+    /// Runs a blocking log operation off the async threads.
+    pub(crate) async fn log_op<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&TxLog) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let log = self.log.clone();
+        match tokio::task::spawn_blocking(move || op(&log)).await {
+            Ok(r) => r,
+            Err(e) => Err(LogError::Io {
+                file: Default::default(),
+                offset: 0,
+                op: "join",
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// Runs recovery now and then every `recovery_interval` until `stop` resolves.
+    pub async fn run_recovery(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            self.recover_once().await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.recovery_interval) => {}
+                _ = &mut stop => return,
+            }
+        }
+    }
+}
+
+fn has_segments(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        })
+        .unwrap_or(false)
+}
+
+fn decode_epoch(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if data.len() == 8 {
+        b.copy_from_slice(data);
+    }
+    u64::from_be_bytes(b)
+}

@@ -1,0 +1,293 @@
+//! Recovery: drive logged decisions to completion, and resolve the prepared branches
+//! the resource managers hold that no decision covers (presumed abort). Runs at boot
+//! and then periodically; a resource manager that is down is retried with back-off.
+//!
+//! The table of cases (docs/design-transactions.md repeats it):
+//!
+//! | log entry | gtrid epoch | other facts | action on a prepared branch |
+//! |---|---|---|---|
+//! | COMMIT | any | | commit (unknown branch = already done) |
+//! | ROLLBACK | any | | roll back |
+//! | none | being decided now | | leave (the decision is in progress) |
+//! | none | earlier epoch | | roll back (its originator died with that daemon) |
+//! | none | this epoch | rolled back here | roll back (a branch that prepared late) |
+//! | none | this epoch | deadline + grace passed | roll back (no commit can be decided) |
+//! | none | this epoch | before its deadline | leave (still running) |
+//! | not ours (other domain or node) | | | never returned by the RM query (prefix) |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tpmon_proto::Gtrid;
+use tpmon_txlog::TxState;
+use tpmon_xa::{XaError, Xid};
+
+use crate::{now_unix_ms, Tm, Tracked, DEADLINE_GRACE, EPOCH_KEY};
+
+/// What recovery does with one prepared branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Commit,
+    RollBack,
+    Leave,
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl Tm {
+    /// One recovery pass.
+    pub async fn recover_once(self: &Arc<Self>) {
+        self.drive_logged().await;
+        self.sweep_rms().await;
+        let now = now_unix_ms();
+        let grace = DEADLINE_GRACE.as_millis() as u64;
+        self.lock()
+            .rolled_back
+            .retain(|_, deadline_s| deadline_s.saturating_mul(1000) + grace > now);
+    }
+
+    /// Decides what to do with a prepared branch of `gtrid` found in a resource
+    /// manager (the table in the module documentation).
+    pub(crate) fn presume(&self, gtrid: &str) -> Action {
+        let st = self.lock();
+        if st.deciding.contains(gtrid) {
+            return Action::Leave;
+        }
+        if let Some(e) = self.log.get(gtrid.as_bytes()) {
+            return match e.state {
+                TxState::Commit => Action::Commit,
+                TxState::Rollback => Action::RollBack,
+                _ => Action::Leave,
+            };
+        }
+        let Some(g) = Gtrid::parse(gtrid.as_bytes()) else {
+            tracing::warn!(
+                gtrid,
+                "a prepared branch with our prefix but not our format; left alone"
+            );
+            return Action::Leave;
+        };
+        if g.epoch < self.epoch || st.rolled_back.contains_key(gtrid) {
+            return Action::RollBack;
+        }
+        if g.epoch > self.epoch {
+            tracing::warn!(
+                gtrid,
+                epoch = self.epoch,
+                "a prepared branch from a later epoch; left alone"
+            );
+            return Action::Leave;
+        }
+        let grace = DEADLINE_GRACE.as_millis() as u64;
+        if now_unix_ms() >= g.deadline_s.saturating_mul(1000) + grace {
+            Action::RollBack
+        } else {
+            Action::Leave
+        }
+    }
+
+    async fn drive_logged(self: &Arc<Self>) {
+        let entries: Vec<_> = self.log.iter().filter(|e| e.gtrid != EPOCH_KEY).collect();
+        for e in entries {
+            let gtrid = String::from_utf8_lossy(&e.gtrid).into_owned();
+            if self.lock().deciding.contains(&gtrid) {
+                continue;
+            }
+            let commit = match e.state {
+                TxState::Commit => true,
+                TxState::Rollback => false,
+                other => {
+                    tracing::warn!(
+                        gtrid,
+                        ?other,
+                        "log entry in an unexpected state; left alone"
+                    );
+                    continue;
+                }
+            };
+            let mut tasks = Vec::new();
+            for b in &e.branches {
+                let Some(pool) = u16::try_from(b.rm).ok().and_then(|g| self.pool(g)).cloned()
+                else {
+                    tasks.push(None);
+                    continue;
+                };
+                let xid = Xid::new(
+                    gtrid.clone(),
+                    String::from_utf8_lossy(&b.bqual).into_owned(),
+                );
+                tasks.push(Some(tokio::spawn(async move {
+                    pool.run(move |rm| {
+                        if commit {
+                            rm.commit(&xid)
+                        } else {
+                            rm.rollback(&xid)
+                        }
+                    })
+                    .await
+                })));
+            }
+            let mut pending = 0;
+            let mut last_error = String::new();
+            let mut done_flags = Vec::new();
+            for t in tasks {
+                let r = match t {
+                    None => Err("its group has no resource manager any more".to_string()),
+                    Some(t) => match t.await {
+                        Ok(Ok(())) | Ok(Err(XaError::NotFound(_))) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                };
+                done_flags.push(r.is_ok());
+                if let Err(e) = r {
+                    pending += 1;
+                    last_error = e;
+                }
+            }
+            if pending == 0 {
+                let key = e.gtrid.clone();
+                match self.log_op(move |log| log.remove(&key)).await {
+                    Ok(_) => {
+                        tracing::info!(gtrid, commit, "recovery completed a logged transaction");
+                        self.lock().tracked.remove(&gtrid);
+                    }
+                    Err(err) => {
+                        tracing::warn!(gtrid, error = %err, "cannot remove a completed transaction")
+                    }
+                }
+            } else {
+                let mut st = self.lock();
+                let tr = st.tracked.entry(gtrid.clone()).or_insert_with(|| Tracked {
+                    state: "",
+                    since: SystemTime::now(),
+                    branches: Vec::new(),
+                    retries: 0,
+                    last_error: String::new(),
+                });
+                tr.state = if commit {
+                    "committing (retrying)"
+                } else {
+                    "rolling back (retrying)"
+                };
+                tr.retries += 1;
+                tr.last_error = last_error;
+                tr.branches = e
+                    .branches
+                    .iter()
+                    .zip(done_flags)
+                    .map(|(b, d)| {
+                        (
+                            b.rm as u16,
+                            String::from_utf8_lossy(&b.bqual).into_owned(),
+                            d,
+                        )
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    async fn sweep_rms(self: &Arc<Self>) {
+        let mut found: HashMap<String, Vec<(u16, String)>> = HashMap::new();
+        for (group, pool) in self.pools.iter().enumerate() {
+            let Some(pool) = pool.clone() else { continue };
+            if self.rm_of_group[group] != group {
+                continue;
+            }
+            if let Some((_, next, _)) = self.lock().rm_down.get(&group) {
+                if Instant::now() < *next {
+                    continue;
+                }
+            }
+            let prefix = self.prefix.clone();
+            let xids = match pool.run(move |rm| rm.recover(&prefix)).await {
+                Ok(x) => {
+                    if self.lock().rm_down.remove(&group).is_some() {
+                        tracing::info!(group, "resource manager reachable again");
+                    }
+                    x
+                }
+                Err(e) => {
+                    let mut st = self.lock();
+                    let backoff = st
+                        .rm_down
+                        .get(&group)
+                        .map_or(BACKOFF_FIRST, |(_, _, b)| (*b * 2).min(BACKOFF_MAX));
+                    tracing::warn!(group, error = %e, retry_in = ?backoff, "recovery cannot reach a resource manager");
+                    st.rm_down
+                        .insert(group, (e.to_string(), Instant::now() + backoff, backoff));
+                    continue;
+                }
+            };
+            let mut tasks = Vec::new();
+            for xid in xids {
+                match self.presume(&xid.gtrid) {
+                    Action::Leave => {
+                        found
+                            .entry(xid.gtrid.clone())
+                            .or_default()
+                            .push((group as u16, xid.bqual.clone()));
+                    }
+                    action => {
+                        let pool = pool.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let x = xid.clone();
+                            let r = pool
+                                .run(move |rm| {
+                                    if action == Action::Commit {
+                                        rm.commit(&x)
+                                    } else {
+                                        rm.rollback(&x)
+                                    }
+                                })
+                                .await;
+                            (xid, action, r)
+                        }));
+                    }
+                }
+            }
+            for t in tasks {
+                let Ok((xid, action, r)) = t.await else {
+                    continue;
+                };
+                match r {
+                    Ok(()) | Err(XaError::NotFound(_)) => {
+                        tracing::info!(xid = %xid, ?action, "recovery resolved a prepared branch");
+                    }
+                    Err(e) => {
+                        tracing::warn!(xid = %xid, ?action, error = %e, "recovery could not resolve a prepared branch; will retry");
+                    }
+                }
+            }
+        }
+        let mut st = self.lock();
+        let mut earlier: HashMap<String, SystemTime> = HashMap::new();
+        st.tracked.retain(|g, t| {
+            if t.state == "in flight" {
+                earlier.insert(g.clone(), t.since);
+                false
+            } else {
+                true
+            }
+        });
+        for (gtrid, branches) in found {
+            if st.tracked.contains_key(&gtrid) {
+                continue;
+            }
+            let since = earlier.get(&gtrid).copied().unwrap_or_else(SystemTime::now);
+            st.tracked.insert(
+                gtrid,
+                Tracked {
+                    state: "in flight",
+                    since,
+                    branches: branches.into_iter().map(|(g, b)| (g, b, false)).collect(),
+                    retries: 0,
+                    last_error: String::new(),
+                },
+            );
+        }
+    }
+}

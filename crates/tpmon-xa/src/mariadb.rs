@@ -1,0 +1,249 @@
+//! MariaDB / MySQL: a branch is an XA transaction `XA START` … `XA END`, `XA PREPARE`
+//! under (gtrid, bqual, format id); `XA COMMIT` / `XA ROLLBACK` finish it from any
+//! connection (MariaDB 10.5+ keeps prepared XA transactions across disconnects);
+//! `XA RECOVER` lists what is in doubt.
+//!
+//! A prepared XA transaction stays attached to the connection that prepared it until
+//! that connection ends: meanwhile `XA COMMIT` from another connection answers
+//! XAER_NOTA (which the transaction manager takes for "already finished") and the
+//! connection cannot start another branch (XAER_RMFAIL, "in the PREPARED state").
+//! So [`Rm::prepare`] closes the connection after `XA PREPARE` and waits until the
+//! server has let go of it; the next call opens a new one. (`COM_RESET_CONNECTION`
+//! also detaches it, but in 10.11 the commit then loses the branch's rows and the
+//! connection fails every later InnoDB statement with error 1031.)
+//!
+//! Unlike PostgreSQL, a failed statement (a duplicate key, say) undoes only itself: the
+//! branch goes on and prepares with its other work. Errors that roll the whole
+//! transaction back (a deadlock) make the branch refuse to end, and `prepare` fails.
+//!
+//! MariaDB rolls back a prepared branch that wrote nothing when its connection ends,
+//! and `XA COMMIT` of it then answers XA_RBROLLBACK ([`XaError::Failed`]) once and
+//! XAER_NOTA after that: a read-only branch still votes [`Vote::Prepared`], and its
+//! first commit fails harmlessly.
+
+use std::any::Any;
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts};
+use tpmon_config::RmKind;
+use tpmon_proto::FORMAT_ID;
+
+use crate::{Rm, Vote, XaError, Xid};
+
+/// One connection to a MariaDB or MySQL server.
+pub struct MariaRm {
+    open: String,
+    conn: Option<Conn>,
+}
+
+impl std::fmt::Debug for MariaRm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MariaRm")
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
+}
+
+/// How long `prepare` waits for the server to let go of the preparing connection.
+const DETACH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// ER_XAER_NOTA: unknown XID.
+const XAER_NOTA: u16 = 1397;
+/// ER_XA_RBROLLBACK and friends: the branch was rolled back.
+const XA_RB: [u16; 3] = [1402, 1613, 1614];
+
+fn classify(e: mysql::Error) -> XaError {
+    match e {
+        mysql::Error::MySqlError(m) if m.code == XAER_NOTA => XaError::NotFound(m.message),
+        mysql::Error::MySqlError(m) if XA_RB.contains(&m.code) => XaError::Failed(m.message),
+        // Server shutdown in progress, lost connection, gone away.
+        mysql::Error::MySqlError(m) if [1053, 2006, 2013, 1927].contains(&m.code) => {
+            XaError::Unavailable(m.message)
+        }
+        mysql::Error::MySqlError(m) => XaError::Failed(format!("{} ({})", m.message, m.code)),
+        other => XaError::Unavailable(other.to_string()),
+    }
+}
+
+/// The XID as MariaDB spells it: hex literals, so no quoting issue can arise.
+fn spell(xid: &Xid) -> String {
+    format!(
+        "X'{}',X'{}',{}",
+        hex(xid.gtrid.as_bytes()),
+        hex(xid.bqual.as_bytes()),
+        FORMAT_ID
+    )
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl MariaRm {
+    /// Connects with a `mysql://user:pass@host:port/db` URL.
+    pub fn connect(open: &str) -> Result<MariaRm, XaError> {
+        let mut rm = MariaRm {
+            open: open.to_string(),
+            conn: None,
+        };
+        rm.ensure_open()?;
+        Ok(rm)
+    }
+
+    /// The connection, for the service's own statements inside the branch.
+    pub fn conn(&mut self) -> Result<&mut Conn, XaError> {
+        self.ensure_open()?;
+        self.conn
+            .as_mut()
+            .ok_or_else(|| XaError::Unavailable("not connected".into()))
+    }
+
+    /// Ends the connection that holds a just-prepared branch and waits, on a new one,
+    /// until the server has dropped the old one from its process list, which it does
+    /// after detaching the branch: from then on any connection can finish it. On an
+    /// error the branch is prepared but maybe still attached, so `prepare` fails: the
+    /// transaction is rolled back, and recovery rolls the branch back once the server
+    /// lets go of it.
+    fn detach(&mut self) -> Result<(), XaError> {
+        let Some(old) = self.conn.take() else {
+            return Ok(());
+        };
+        let id = old.connection_id();
+        drop(old); // sends COM_QUIT
+        let deadline = Instant::now() + DETACH_DEADLINE;
+        loop {
+            let c = self.conn()?;
+            let still: Result<Option<u64>, _> = c.query_first(format!(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id}"
+            ));
+            match still {
+                Ok(Some(0)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    let err = classify(e);
+                    if err.is_unavailable() {
+                        self.conn = None;
+                    }
+                    return Err(err);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(XaError::Unavailable(format!(
+                    "connection {id} still open {} s after XA PREPARE: its branch cannot \
+                     be finished from other connections yet",
+                    DETACH_DEADLINE.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn exec(&mut self, sql: &str) -> Result<(), XaError> {
+        let c = self.conn()?;
+        match c.query_drop(sql) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = classify(e);
+                if err.is_unavailable() {
+                    self.conn = None;
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Rm for MariaRm {
+    fn kind(&self) -> RmKind {
+        RmKind::Mariadb
+    }
+
+    fn begin(&mut self, xid: &Xid) -> Result<(), XaError> {
+        self.exec(&format!("XA START {}", spell(xid)))
+    }
+
+    fn prepare(&mut self, xid: &Xid) -> Result<Vote, XaError> {
+        let prepared = self
+            .exec(&format!("XA END {}", spell(xid)))
+            .and_then(|()| self.exec(&format!("XA PREPARE {}", spell(xid))));
+        if let Err(e) = prepared {
+            if matches!(e, XaError::Failed(_)) {
+                // Rolled back already (a deadlock leaves it "ROLLBACK ONLY") or unable
+                // to prepare: end it so that the connection can start another branch.
+                let _ = self.exec(&format!("XA ROLLBACK {}", spell(xid)));
+            }
+            return Err(e);
+        }
+        self.detach()?;
+        Ok(Vote::Prepared)
+    }
+
+    fn rollback_active(&mut self, xid: &Xid) -> Result<(), XaError> {
+        // END may fail when the branch already ended; ROLLBACK decides.
+        let _ = self.exec(&format!("XA END {}", spell(xid)));
+        match self.exec(&format!("XA ROLLBACK {}", spell(xid))) {
+            Err(XaError::Unavailable(_)) | Err(XaError::NotFound(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn commit(&mut self, xid: &Xid) -> Result<(), XaError> {
+        self.exec(&format!("XA COMMIT {}", spell(xid)))
+    }
+
+    fn rollback(&mut self, xid: &Xid) -> Result<(), XaError> {
+        self.exec(&format!("XA ROLLBACK {}", spell(xid)))
+    }
+
+    fn recover(&mut self, prefix: &str) -> Result<Vec<Xid>, XaError> {
+        let c = self.conn()?;
+        let rows: Vec<(i64, i64, i64, Vec<u8>)> = match c.query("XA RECOVER") {
+            Ok(r) => r,
+            Err(e) => {
+                let err = classify(e);
+                if err.is_unavailable() {
+                    self.conn = None;
+                }
+                return Err(err);
+            }
+        };
+        let mut out = Vec::new();
+        for (format, glen, blen, data) in rows {
+            if format != i64::from(FORMAT_ID) || glen < 0 || blen < 0 {
+                continue;
+            }
+            let (g, b) = (glen as usize, blen as usize);
+            if data.len() < g + b {
+                continue;
+            }
+            let (Ok(gtrid), Ok(bqual)) = (
+                String::from_utf8(data[..g].to_vec()),
+                String::from_utf8(data[g..g + b].to_vec()),
+            ) else {
+                continue;
+            };
+            if gtrid.starts_with(prefix) {
+                out.push(Xid::new(gtrid, bqual));
+            }
+        }
+        Ok(out)
+    }
+
+    fn ensure_open(&mut self) -> Result<(), XaError> {
+        // A broken connection is dropped by the call that found it broken.
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let opts = Opts::from_url(&self.open)
+            .map_err(|e| XaError::Protocol(format!("bad MariaDB URL: {e}")))?;
+        let c = Conn::new(opts)
+            .map_err(|e| XaError::Unavailable(format!("cannot connect to MariaDB: {e}")))?;
+        self.conn = Some(c);
+        Ok(())
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+}

@@ -1,0 +1,340 @@
+//! Global transactions end to end with the scripted fake resource manager: the TX API
+//! in clients and services, two-phase commit across two groups, dooming, one-phase
+//! commit, scripted RM failures with exact call counts, the timeout-against-end race,
+//! recovery after kill -9 at named steps, and the `tpmon tx` commands.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::{s, tpmon, Config, Domain};
+use tpmon_client::{Client, CommitReturn, Committed, ErrorKind, Flags, TxError, TxStatus};
+use tpmon_xa::fake::FakeRm;
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// Two groups, each with its own fake RM: `ga` runs NESTED, FAIL, SLEEP, CRASH, FWD;
+/// `gb` runs ECHO (which NESTED and FWD reach). Recovery runs every 50 ms.
+fn config(dir_a: &Path, dir_b: &Path, extra_tx: &[&str]) -> Config {
+    let mut tx = String::from("[domain.tx]\nrecovery_interval_ms = 50\n");
+    for l in extra_tx {
+        tx.push_str(l);
+        tx.push('\n');
+    }
+    Config::new()
+        .section(&tx)
+        .section(&format!(
+            "[[group]]\nname = \"ga\"\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
+            support::toml_string(&dir_a.display().to_string())
+        ))
+        .section(&format!(
+            "[[group]]\nname = \"gb\"\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
+            support::toml_string(&dir_b.display().to_string())
+        ))
+        .server("sa", &["group = \"ga\"", "max_instances = 2"])
+        .server("sb", &["group = \"gb\""])
+        .services("sa", &["NESTED", "FAIL", "SLEEP", "CRASH", "FWD"])
+        .services("sb", &["ECHO"])
+}
+
+struct Fakes {
+    _tmp: support::TempDir,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+fn fakes(tag: &str) -> Fakes {
+    let tmp = support::TempDir::new(tag);
+    let a = tmp.path.join("rm-a");
+    let b = tmp.path.join("rm-b");
+    std::fs::create_dir_all(&a).expect("rm-a");
+    std::fs::create_dir_all(&b).expect("rm-b");
+    Fakes { _tmp: tmp, a, b }
+}
+
+fn calls(dir: &Path, op: &str, result: Option<&str>) -> usize {
+    FakeRm::count_calls(dir, op, result)
+}
+
+fn tx_list(d: &Domain) -> serde_json::Value {
+    let run = tpmon([
+        "tx",
+        "list",
+        "--json",
+        "-c",
+        d.config.to_str().unwrap_or_default(),
+        "--run-dir",
+        d.run_dir.to_str().unwrap_or_default(),
+    ]);
+    assert!(run.ok(), "tpmon tx list failed: {run:?}");
+    serde_json::from_str(&run.stdout).expect("tx list JSON")
+}
+
+fn nothing_left(d: &Domain, f: &Fakes) {
+    support::wait_until(
+        "no branch stays prepared and the log is empty",
+        LONG,
+        || {
+            FakeRm::prepared(&f.a).is_empty()
+                && FakeRm::prepared(&f.b).is_empty()
+                && tx_list(d).as_array().is_some_and(Vec::is_empty)
+        },
+    );
+}
+
+#[test]
+fn commit_spans_two_groups_with_nested_calls_and_forwards() {
+    let f = fakes("tx-commit");
+    let cfg = config(&f.a, &f.b, &[]);
+    let d = Domain::boot("tx-commit", &cfg);
+    for (label, mut c) in d.both_clients() {
+        c.tx_begin().expect("begin");
+        let r = c.call("NESTED", &s("hi"), Flags::NONE).expect("NESTED");
+        assert_eq!(support::text(&r), "hi", "{label}");
+        c.call("FWD", &s("fw"), Flags::NONE).expect("FWD");
+        assert_eq!(c.tx_info().branches, 4, "{label}: NESTED, ECHO, FWD, ECHO");
+        assert_eq!(c.tx_commit(), Ok(Committed::Done), "{label}");
+        assert!(!c.in_transaction());
+    }
+    nothing_left(&d, &f);
+    // Per client: NESTED and FWD on a, two ECHOs on b; each prepared and committed once.
+    assert_eq!(calls(&f.a, "prepare", Some("ok")), 4);
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 4);
+    assert_eq!(calls(&f.b, "prepare", Some("ok")), 4);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 4);
+    assert_eq!(
+        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
+        0
+    );
+}
+
+#[test]
+fn a_failing_participant_dooms_the_transaction() {
+    let f = fakes("tx-doom");
+    let d = Domain::boot("tx-doom", &config(&f.a, &f.b, &[]));
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("x"), Flags::NONE).expect("NESTED");
+    let e = c.call("FAIL", &s("no"), Flags::NONE).expect_err("FAIL");
+    assert_eq!(e.kind, ErrorKind::SvcFail);
+    assert_eq!(c.tx_info().status, Some(TxStatus::RollbackOnly));
+    match c.tx_commit() {
+        Err(TxError::RolledBack(why)) => assert!(why.contains("TPFAIL"), "{why}"),
+        other => panic!("commit of a doomed transaction: {other:?}"),
+    }
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "rollback_active", None), 1, "FAIL's branch");
+    assert_eq!(
+        calls(&f.a, "rollback", Some("ok")),
+        1,
+        "NESTED's prepared branch"
+    );
+    assert_eq!(
+        calls(&f.b, "rollback", Some("ok")),
+        1,
+        "ECHO's prepared branch"
+    );
+    assert_eq!(calls(&f.a, "commit", None) + calls(&f.b, "commit", None), 0);
+
+    // A crash of a participant dooms it too.
+    c.tx_begin().expect("begin");
+    let e = c.call("CRASH", &s(""), Flags::NONE).expect_err("CRASH");
+    assert_eq!(e.kind, ErrorKind::SvcErr);
+    assert!(matches!(c.tx_commit(), Err(TxError::RolledBack(_))));
+    // begin inside a transaction is a protocol error and the transaction continues.
+    c.tx_begin().expect("begin");
+    assert!(matches!(c.tx_begin(), Err(TxError::Protocol(_))));
+    c.call("NESTED", &s("y"), Flags::NONE).expect("NESTED");
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
+    // Outside a transaction commit is a protocol error.
+    assert!(matches!(c.tx_commit(), Err(TxError::Protocol(_))));
+    nothing_left(&d, &f);
+}
+
+#[test]
+fn one_branch_commits_in_one_phase_and_read_only_needs_nothing() {
+    let f = fakes("tx-1pc");
+    let d = Domain::boot("tx-1pc", &config(&f.a, &f.b, &[]));
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call("ECHO", &s("one"), Flags::NONE).expect("ECHO");
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+    // No call at all: nothing to commit.
+    c.tx_begin().expect("begin");
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
+    // TPNOTRAN calls stay out of the transaction.
+    c.tx_begin().expect("begin");
+    c.call("ECHO", &s("out"), Flags::NOTRAN).expect("ECHO");
+    assert_eq!(c.tx_info().branches, 0);
+    c.tx_rollback().expect("rollback");
+    assert_eq!(calls(&f.b, "prepare", None), 1);
+    nothing_left(&d, &f);
+}
+
+#[test]
+fn scripted_rm_failures_have_exact_call_counts() {
+    let f = fakes("tx-script");
+    let d = Domain::boot("tx-script", &config(&f.a, &f.b, &[]));
+    let mut c = d.client();
+    // ECHO's prepare fails once: NESTED sees the error and fails, the transaction rolls back.
+    std::fs::write(f.b.join("script"), "prepare fail 1\n").expect("script");
+    c.tx_begin().expect("begin");
+    let e = c.call("NESTED", &s("p"), Flags::NONE).expect_err("NESTED");
+    assert_eq!(e.kind, ErrorKind::SvcFail, "{e:?}");
+    assert!(matches!(c.tx_commit(), Err(TxError::RolledBack(_))));
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.b, "prepare", Some("fail")), 1);
+    assert_eq!(calls(&f.b, "prepare", Some("ok")), 0);
+    assert_eq!(
+        calls(&f.a, "prepare", None),
+        0,
+        "NESTED failed before preparing"
+    );
+    assert_eq!(calls(&f.a, "rollback_active", None), 1);
+
+    // Commit on b reports RMFAIL twice: the decision stands, recovery finishes it.
+    std::fs::write(f.b.join("script"), "prepare fail 1\ncommit rmfail 2\n").expect("script");
+    c.tx_set_commit_return(CommitReturn::Completed);
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("q"), Flags::NONE).expect("NESTED");
+    // The pool retries once on a new session, so both failures are used at once.
+    assert_eq!(c.tx_commit(), Ok(Committed::Pending));
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.b, "commit", Some("rmfail")), 2);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
+    assert_eq!(
+        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
+        0
+    );
+}
+
+#[test]
+fn a_branch_prepared_after_the_timeout_rollback_is_rolled_back() {
+    let f = fakes("tx-race");
+    let d = Domain::boot("tx-race", &config(&f.a, &f.b, &[]));
+    let mut c = d.client();
+    c.tx_set_timeout(Duration::from_secs(1)).expect("timeout");
+    c.tx_begin().expect("begin");
+    // The service is still working when the transaction times out.
+    let e = c
+        .call("SLEEP", &s("2500"), Flags::NONE)
+        .expect_err("the call ends at the transaction's deadline");
+    assert_eq!(e.kind, ErrorKind::Time);
+    assert!(matches!(c.tx_commit(), Err(TxError::RolledBack(_))));
+    // The service then prepares its branch, after the rollback was issued ...
+    support::wait_until("the late branch prepared", LONG, || {
+        calls(&f.a, "prepare", Some("ok")) == 1
+    });
+    // ... and recovery rolls it back; nothing of ours stays prepared.
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "rollback", Some("ok")), 1);
+    assert_eq!(calls(&f.a, "commit", None), 0);
+}
+
+#[test]
+fn kill_9_after_the_decision_is_durable_commits_after_reboot() {
+    let f = fakes("tx-kill");
+    let cfg = config(&f.a, &f.b, &[]);
+    let mut d = Domain::boot_env(
+        "tx-kill",
+        &cfg,
+        &[("TPMON_FAILPOINTS", "tm.after_decision=kill")],
+    );
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("k"), Flags::NONE).expect("NESTED");
+    let e = c.tx_commit().expect_err("the daemon died during commit");
+    assert!(matches!(e, TxError::Error(_)), "{e:?}");
+    support::wait_until("the daemon is gone", LONG, || !support::alive(d.daemon_pid));
+    drop(c);
+    d.crash_and_reboot(&cfg, &[]);
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+    assert_eq!(
+        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
+        0
+    );
+}
+
+#[test]
+fn kill_9_before_the_decision_rolls_back_after_reboot() {
+    let f = fakes("tx-kill0");
+    let cfg = config(&f.a, &f.b, &[]);
+    let mut d = Domain::boot_env(
+        "tx-kill0",
+        &cfg,
+        &[("TPMON_FAILPOINTS", "tm.before_decision=kill")],
+    );
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("k"), Flags::NONE).expect("NESTED");
+    assert!(c.tx_commit().is_err());
+    drop(c);
+    d.crash_and_reboot(&cfg, &[]);
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "rollback", Some("ok")), 1);
+    assert_eq!(calls(&f.b, "rollback", Some("ok")), 1);
+    assert_eq!(calls(&f.a, "commit", None) + calls(&f.b, "commit", None), 0);
+}
+
+#[test]
+fn operators_list_and_resolve_transactions() {
+    let f = fakes("tx-ops");
+    let d = Domain::boot("tx-ops", &config(&f.a, &f.b, &[]));
+    let conf = d.client_config.to_str().unwrap_or_default().to_string();
+    let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
+    // `tpmon call --tx` commits.
+    let run = tpmon([
+        "call",
+        "-c",
+        &conf,
+        "--run-dir",
+        &run_dir,
+        "NESTED",
+        "--string",
+        "cli",
+        "--tx",
+    ]);
+    assert!(run.ok(), "{run:?}");
+    assert!(run.stderr.contains("committed "), "{}", run.stderr);
+    // A failing call under --tx rolls back and exits with its error.
+    let run = tpmon(["call", "-c", &conf, "--run-dir", &run_dir, "FAIL", "--tx"]);
+    assert_eq!(run.code, Some(i32::from(ErrorKind::SvcFail.code())));
+    assert!(run.stderr.contains("rolled back "), "{}", run.stderr);
+
+    // b cannot commit for a while: the transaction stays logged and visible.
+    std::fs::write(f.b.join("script"), "commit rmfail 1000000\n").expect("script");
+    let mut c: Client = d.client();
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("o"), Flags::NONE).expect("NESTED");
+    let gtrid = c.tx_info().xid.expect("xid");
+    assert_eq!(c.tx_commit(), Ok(Committed::Done), "decision logged");
+    let item = support::wait_for("the transaction to be retried", LONG, || {
+        tx_list(&d)
+            .as_array()
+            .and_then(|a| a.first().cloned())
+            .filter(|t| t["retries"].as_u64().unwrap_or(0) >= 1)
+    });
+    assert_eq!(item["gtrid"], gtrid.as_str());
+    assert_eq!(item["logged"], true);
+    assert!(
+        item["last_error"].as_str().unwrap_or("").contains("rmfail"),
+        "{item}"
+    );
+    let human = tpmon(["tx", "list", "-c", &conf, "--run-dir", &run_dir]);
+    assert!(human.stdout.contains(&gtrid), "{human:?}");
+    // The log decided commit: rollback by hand is refused.
+    let run = tpmon(["tx", "rollback", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
+    assert!(!run.ok());
+    assert!(run.stderr.contains("already decided commit"), "{run:?}");
+    // Once b works again, a manual commit finishes it.
+    std::fs::write(f.b.join("script"), "").expect("script");
+    let run = tpmon(["tx", "commit", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
+    assert!(run.ok(), "{run:?}");
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 2);
+}
