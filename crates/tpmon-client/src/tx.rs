@@ -366,6 +366,9 @@ impl Client {
         let lost = |e: String| {
             TxError::Error(format!("transaction manager: {e}; the outcome is unknown here (recovery completes the transaction)"))
         };
+        // The answer may wait for phase 2 (TX_COMMIT_COMPLETED); never longer than the
+        // blocking timeout, after which the outcome is unknown here.
+        let patience = Some(self.blocking_timeout());
         match &mut self.transport {
             Transport::Local(l) => {
                 if l.tm.is_none() {
@@ -374,6 +377,9 @@ impl Client {
                         TxError::Error(format!("cannot reach {}: {e}", path.display()))
                     })?;
                     l.tm = Some((s, FrameDecoder::new(1 << 20)));
+                }
+                if let Some((s, _)) = &l.tm {
+                    let _ = s.set_read_timeout(patience);
                 }
                 let Some((s, dec)) = &mut l.tm else {
                     return Err(lost("not connected".into()));
@@ -391,11 +397,11 @@ impl Client {
                 r.stream
                     .write_all(&frame)
                     .map_err(|e| lost(e.to_string()))?;
-                if r.read_timeout != Some(None) {
+                if r.read_timeout != Some(patience) {
                     r.stream
-                        .set_read_timeout(None)
+                        .set_read_timeout(patience)
                         .map_err(|e| lost(e.to_string()))?;
-                    r.read_timeout = Some(None);
+                    r.read_timeout = Some(patience);
                 }
                 let mut buf = [0u8; 16 * 1024];
                 loop {

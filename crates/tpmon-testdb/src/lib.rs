@@ -10,9 +10,10 @@
 //! Each server runs in its own process group, so that [`PgServer::kill9`] /
 //! [`MariaServer::kill9`] take down the whole server at once, exactly as a crash
 //! would, and a Ctrl-C on the terminal does not reach it. Dropping a server stops it
-//! and removes its directory; servers still alive when the process exits normally
-//! (for example ones held in a `static`, which is never dropped) are stopped and
-//! removed by an `atexit` handler.
+//! and removes its directory (and, for a PostgreSQL server that was killed, the shared
+//! memory it left); servers still alive when the process exits normally (for example
+//! ones held in a `static`, which is never dropped) are stopped and removed by an
+//! `atexit` handler.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -170,12 +171,13 @@ fn apt_install(packages: &[&str], present: impl Fn() -> bool) -> Result<(), Stri
             .args(packages);
         run(&mut cmd)
     };
-    if install().is_err() {
+    if let Err(first) = install() {
+        // Perhaps stale or missing package lists: refresh them and try again.
         let mut update = Command::new("apt-get");
         update
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["update", "-q"]);
-        run(&mut update)?;
+        run(&mut update).map_err(|e| format!("{first}\nthen {e}"))?;
         install()?;
     }
     if present() {
@@ -236,19 +238,19 @@ impl Proc {
         }
     }
 
-    /// SIGKILLs the whole process group (the server and all its children) and reaps
-    /// the server.
+    /// SIGKILLs the whole process group (the server and all its children), reaps the
+    /// server and waits until every member of the group has exited (up to 20 s: a
+    /// process in an uninterruptible disk wait dies only when the I/O completes), so
+    /// that none still holds the server's shared memory, files or port.
     fn kill9(&mut self) {
-        let _ = killpg(self.pid(), Signal::SIGKILL);
-        let _ = kill(self.pid(), Signal::SIGKILL);
+        let pgid = self.pid();
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = kill(pgid, Signal::SIGKILL);
         let _ = self.child.wait();
-        // Children of the server are in its group and got the signal too; give the
-        // kernel a moment to tear them down so that ports and files are released.
-        for _ in 0..100 {
-            if killpg(self.pid(), None).is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let deadline = Instant::now() + STOP_DEADLINE;
+        while group_alive(pgid) && Instant::now() < deadline {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -263,18 +265,49 @@ impl Proc {
     }
 }
 
+/// True while a process of group `pgid` is alive: exited members (zombies waiting for
+/// init to reap them) do not count.
+fn group_alive(pgid: Pid) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        // No /proc: fall back on the signal check, which counts zombies too.
+        return killpg(pgid, None).is_ok();
+    };
+    let want = pgid.as_raw().to_string();
+    dir.flatten().any(|entry| {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return false;
+        };
+        let mut fields = rest.split(' ');
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).unwrap_or("");
+        pgrp == want && state != "Z" && state != "X"
+    })
+}
+
 /// One server registered for cleanup at process exit.
 struct Live {
     id: u64,
     pid: Option<i32>,
     dir: PathBuf,
     graceful: Signal,
+    /// Releases what a killed server leaves outside its directory.
+    after_kill: fn(&Path),
 }
 
 static LIVE: Mutex<Vec<Live>> = Mutex::new(Vec::new());
 
-/// Registers a server directory for the exit-time cleanup; returns its id.
-fn register(dir: &Path, graceful: Signal) -> u64 {
+/// Registers a server directory for the exit-time cleanup, which stops a running
+/// server with `graceful` (killing it after 5 s), calls `after_kill` and removes the
+/// directory; returns the registration's id.
+fn register(dir: &Path, graceful: Signal, after_kill: fn(&Path)) -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {
@@ -290,6 +323,7 @@ fn register(dir: &Path, graceful: Signal) -> u64 {
         pid: None,
         dir: dir.to_path_buf(),
         graceful,
+        after_kill,
     });
     id
 }
@@ -326,6 +360,7 @@ extern "C" fn cleanup_at_exit() {
                 let _ = kill(pid, Signal::SIGKILL);
                 let _ = waitpid(pid, None);
             }
+            (l.after_kill)(&l.dir);
             let _ = std::fs::remove_dir_all(&l.dir);
         }
     });

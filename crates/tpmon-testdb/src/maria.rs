@@ -57,7 +57,7 @@ impl MariaServer {
         install_maria()?;
         let dir = unique_dir("tpmon-maria")?;
         let mut server = MariaServer {
-            reg: register(&dir, Signal::SIGKILL),
+            reg: register(&dir, Signal::SIGKILL, |_| {}),
             dir,
             port: 0,
             proc: None,
@@ -67,10 +67,14 @@ impl MariaServer {
             .arg(format!("--datadir={}", server.data().display()))
             .args([
                 "--auth-root-authentication-method=normal",
-                "--user=root",
                 "--skip-test-db",
                 "--skip-name-resolve",
             ])
+            // A private temp dir: concurrent installs into the shared one collide on
+            // temporary table names ("Unknown table 'mysql.tmp_user_sys'").
+            .arg(format!("--tmpdir={}", server.dir.display()))
+            .args(as_root())
+            .env("TMPDIR", &server.dir)
             .current_dir(&server.dir);
         run(&mut cmd)?;
         let mut tries = 0;
@@ -137,6 +141,10 @@ impl MariaServer {
         if self.is_running() {
             return Ok(());
         }
+        if let Some(mut p) = self.proc.take() {
+            // It died on its own: reap it.
+            p.kill9();
+        }
         self.spawn_and_wait()
     }
 
@@ -165,9 +173,9 @@ impl MariaServer {
             .arg(format!("--pid-file={}", d("mariadbd.pid")))
             .arg(format!("--log-error={}", d("err.log")))
             .arg(format!("--tmpdir={}", self.dir.display()))
+            .args(as_root())
             .args([
                 "--bind-address=127.0.0.1",
-                "--user=root",
                 "--skip-name-resolve",
                 "--innodb-flush-log-at-trx-commit=1",
                 "--innodb-buffer-pool-size=64M",
@@ -204,6 +212,14 @@ impl MariaServer {
             }
         }
     }
+}
+
+/// `--user=root` when we are root (mariadbd refuses root without it), else nothing:
+/// the server runs as whoever we are.
+fn as_root() -> Option<&'static str> {
+    nix::unistd::Uid::effective()
+        .is_root()
+        .then_some("--user=root")
 }
 
 /// A TCP connection (never switched to the Unix socket) with timeouts.

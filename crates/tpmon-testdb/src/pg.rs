@@ -96,6 +96,43 @@ fn run_as() -> Result<Option<(Uid, Gid)>, String> {
     Ok(Some((user.uid, user.gid)))
 }
 
+/// Replaces the pid on the first line of the stale lock file `path`, if any, with ours.
+fn disown(path: &Path) -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let rest = text.split_once('\n').map_or("", |(_, rest)| rest);
+    std::fs::write(path, format!("{}\n{rest}", std::process::id()))
+        .map_err(|e| format!("cannot rewrite stale lock file {}: {e}", path.display()))
+}
+
+/// Removes the System V shared memory segment that a dead postmaster of the server in
+/// `dir` left behind (key and id are on line 7 of `postmaster.pid`), if it is still
+/// there and nothing is attached to it.
+fn remove_stale_shm(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("data").join("postmaster.pid")) else {
+        return;
+    };
+    let mut ids = text.lines().nth(6).unwrap_or("").split_whitespace();
+    let (Some(key), Some(shmid)) = (
+        ids.next().and_then(|k| k.parse::<libc::key_t>().ok()),
+        ids.next().and_then(|i| i.parse::<libc::c_int>().ok()),
+    ) else {
+        return;
+    };
+    // SAFETY: IPC_STAT fills the zeroed plain-data struct we own; IPC_RMID takes no
+    // buffer.
+    unsafe {
+        let mut ds: libc::shmid_ds = std::mem::zeroed();
+        if libc::shmctl(shmid, libc::IPC_STAT, &mut ds) == 0
+            && ds.shm_perm.__key == key
+            && ds.shm_nattch == 0
+        {
+            libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+        }
+    }
+}
+
 /// A private PostgreSQL server on 127.0.0.1, for tests and benchmarks.
 ///
 /// Its data directory, Unix socket and log (`postgres.log`) live in a fresh temp
@@ -111,6 +148,8 @@ pub struct PgServer {
     user: Option<(Uid, Gid)>,
     proc: Option<Proc>,
     reg: u64,
+    /// Whether the server ever answered (then a restart on drop can clean up).
+    ever_ready: bool,
 }
 
 impl PgServer {
@@ -123,12 +162,13 @@ impl PgServer {
         let user = run_as()?;
         let dir = unique_dir("tpmon-pg")?;
         let mut server = PgServer {
-            reg: register(&dir, Signal::SIGQUIT),
+            reg: register(&dir, Signal::SIGQUIT, remove_stale_shm),
             dir,
             bin,
             port: 0,
             user,
             proc: None,
+            ever_ready: false,
         };
         server.init()?;
         let mut tries = 0;
@@ -204,6 +244,10 @@ impl PgServer {
         if self.is_running() {
             return Ok(());
         }
+        if let Some(mut p) = self.proc.take() {
+            // It died on its own: reap it and whatever is left of its group.
+            p.kill9();
+        }
         self.spawn_and_wait()
     }
 
@@ -261,6 +305,14 @@ impl PgServer {
 
     /// Starts the postmaster on `self.port` and waits until it answers.
     fn spawn_and_wait(&mut self) -> Result<(), String> {
+        // A previous server of ours is dead, but its lock files still name its pid,
+        // which may belong to another process by now (pids wrap quickly under load):
+        // postgres would then refuse to start. It takes its parent's pid, ours, for
+        // stale.
+        let socket_lock = self.dir.join(format!(".s.PGSQL.{}.lock", self.port));
+        for lock in [self.data().join("postmaster.pid"), socket_lock] {
+            disown(&lock)?;
+        }
         let mut cmd = self.command("postgres");
         cmd.arg("-D")
             .arg(self.data())
@@ -295,6 +347,7 @@ impl PgServer {
         match ready {
             Ok(()) => {
                 self.proc = Some(proc);
+                self.ever_ready = true;
                 Ok(())
             }
             Err(e) => {
@@ -310,10 +363,23 @@ impl Drop for PgServer {
     /// Stops the server (an immediate shutdown: the data is thrown away, but the
     /// server still releases its shared memory; SIGKILL if it takes more than 20 s)
     /// and removes its directory.
+    ///
+    /// A killed server leaves shared memory behind (a System V segment and the
+    /// dynamic segments in /dev/shm) that only a postmaster starting on the same data
+    /// directory releases: such a server is started once more, then shut down.
     fn drop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.stop(Signal::SIGQUIT, STOP_DEADLINE);
         }
+        if self.ever_ready && self.data().join("postmaster.pid").exists() {
+            if self.start_again().is_ok() {
+                if let Some(mut p) = self.proc.take() {
+                    p.stop(Signal::SIGQUIT, STOP_DEADLINE);
+                }
+            }
+            set_pid(self.reg, None);
+        }
+        remove_stale_shm(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
         unregister(self.reg);
     }

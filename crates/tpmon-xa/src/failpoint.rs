@@ -3,8 +3,9 @@
 //!
 //! The value is a comma-separated list of `NAME=ACTION`, where ACTION is `kill` (the
 //! process sends itself SIGKILL: exactly a `kill -9` at that step), `kill@N` (on the
-//! N-th hit, counting from 1), or `wait:PATH` (create the file PATH, then block until
-//! it is removed: the test restarts a database or kills another process meanwhile).
+//! N-th hit, counting from 1), or `wait:PATH` (on the first hit only: create the file
+//! PATH, then block until it is removed; the test restarts a database or kills another
+//! process meanwhile).
 //!
 //! Why not the `fail` crate: it can panic or return at a failpoint but not kill the
 //! process the way `kill -9` does, and its actions are process-local, while ours must
@@ -81,12 +82,13 @@ pub fn hit(name: &str) {
                 }
             }
             Action::Kill { .. } => {}
-            Action::Wait(path) => {
+            Action::Wait(path) if n == 1 => {
                 let _ = std::fs::write(path, std::process::id().to_string());
                 while path.exists() {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
+            Action::Wait(_) => {}
         }
     }
 }

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod bank;
+
 use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -215,6 +217,8 @@ pub fn s(text: &str) -> Buffer {
 /// otherwise.
 #[derive(Clone)]
 pub struct Config {
+    /// A whole file given as text (see [`Config::raw`]).
+    raw: Option<String>,
     listen: String,
     domain: Vec<String>,
     limits: Vec<String>,
@@ -231,6 +235,7 @@ impl Config {
     /// A domain without servers.
     pub fn new() -> Config {
         Config {
+            raw: None,
             listen: "127.0.0.1:7480".into(),
             domain: Vec::new(),
             limits: Vec::new(),
@@ -298,8 +303,32 @@ impl Config {
         self
     }
 
+    /// A configuration given as a whole text (its `listen` line is rewritten for
+    /// client configurations).
+    pub fn raw(text: &str) -> Config {
+        Config {
+            raw: Some(text.to_string()),
+            ..Config::new()
+        }
+    }
+
     /// The TOML text, listening on `listen`.
     pub fn render_with(&self, listen: &str) -> String {
+        if let Some(raw) = &self.raw {
+            let mut done = false;
+            return raw
+                .lines()
+                .map(|l| {
+                    if !done && l.trim_start().starts_with("listen =") {
+                        done = true;
+                        format!("listen = \"{listen}\"")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
         let mut t = format!("[domain]\nname = \"it\"\nlisten = \"{listen}\"\nrun_dir = \"run\"\n");
         for l in &self.domain {
             t.push_str(l);
