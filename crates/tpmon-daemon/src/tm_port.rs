@@ -8,9 +8,11 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::{Read, Write};
+
 use tokio::net::{UnixListener, UnixStream};
 use tpmon_proto::{encode_frame, FrameDecoder, Message};
+use tpmon_tm::LogCall;
 
 use crate::domain::Domain;
 
@@ -51,11 +53,35 @@ pub async fn serve(dom: Arc<Domain>, listener: UnixListener) {
                 continue;
             }
         }
-        tokio::spawn(connection(dom.clone(), stream));
+        connection(dom.clone(), stream);
     }
 }
 
-async fn connection(dom: Arc<Domain>, mut stream: UnixStream) {
+/// Serves one originator on a thread of its own: it sleeps in `read` until a request
+/// comes, makes the decision durable itself and answers, so that a commit costs no
+/// hop between threads beyond the two the socket needs. Ends when the peer closes.
+fn connection(dom: Arc<Domain>, stream: UnixStream) {
+    let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "tm socket: cannot take over a connection");
+            return;
+        }
+    };
+    let handle = tokio::runtime::Handle::current();
+    let spawned = std::thread::Builder::new()
+        .name("tpmon-tm-port".into())
+        .spawn(move || serve_blocking(&dom, &handle, stream));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "tm socket: cannot start a thread for a connection");
+    }
+}
+
+fn serve_blocking(
+    dom: &Arc<Domain>,
+    handle: &tokio::runtime::Handle,
+    mut stream: std::os::unix::net::UnixStream,
+) {
     let mut decoder = FrameDecoder::new(FRAME_MAX);
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::new();
@@ -64,7 +90,9 @@ async fn connection(dom: Arc<Domain>, mut stream: UnixStream) {
             match decoder.next_frame() {
                 Ok(Some(body)) => {
                     let reply = match Message::decode(&body) {
-                        Ok(Message::TxEnd(end)) => Message::TxDone(dom.tm.end(end).await),
+                        Ok(Message::TxEnd(end)) => {
+                            Message::TxDone(handle.block_on(dom.tm.end_on(end, LogCall::Direct)))
+                        }
                         Ok(_) => {
                             tracing::warn!("tm socket: unexpected message; closing");
                             return;
@@ -76,7 +104,7 @@ async fn connection(dom: Arc<Domain>, mut stream: UnixStream) {
                     };
                     out.clear();
                     encode_frame(&reply.encode(), &mut out);
-                    if stream.write_all(&out).await.is_err() {
+                    if stream.write_all(&out).is_err() {
                         return;
                     }
                 }
@@ -87,9 +115,11 @@ async fn connection(dom: Arc<Domain>, mut stream: UnixStream) {
                 }
             }
         }
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+        match stream.read(&mut buf) {
+            Ok(0) => return,
             Ok(n) => decoder.extend(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod pool;
 mod recover;
 mod view;
 
+pub use commit::LogCall;
 pub use view::{TxView, TxViewBranch};
 
 use pool::Pool;
@@ -183,7 +184,10 @@ impl Tm {
 
     /// Number of transactions the log holds (the epoch marker excluded).
     pub fn logged(&self) -> usize {
-        self.log.iter().filter(|e| e.gtrid != EPOCH_KEY).count()
+        self.log
+            .iter()
+            .filter(|e| e.gtrid != EPOCH_KEY && self.log.holds(&e.gtrid))
+            .count()
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {

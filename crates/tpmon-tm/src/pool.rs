@@ -34,8 +34,12 @@ impl Pool {
     /// Runs `op` on a session (reconnecting once if the session had broken).
     pub async fn run<T: Send + 'static>(
         self: &Arc<Self>,
-        op: impl FnMut(&mut dyn Rm) -> Result<T, XaError> + Send + 'static,
+        mut op: impl FnMut(&mut dyn Rm) -> Result<T, XaError> + Send + 'static,
     ) -> Result<T, XaError> {
+        if self.res.kind == tpmon_config::RmKind::Noop {
+            // Nothing blocks: no thread hop.
+            return op(&mut tpmon_xa::noop::NoopRm);
+        }
         let _permit = self
             .permits
             .acquire()

@@ -39,6 +39,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 impl Tm {
     /// One recovery pass.
     pub async fn recover_once(self: &Arc<Self>) {
+        // Lazy removals of completed transactions become durable at least this often.
+        if let Err(e) = self.log_op(|log| log.sync()).await {
+            tracing::error!(error = %e, "the global transaction log cannot be flushed");
+        }
         self.drive_logged().await;
         self.sweep_rms().await;
         let now = now_unix_ms();
@@ -89,7 +93,11 @@ impl Tm {
     }
 
     async fn drive_logged(self: &Arc<Self>) {
-        let entries: Vec<_> = self.log.iter().filter(|e| e.gtrid != EPOCH_KEY).collect();
+        let entries: Vec<_> = self
+            .log
+            .iter()
+            .filter(|e| e.gtrid != EPOCH_KEY && self.log.holds(&e.gtrid))
+            .collect();
         for e in entries {
             let gtrid = String::from_utf8_lossy(&e.gtrid).into_owned();
             if self.lock().deciding.contains(&gtrid) {
@@ -148,8 +156,7 @@ impl Tm {
                 }
             }
             if pending == 0 {
-                let key = e.gtrid.clone();
-                match self.log_op(move |log| log.remove(&key)).await {
+                match self.log.remove_lazy(&e.gtrid) {
                     Ok(_) => {
                         tracing::info!(gtrid, commit, "recovery completed a logged transaction");
                         self.lock().tracked.remove(&gtrid);

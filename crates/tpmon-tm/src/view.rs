@@ -49,7 +49,11 @@ impl Tm {
         let st = self.lock();
         let mut out = Vec::new();
         let age = |since: SystemTime| since.elapsed().map_or(0, |d| d.as_secs());
-        for e in self.log.iter().filter(|e| e.gtrid != EPOCH_KEY) {
+        for e in self
+            .log
+            .iter()
+            .filter(|e| e.gtrid != EPOCH_KEY && self.log.holds(&e.gtrid))
+        {
             let gtrid = String::from_utf8_lossy(&e.gtrid).into_owned();
             let tr = st.tracked.get(&gtrid);
             let state = match (e.state, tr) {
@@ -79,7 +83,7 @@ impl Tm {
             });
         }
         for (gtrid, t) in st.tracked.iter() {
-            if self.log.contains(gtrid.as_bytes()) {
+            if self.log.holds(gtrid.as_bytes()) {
                 continue;
             }
             out.push(TxView {
@@ -110,7 +114,11 @@ impl Tm {
     /// message for the operator.
     pub async fn resolve(self: &Arc<Self>, gtrid: &str, commit: bool) -> Result<String, String> {
         let word = if commit { "commit" } else { "rollback" };
-        if let Some(e) = self.log.get(gtrid.as_bytes()) {
+        if let Some(e) = self
+            .log
+            .get(gtrid.as_bytes())
+            .filter(|_| self.log.holds(gtrid.as_bytes()))
+        {
             let logged_commit = e.state == TxState::Commit;
             if logged_commit != commit {
                 return Err(format!(
@@ -183,7 +191,11 @@ impl Tm {
                 .map_err(|e| format!("cannot log the decision: {e}"))?;
         }
         // Drive it now.
-        let Some(e) = self.log.get(gtrid.as_bytes()) else {
+        let Some(e) = self
+            .log
+            .get(gtrid.as_bytes())
+            .filter(|_| self.log.holds(gtrid.as_bytes()))
+        else {
             return Ok(format!("{gtrid}: already completed"));
         };
         let mut left = 0;
@@ -212,8 +224,7 @@ impl Tm {
             }
         }
         if left == 0 {
-            let key = gtrid.as_bytes().to_vec();
-            let _ = self.log_op(move |log| log.remove(&key)).await;
+            let _ = self.log.remove_lazy(gtrid.as_bytes());
             self.lock().tracked.remove(gtrid);
             Ok(format!(
                 "{gtrid}: {word} done on {} branch(es)",

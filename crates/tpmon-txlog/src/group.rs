@@ -283,6 +283,64 @@ impl<S: Storage> Engine<S> {
         self.wait_durable(lsn)
     }
 
+    /// Appends `op` to the pending batch without waiting and without starting a flush:
+    /// it becomes durable with the next flush (another caller's change, or
+    /// [`Engine::sync`]). For changes whose loss in a crash is harmless (forgetting a
+    /// completed transaction only makes recovery finish it again), so that they cost
+    /// no fdatasync of their own. Returns its lsn.
+    pub(crate) fn submit_lazy(&self, op: Op) -> Result<Lsn, LogError> {
+        if self.options.group_commit == GroupCommit::Off {
+            return self.submit(op);
+        }
+        let mut payload = Vec::with_capacity(128);
+        encode_payload(&op, &mut payload);
+        let record_bytes = RECORD_HEADER_BYTES + payload.len();
+        let mut c = lock(&self.commit);
+        if c.poisoned.is_some() {
+            return Err(poisoned_error(&c));
+        }
+        if !c.pending.is_empty() && c.pending.len() + record_bytes > self.options.batch_bytes_max
+        {
+            // No room: fall back to an ordinary change (it waits for room).
+            drop(c);
+            return self.submit(op);
+        }
+        self.check(&c, &op)?;
+        let lsn = c.next_lsn;
+        c.next_lsn += 1;
+        set_batch_pos(&mut payload, c.pending_ops.len() as u32);
+        frame(lsn, &payload, &mut c.pending);
+        self.note(&mut c, &op, lsn);
+        c.pending_ops.push(op);
+        Ok(lsn)
+    }
+
+    /// Makes every change submitted so far durable (lazy ones included).
+    pub(crate) fn sync(&self) -> Result<(), LogError> {
+        let mut c = lock(&self.commit);
+        if c.poisoned.is_some() {
+            return Err(poisoned_error(&c));
+        }
+        let last = c.next_lsn - 1;
+        if self.durable.load(Ordering::Acquire) >= last {
+            return Ok(());
+        }
+        if c.flushing {
+            c.pending_waiters.push(thread::current());
+            drop(c);
+        } else {
+            self.flush(c);
+        }
+        self.wait_durable(last).map(|_| ())
+    }
+
+    /// Whether the pending view (durable changes plus those not yet durable) holds
+    /// `gtrid`.
+    pub(crate) fn present_pending(&self, gtrid: &[u8]) -> bool {
+        let c = lock(&self.commit);
+        self.present(&c, gtrid)
+    }
+
     /// Waits until `lsn` is durable (Ok) or the log is poisoned (Err), flushing the
     /// pending batch when handed it.
     fn wait_durable(&self, lsn: Lsn) -> Result<Lsn, LogError> {

@@ -259,6 +259,30 @@ impl<S: Storage> TxLog<S> {
         })
     }
 
+    /// Forgets a completed transaction without waiting: the removal is written with
+    /// the next flush (another change's, or [`TxLog::sync`]), so it costs no
+    /// fdatasync of its own. Until then [`TxLog::get`] still returns the entry and a
+    /// crash brings it back; use it only where that is harmless (recovery finishes a
+    /// completed transaction again and finds nothing to do). Fails with
+    /// [`LogError::NotFound`] if the log does not hold `gtrid`.
+    pub fn remove_lazy(&self, gtrid: &[u8]) -> Result<Lsn, LogError> {
+        validate_gtrid(gtrid)?;
+        self.engine.submit_lazy(Op::Remove {
+            gtrid: gtrid.to_vec(),
+        })
+    }
+
+    /// Makes every change made so far durable, lazy removals included.
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.engine.sync()
+    }
+
+    /// Whether `gtrid` is in the log counting changes not yet durable (false right
+    /// after [`TxLog::remove_lazy`]).
+    pub fn holds(&self, gtrid: &[u8]) -> bool {
+        self.engine.present_pending(gtrid)
+    }
+
     /// The durable entry for `gtrid`.
     pub fn get(&self, gtrid: &[u8]) -> Option<Entry> {
         self.engine.read_index().get(gtrid).cloned()

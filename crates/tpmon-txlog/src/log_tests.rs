@@ -824,3 +824,33 @@ fn real_files_group_commit_and_recovery() {
     );
     assert_eq!(std::fs::metadata(&seg).expect("stat").len(), len as u64);
 }
+
+#[test]
+fn lazy_removals_ride_on_the_next_flush() {
+    let (s, log) = new_sim();
+    log.put(entry("a", TxState::Commit, 50)).expect("put a");
+    let flushes = log.stats().flushes;
+    log.remove_lazy(b"a").expect("lazy remove");
+    // Not durable yet: no flush of its own, still readable, gone from the pending view.
+    assert_eq!(log.stats().flushes, flushes);
+    assert!(log.get(b"a").is_some());
+    assert!(!log.holds(b"a"));
+    assert!(matches!(log.remove_lazy(b"a"), Err(LogError::NotFound { .. })));
+    // A crash now brings the entry back (harmless by contract).
+    let (back, _) = open_sim(&s.crash_image(1)).expect("open crash image");
+    assert!(back.get(b"a").is_some());
+    // The next ordinary change flushes it along: one flush for both.
+    log.put(entry("b", TxState::Commit, 50)).expect("put b");
+    assert_eq!(log.stats().flushes, flushes + 1);
+    assert!(log.get(b"a").is_none());
+    // sync makes a lone lazy removal durable.
+    log.remove_lazy(b"b").expect("lazy remove b");
+    log.sync().expect("sync");
+    assert!(log.get(b"b").is_none());
+    let (reopened, _) = open_sim(&s.crash_image(2)).expect("reopen");
+    assert!(reopened.get(b"a").is_none() && reopened.get(b"b").is_none());
+    // sync with nothing pending does nothing.
+    let f = log.stats().flushes;
+    log.sync().expect("idle sync");
+    assert_eq!(log.stats().flushes, f);
+}

@@ -123,20 +123,18 @@ impl Rm for PgRm {
 
     fn prepare(&mut self, xid: &Xid) -> Result<Vote, XaError> {
         // PREPARE TRANSACTION on a failed transaction rolls it back and reports
-        // ROLLBACK; the statement still succeeds, so check that it prepared.
+        // ROLLBACK without an error. The `SELECT 1` in front fails instead ("current
+        // transaction is aborted"), and the rest of the string is then not run: one
+        // round trip, and a failed branch never reads as prepared. It runs on the
+        // branch's own session only (`client` refuses a replacement session).
+        let r = self.exec(&format!("SELECT 1; PREPARE TRANSACTION {}", literal(&xid.gid())));
         self.branch_session = None;
-        self.exec(&format!("PREPARE TRANSACTION {}", literal(&xid.gid())))?;
-        let c = self.client()?;
-        let rows = c
-            .query(
-                "SELECT 1 FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()",
-                &[&xid.gid()],
-            )
-            .map_err(classify)?;
-        if rows.is_empty() {
-            return Err(XaError::Failed(
-                "the transaction had failed; PREPARE rolled it back".into(),
-            ));
+        if let Err(e) = r {
+            if !e.is_unavailable() {
+                // Leave the session ready for the next branch.
+                let _ = self.exec("ROLLBACK");
+            }
+            return Err(e);
         }
         Ok(Vote::Prepared)
     }

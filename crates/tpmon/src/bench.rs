@@ -42,6 +42,31 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         writers: usize,
     },
+    /// Global transactions: with the no-op resource manager (against Enduro/X's
+    /// figures), and over two PostgreSQL databases against a driver-only baseline.
+    Tx {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seconds measured per point.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Client counts for the no-op resource manager.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        clients: Vec<usize>,
+        /// Concurrency for PostgreSQL.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        concurrency: Vec<usize>,
+        /// Only the no-op resource manager.
+        #[arg(long)]
+        no_postgres: bool,
+        /// Database 1 (libpq connection string); without it a private server is started.
+        #[arg(long, requires = "db2")]
+        db1: Option<String>,
+        /// Database 2.
+        #[arg(long, requires = "db1")]
+        db2: Option<String>,
+    },
 }
 
 const PAYLOAD_BYTES: usize = 64;
@@ -61,19 +86,36 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
             seconds,
             writers,
         } => bench_log(json, seconds, writers),
+        BenchCommand::Tx {
+            json,
+            seconds,
+            clients,
+            concurrency,
+            no_postgres,
+            db1,
+            db2,
+        } => crate::bench_tx::bench_tx(
+            json,
+            seconds,
+            &clients,
+            &concurrency,
+            no_postgres,
+            db1.zip(db2),
+        ),
     }
 }
 
+/// One measured point.
 #[derive(Debug, Clone, Copy)]
-struct Point {
-    clients: usize,
-    calls_per_s: f64,
-    mean_us: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(crate) struct Point {
+    pub clients: usize,
+    pub calls_per_s: f64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
-fn summarize(clients: usize, mut lat_ns: Vec<u64>, elapsed: Duration) -> Point {
+pub(crate) fn summarize(clients: usize, mut lat_ns: Vec<u64>, elapsed: Duration) -> Point {
     lat_ns.sort_unstable();
     let n = lat_ns.len().max(1);
     let pct = |p: f64| {
@@ -93,7 +135,7 @@ fn summarize(clients: usize, mut lat_ns: Vec<u64>, elapsed: Duration) -> Point {
 }
 
 /// Runs `op` repeatedly for `seconds`, recording each run's latency in nanoseconds.
-fn timed_loop(
+pub(crate) fn timed_loop(
     seconds: f64,
     lat: &mut Vec<u64>,
     mut op: impl FnMut() -> anyhow::Result<()>,
@@ -108,7 +150,7 @@ fn timed_loop(
 }
 
 /// Joins the benchmark threads and merges their latencies.
-fn join_latencies(
+pub(crate) fn join_latencies(
     handles: Vec<std::thread::JoinHandle<anyhow::Result<Vec<u64>>>>,
     who: &str,
 ) -> anyhow::Result<Vec<u64>> {

@@ -40,12 +40,25 @@ pub struct TempDomain {
 impl TempDomain {
     /// Writes `toml` to a fresh directory and boots it detached on a free port.
     pub fn boot(name: &str, toml: &str, keep: bool) -> anyhow::Result<TempDomain> {
+        TempDomain::boot_with(name, toml, keep, &[])
+    }
+
+    /// [`TempDomain::boot`] with extra files written next to the configuration.
+    pub fn boot_with(
+        name: &str,
+        toml: &str,
+        keep: bool,
+        files: &[(&str, &str)],
+    ) -> anyhow::Result<TempDomain> {
         let dir = std::env::temp_dir().join(format!("tpmon-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("domain.toml");
         std::fs::write(&config, toml)?;
         std::fs::write(dir.join("quickstart.fld"), QUICKSTART_FLD)?;
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text)?;
+        }
         let run_dir = dir.join("run");
         let exe = std::env::current_exe()?;
         let out = Command::new(exe)
