@@ -196,6 +196,8 @@ fn main() -> ExitCode {
         let (a, counts, stop, acked) = (a.clone(), counts.clone(), stop.clone(), acked.clone());
         threads.push(std::thread::spawn(move || -> Result<(), String> {
             let mut c = connect(&a)?;
+            // The teller checks the total at the end: wait for every branch to commit.
+            c.tx_set_commit_return(tpmon_client::CommitReturn::Completed);
             let mut rng =
                 Rng(a.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t as u64 + 1) << 17 | 1);
             let mut n = 0u64;

@@ -220,6 +220,7 @@ impl Client {
                 t.doom("a branch failed to prepare");
             }
             t.branches.push(b);
+            t.check_size();
         }
     }
 

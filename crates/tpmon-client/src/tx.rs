@@ -163,6 +163,17 @@ impl ActiveTx {
         Instant::now() + Duration::from_millis(left)
     }
 
+    /// Dooms a transaction whose branches no longer fit one commit request (their
+    /// list is cut at [`tpmon_proto::BRANCHES_MAX`]; recovery rolls back the rest).
+    pub fn check_size(&mut self) {
+        if self.branches.len() > tpmon_proto::BRANCHES_MAX {
+            self.doom(format!(
+                "more than {} branches in one transaction",
+                tpmon_proto::BRANCHES_MAX
+            ));
+        }
+    }
+
     /// Marks it rollback-only (the first reason is kept).
     pub fn doom(&mut self, why: impl Into<String>) {
         if self.doomed.is_none() {
@@ -173,6 +184,7 @@ impl ActiveTx {
     /// Takes in what a reply reports: its branches, and its failure.
     pub fn absorb(&mut self, r: &Reply) {
         self.branches.extend(r.branches.iter().cloned());
+        self.check_size();
         match r.status {
             ReplyStatus::Success => {}
             ReplyStatus::Fail => self.doom("a participant returned TPFAIL"),
@@ -223,8 +235,14 @@ impl Client {
             seq: self.tx_settings.seq,
             deadline_s: deadline_ms.div_ceil(1000),
         };
+        let gtrid = g.encode();
+        if gtrid.len() > tpmon_proto::XID_PART_BYTES_MAX {
+            return Err(TxError::Error(format!(
+                "the domain and node names are too long for a 64-byte XA gtrid ({gtrid})"
+            )));
+        }
         self.txn = Some(ActiveTx {
-            gtrid: g.encode(),
+            gtrid,
             deadline_ms,
             branches: Vec::new(),
             doomed: None,
@@ -237,15 +255,24 @@ impl Client {
     /// transaction manager). With chained control a new transaction begins after.
     pub fn tx_commit(&mut self) -> Result<Committed, TxError> {
         let r = self.end(true);
-        self.chain()?;
-        r
+        // The outcome comes first; a failed chained begin is reported only after a
+        // successful end (X/Open's TX_NO_BEGIN).
+        let chained = self.chain();
+        let done = r?;
+        chained.map_err(|e| {
+            TxError::Error(format!("committed, but the chained tx_begin failed: {e}"))
+        })?;
+        Ok(done)
     }
 
     /// `tx_rollback`: rolls the current transaction back.
     pub fn tx_rollback(&mut self) -> Result<(), TxError> {
         let r = self.end(false).map(|_| ());
-        self.chain()?;
-        r
+        let chained = self.chain();
+        r?;
+        chained.map_err(|e| {
+            TxError::Error(format!("rolled back, but the chained tx_begin failed: {e}"))
+        })
     }
 
     /// `tx_info`.

@@ -436,7 +436,8 @@ impl DomainConfig {
     }
 
     /// Replaces the run directory. A relative `run_dir` is taken relative to the current
-    /// directory (as a command-line option would be), not to the configuration file.
+    /// directory (as a command-line option would be), not to the configuration file. The
+    /// transaction log moves with it unless `[domain.tx] log_dir` places it elsewhere.
     pub fn set_run_dir(&mut self, run_dir: impl Into<PathBuf>) -> Result<(), ConfigError> {
         let run_dir = run_dir.into();
         let absolute = std::path::absolute(&run_dir).map_err(|e| {
@@ -448,6 +449,10 @@ impl DomainConfig {
                 Some(e),
             )
         })?;
+        // The transaction log follows the run directory unless placed explicitly.
+        if self.domain.tx.log_dir == self.domain.run_dir.join("txlog") {
+            self.domain.tx.log_dir = absolute.join("txlog");
+        }
         self.domain.run_dir = absolute;
         Ok(())
     }

@@ -22,6 +22,7 @@ fn env(name: &str) -> Option<String> {
         "TPMON_DOMAIN_PASSWORD" => Some("s3cret".to_string()),
         "APP_HOME" => Some("/opt/app".to_string()),
         "LEVEL" => Some("debug".to_string()),
+        "LEDGER_DB" => Some("host=127.0.0.1 dbname=ledger".to_string()),
         _ => None,
     }
 }

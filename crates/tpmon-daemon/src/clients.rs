@@ -149,6 +149,7 @@ async fn connection(dom: &Arc<Domain>, mut stream: TcpStream, peer: SocketAddr) 
     }
     let mut welcome = dom.welcome.clone();
     welcome.client_id = dom.new_client_id();
+    let client_id = welcome.client_id;
     tracing::debug!(%peer, client = %hello.client_name, id = welcome.client_id.0, "client authenticated");
     let mut frame = Vec::new();
     encode_frame(&Message::Welcome(welcome).encode(), &mut frame);
@@ -188,7 +189,22 @@ async fn connection(dom: &Arc<Domain>, mut stream: TcpStream, peer: SocketAddr) 
                         }
                     }
                     Ok(Message::TxEnd(end)) => {
-                        // A remote originator ends its transaction on its session.
+                        // A remote originator ends its own transactions only: the gtrid
+                        // names the client that began it.
+                        let own = tpmon_proto::Gtrid::parse(&end.gtrid).is_some_and(|g| {
+                            u64::from(g.origin) == client_id.0 & 0xFFFF_FFFF
+                                && g.epoch == dom.tm.epoch()
+                        });
+                        if !own {
+                            tracing::warn!(%peer, "refused to end a transaction this client did not begin");
+                            let done = tpmon_proto::TxDone {
+                                gtrid: end.gtrid,
+                                outcome: tpmon_proto::TxOutcome::Refused,
+                                detail: "this session did not begin the transaction".into(),
+                            };
+                            let _ = tx.send(Message::TxDone(done).encode());
+                            continue;
+                        }
                         let (dom, tx) = (dom.clone(), tx.clone());
                         tokio::spawn(async move {
                             let done = dom.tm.end(end).await;

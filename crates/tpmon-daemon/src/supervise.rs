@@ -281,6 +281,7 @@ async fn start_instance(
         )
         .env_remove(tpmon_server_env::RM_KIND)
         .env_remove(tpmon_server_env::RM_OPEN)
+        .env_remove(tpmon_server_env::RM_POOL_MAX)
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);

@@ -61,7 +61,10 @@ pub async fn serve(dom: Arc<Domain>, listener: UnixListener) {
 /// comes, makes the decision durable itself and answers, so that a commit costs no
 /// hop between threads beyond the two the socket needs. Ends when the peer closes.
 fn connection(dom: Arc<Domain>, stream: UnixStream) {
-    let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
+    let stream = match stream
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "tm socket: cannot take over a connection");

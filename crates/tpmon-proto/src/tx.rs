@@ -216,11 +216,23 @@ pub struct TxDone {
 }
 
 pub(crate) fn encode_branches(w: &mut Writer, branches: &[Branch]) {
-    let n = branches.len().min(BRANCHES_MAX);
-    w.u16(n as u16);
-    for b in &branches[..n] {
+    if branches.len() <= BRANCHES_MAX {
+        w.u16(branches.len() as u16);
+        for b in branches {
+            w.u16(b.group).bytes16(&b.bqual).u8(b.vote.code());
+        }
+        return;
+    }
+    // Too many to carry: the list is cut, and its last entry is a failed vote, so
+    // that whoever receives it rolls the transaction back (recovery rolls back the
+    // branches that were cut off, once the deadline passed).
+    w.u16(BRANCHES_MAX as u16);
+    for b in &branches[..BRANCHES_MAX - 1] {
         w.u16(b.group).bytes16(&b.bqual).u8(b.vote.code());
     }
+    w.u16(u16::MAX)
+        .bytes16(b"too-many-branches")
+        .u8(Vote::Failed.code());
 }
 
 pub(crate) fn decode_branches(r: &mut Reader<'_>) -> Result<Vec<Branch>, DecodeError> {
@@ -291,6 +303,25 @@ pub(crate) fn decode_done(r: &mut Reader<'_>) -> Result<TxDone, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_many_branches_are_cut_with_a_failed_vote() {
+        let many: Vec<Branch> = (0..BRANCHES_MAX + 5)
+            .map(|i| Branch {
+                group: 1,
+                bqual: i.to_string().into_bytes(),
+                vote: Vote::Prepared,
+            })
+            .collect();
+        let mut w = Writer::with_capacity(64);
+        encode_branches(&mut w, &many);
+        let bytes = w.finish();
+        let mut r = Reader::new(&bytes);
+        let got = decode_branches(&mut r).expect("decodes");
+        assert_eq!(got.len(), BRANCHES_MAX);
+        assert_eq!(got.last().map(|b| b.vote), Some(Vote::Failed));
+        assert_eq!(got[..BRANCHES_MAX - 1], many[..BRANCHES_MAX - 1]);
+    }
 
     #[test]
     fn gtrid_round_trips_and_fits() {

@@ -86,6 +86,13 @@ impl Tm {
             Some("a branch failed".to_string())
         } else if g.epoch != self.epoch {
             Some("the transaction manager restarted since the transaction began".to_string())
+        } else if g.deadline_s.saturating_mul(1000)
+            > now_unix_ms() + self.timeout_max.as_millis() as u64 + 2000
+        {
+            Some(format!(
+                "the transaction's deadline is beyond the domain's limit of {:?}",
+                self.timeout_max
+            ))
         } else {
             None
         };
@@ -160,14 +167,19 @@ impl Tm {
             LogCall::InPlace => self.log_op(move |log| log.put(entry)).await,
         };
         if let Err(e) = logged {
-            // Nothing durable: the transaction is rolled back (presumed abort).
-            tracing::error!(gtrid = %text, error = %e, "cannot log the commit decision; rolling back");
-            self.lock().deciding.remove(&text);
-            self.roll_back(&text, &req.branches, g.deadline_s).await;
+            // The write may or may not have reached the disk, and the log refuses every
+            // later change (it is poisoned). Neither outcome can be promised: the
+            // branches stay prepared (the transaction stays in `deciding`, so recovery
+            // leaves them alone) and the next boot's recovery decides from what the
+            // log on disk holds.
+            tracing::error!(gtrid = %text, error = %e, "cannot log the commit decision; the outcome is decided by recovery at the next boot");
             return done(
                 &req.gtrid,
-                TxOutcome::RolledBack,
-                format!("the commit decision could not be logged: {e}"),
+                TxOutcome::Hazard,
+                format!(
+                    "the commit decision could not be made durable ({e}); the outcome is \
+                     decided when the domain restarts"
+                ),
             );
         }
         failpoint::hit("tm.after_decision");

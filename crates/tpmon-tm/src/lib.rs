@@ -57,6 +57,15 @@ pub enum TmError {
         #[source]
         source: LogError,
     },
+    /// The log directory exists but holds no log.
+    #[error(
+        "global transaction log {dir}: the directory exists but holds no log (no txlog-*.seg); \
+         restore the log, or, for a new domain, remove the directory"
+    )]
+    LogMissing {
+        /// The log directory.
+        dir: String,
+    },
 }
 
 /// What the manager knows of one transaction it is working on, for `tpmon tx list`.
@@ -89,6 +98,8 @@ pub struct Tm {
     prefix: String,
     one_phase_commit: bool,
     recovery_interval: Duration,
+    /// Longest transaction timeout originators may use; a deadline beyond it is refused.
+    pub(crate) timeout_max: Duration,
     log: Arc<TxLog>,
     /// Per configured group: its resource manager's pool.
     pools: Vec<Option<Arc<Pool>>>,
@@ -130,13 +141,23 @@ impl Tm {
             dir: dir.display().to_string(),
             source,
         };
-        let log = if has_segments(dir) {
-            let (log, report) = TxLog::open(dir, identity, options).map_err(log_err)?;
-            tracing::info!(dir = %dir.display(), ?report, entries = log.len(), "global transaction log opened");
-            log
-        } else {
-            tracing::info!(dir = %dir.display(), "global transaction log created");
-            TxLog::create(dir, identity, options).map_err(log_err)?
+        let log = match log_dir_state(dir) {
+            LogDir::HasLog => {
+                let (log, report) = TxLog::open(dir, identity, options).map_err(log_err)?;
+                tracing::info!(dir = %dir.display(), ?report, entries = log.len(), "global transaction log opened");
+                log
+            }
+            LogDir::Fresh => {
+                tracing::info!(dir = %dir.display(), "global transaction log created");
+                TxLog::create(dir, identity, options).map_err(log_err)?
+            }
+            LogDir::Lost => {
+                // An existing directory without a log is not a new log: a wrong path
+                // or a lost log would forget every in-doubt transaction.
+                return Err(TmError::LogMissing {
+                    dir: dir.display().to_string(),
+                });
+            }
         };
         let epoch = match log.get(EPOCH_KEY) {
             Some(e) => decode_epoch(&e.data) + 1,
@@ -165,6 +186,7 @@ impl Tm {
             epoch,
             one_phase_commit: settings.one_phase_commit,
             recovery_interval: settings.recovery_interval,
+            timeout_max: settings.timeout_max,
             log: Arc::new(log),
             pools,
             rm_of_group,
@@ -228,13 +250,30 @@ impl Tm {
     }
 }
 
-fn has_segments(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-        })
-        .unwrap_or(false)
+enum LogDir {
+    /// Segments are there: open (and recover) them.
+    HasLog,
+    /// No directory, or only what an interrupted create leaves: create the log.
+    Fresh,
+    /// A directory with other files but no segment.
+    Lost,
+}
+
+fn log_dir_state(dir: &Path) -> LogDir {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return LogDir::Fresh;
+    };
+    let names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.iter().any(|n| n.ends_with(".seg")) {
+        LogDir::HasLog
+    } else if names.iter().all(|n| n.ends_with(".seg.tmp")) {
+        LogDir::Fresh
+    } else {
+        LogDir::Lost
+    }
 }
 
 fn decode_epoch(data: &[u8]) -> u64 {

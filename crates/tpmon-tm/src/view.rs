@@ -108,11 +108,30 @@ impl Tm {
         out
     }
 
-    /// Resolves one transaction by hand: logs the operator's decision (refused when
-    /// the log already holds the other one, or while the transaction may still be
-    /// decided by its originator) and drives it on every resource manager. Returns a
-    /// message for the operator.
+    /// Resolves one transaction by hand and drives it on every resource manager.
+    /// Returns a message for the operator.
+    ///
+    /// * A logged decision is driven again (after a resource manager came back);
+    ///   asking for the other outcome is refused.
+    /// * Without a logged decision, presumed abort has decided rollback: `commit` is
+    ///   refused, and `rollback` is refused while the transaction may still be running
+    ///   (its originator may still end it).
+    ///
+    /// The transaction is held in the set of transactions being decided meanwhile,
+    /// so recovery does not act on it at the same time.
     pub async fn resolve(self: &Arc<Self>, gtrid: &str, commit: bool) -> Result<String, String> {
+        {
+            let mut st = self.lock();
+            if !st.deciding.insert(gtrid.to_string()) {
+                return Err(format!("refused: {gtrid} is being decided right now"));
+            }
+        }
+        let r = self.resolve_held(gtrid, commit).await;
+        self.lock().deciding.remove(gtrid);
+        r
+    }
+
+    async fn resolve_held(self: &Arc<Self>, gtrid: &str, commit: bool) -> Result<String, String> {
         let word = if commit { "commit" } else { "rollback" };
         if let Some(e) = self
             .log
@@ -127,11 +146,14 @@ impl Tm {
                 ));
             }
         } else {
+            if commit {
+                return Err(format!(
+                    "refused: the log holds no commit decision for {gtrid}, so it is \
+                     presumed aborted (rolled back)"
+                ));
+            }
             {
                 let st = self.lock();
-                if st.deciding.contains(gtrid) {
-                    return Err(format!("refused: {gtrid} is being committed right now"));
-                }
                 if let Some(g) = Gtrid::parse(gtrid.as_bytes()) {
                     let grace = DEADLINE_GRACE.as_millis() as u64;
                     let running = g.epoch == self.epoch

@@ -299,8 +299,7 @@ impl<S: Storage> Engine<S> {
         if c.poisoned.is_some() {
             return Err(poisoned_error(&c));
         }
-        if !c.pending.is_empty() && c.pending.len() + record_bytes > self.options.batch_bytes_max
-        {
+        if !c.pending.is_empty() && c.pending.len() + record_bytes > self.options.batch_bytes_max {
             // No room: fall back to an ordinary change (it waits for room).
             drop(c);
             return self.submit(op);

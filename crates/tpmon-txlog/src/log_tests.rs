@@ -835,7 +835,10 @@ fn lazy_removals_ride_on_the_next_flush() {
     assert_eq!(log.stats().flushes, flushes);
     assert!(log.get(b"a").is_some());
     assert!(!log.holds(b"a"));
-    assert!(matches!(log.remove_lazy(b"a"), Err(LogError::NotFound { .. })));
+    assert!(matches!(
+        log.remove_lazy(b"a"),
+        Err(LogError::NotFound { .. })
+    ));
     // A crash now brings the entry back (harmless by contract).
     let (back, _) = open_sim(&s.crash_image(1)).expect("open crash image");
     assert!(back.get(b"a").is_some());

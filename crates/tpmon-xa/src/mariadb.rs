@@ -35,6 +35,9 @@ use crate::{Rm, Vote, XaError, Xid};
 pub struct MariaRm {
     open: String,
     conn: Option<Conn>,
+    /// A branch is active on `conn`: a lost connection must not be replaced until it
+    /// ends, or the routine's next statements would commit on their own.
+    in_branch: bool,
 }
 
 impl std::fmt::Debug for MariaRm {
@@ -86,6 +89,7 @@ impl MariaRm {
         let mut rm = MariaRm {
             open: open.to_string(),
             conn: None,
+            in_branch: false,
         };
         rm.ensure_open()?;
         Ok(rm)
@@ -93,6 +97,11 @@ impl MariaRm {
 
     /// The connection, for the service's own statements inside the branch.
     pub fn conn(&mut self) -> Result<&mut Conn, XaError> {
+        if self.in_branch && self.conn.is_none() {
+            return Err(XaError::Unavailable(
+                "the connection broke inside the transaction branch, which is rolled back".into(),
+            ));
+        }
         self.ensure_open()?;
         self.conn
             .as_mut()
@@ -160,7 +169,10 @@ impl Rm for MariaRm {
     }
 
     fn begin(&mut self, xid: &Xid) -> Result<(), XaError> {
-        self.exec(&format!("XA START {}", spell(xid)))
+        self.in_branch = false;
+        self.exec(&format!("XA START {}", spell(xid)))?;
+        self.in_branch = true;
+        Ok(())
     }
 
     fn prepare(&mut self, xid: &Xid) -> Result<Vote, XaError> {
@@ -173,14 +185,22 @@ impl Rm for MariaRm {
                 // to prepare: end it so that the connection can start another branch.
                 let _ = self.exec(&format!("XA ROLLBACK {}", spell(xid)));
             }
+            self.in_branch = false;
             return Err(e);
         }
+        self.in_branch = false;
         self.detach()?;
         Ok(Vote::Prepared)
     }
 
     fn rollback_active(&mut self, xid: &Xid) -> Result<(), XaError> {
-        // END may fail when the branch already ended; ROLLBACK decides.
+        // END may fail when the branch already ended; ROLLBACK decides. A lost
+        // connection took the branch with it.
+        if self.in_branch && self.conn.is_none() {
+            self.in_branch = false;
+            return Ok(());
+        }
+        self.in_branch = false;
         let _ = self.exec(&format!("XA END {}", spell(xid)));
         match self.exec(&format!("XA ROLLBACK {}", spell(xid))) {
             Err(XaError::Unavailable(_)) | Err(XaError::NotFound(_)) => Ok(()),

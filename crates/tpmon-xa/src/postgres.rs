@@ -127,7 +127,10 @@ impl Rm for PgRm {
         // transaction is aborted"), and the rest of the string is then not run: one
         // round trip, and a failed branch never reads as prepared. It runs on the
         // branch's own session only (`client` refuses a replacement session).
-        let r = self.exec(&format!("SELECT 1; PREPARE TRANSACTION {}", literal(&xid.gid())));
+        let r = self.exec(&format!(
+            "SELECT 1; PREPARE TRANSACTION {}",
+            literal(&xid.gid())
+        ));
         self.branch_session = None;
         if let Err(e) = r {
             if !e.is_unavailable() {

@@ -63,7 +63,10 @@ server = "echo"
 }
 
 fn bank_domain_toml(db1: &str, db2: &str, instances: usize) -> String {
-    let spin_us: u64 = std::env::var("TPMON_BENCH_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let spin_us: u64 = std::env::var("TPMON_BENCH_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
     format!(
         r#"[domain]
@@ -300,8 +303,14 @@ fn tpmon_op(
     Ok(Box::new(move || {
         n += 1;
         let mut fb = FieldBuffer::new();
-        fb.add(from_k, FieldValue::Long(1 + rng.below(ACCOUNTS as u64) as i64))?;
-        fb.add(to_k, FieldValue::Long(1 + rng.below(ACCOUNTS as u64) as i64))?;
+        fb.add(
+            from_k,
+            FieldValue::Long(1 + rng.below(ACCOUNTS as u64) as i64),
+        )?;
+        fb.add(
+            to_k,
+            FieldValue::Long(1 + rng.below(ACCOUNTS as u64) as i64),
+        )?;
         fb.add(amount_k, FieldValue::Long(1))?;
         fb.add(txid_k, FieldValue::Long(base + n))?;
         c.tx_begin().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -333,8 +342,12 @@ fn postgres_part(
                 println!("starting a private PostgreSQL server (fsync on) ...");
             }
             server = tpmon_testdb::PgServer::start().map_err(|e| anyhow::anyhow!(e))?;
-            server.create_database("bench1").map_err(|e| anyhow::anyhow!(e))?;
-            server.create_database("bench2").map_err(|e| anyhow::anyhow!(e))?;
+            server
+                .create_database("bench1")
+                .map_err(|e| anyhow::anyhow!(e))?;
+            server
+                .create_database("bench2")
+                .map_err(|e| anyhow::anyhow!(e))?;
             (server.url("bench1"), server.url("bench2"))
         }
     };
@@ -360,14 +373,20 @@ fn postgres_part(
         let tp = clients_point(n, seconds, move |i| tpmon_op(&addr, i))?;
         let ratio = tp.calls_per_s / base.calls_per_s.max(1e-9);
         if !as_json {
-            row(&format!("baseline driver program, concurrency {n}"), &base, "");
+            row(
+                &format!("baseline driver program, concurrency {n}"),
+                &base,
+                "",
+            );
             row(
                 &format!("tpmon, concurrency {n}"),
                 &tp,
                 &format!("{ratio:.2}x (target >= 0.8x)"),
             );
         }
-        out.push(json!({"concurrency": n, "tpmon": pj(&tp), "baseline": pj(&base), "ratio": ratio}));
+        out.push(
+            json!({"concurrency": n, "tpmon": pj(&tp), "baseline": pj(&base), "ratio": ratio}),
+        );
     }
     drop(dom);
     Ok(json!(out))

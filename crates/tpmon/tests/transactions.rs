@@ -338,3 +338,96 @@ fn operators_list_and_resolve_transactions() {
     nothing_left(&d, &f);
     assert_eq!(calls(&f.b, "commit", Some("ok")), 2);
 }
+
+#[test]
+fn a_group_with_automatic_transactions_runs_each_call_in_its_own() {
+    let f = fakes("tx-auto");
+    let cfg = Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
+        .section(&format!(
+            "[[group]]\nname = \"ga\"\nauto_transaction = true\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
+            support::toml_string(&f.a.display().to_string())
+        ))
+        .server("sa", &["group = \"ga\""])
+        .services("sa", &["ECHO", "FAIL"]);
+    let d = Domain::boot("tx-auto", &cfg);
+    let mut c = d.client();
+    // Outside a transaction: the server begins, prepares and commits on its own.
+    let r = c.call("ECHO", &s("auto"), Flags::NONE).expect("ECHO");
+    assert_eq!(support::text(&r), "auto");
+    assert_eq!(calls(&f.a, "prepare", Some("ok")), 1);
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
+    // A failing routine rolls its automatic transaction back.
+    let e = c.call("FAIL", &s("x"), Flags::NONE).expect_err("FAIL");
+    assert_eq!(e.kind, ErrorKind::SvcFail);
+    assert_eq!(calls(&f.a, "rollback_active", None), 1);
+    // Inside the caller's transaction the call joins it instead.
+    c.tx_begin().expect("begin");
+    c.call("ECHO", &s("joined"), Flags::NONE).expect("ECHO");
+    assert_eq!(c.tx_info().branches, 1);
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 2);
+    nothing_left_in(&d, &[&f.a]);
+}
+
+fn nothing_left_in(d: &Domain, dirs: &[&Path]) {
+    support::wait_until(
+        "no branch stays prepared and the log is empty",
+        LONG,
+        || {
+            dirs.iter().all(|p| FakeRm::prepared(p).is_empty())
+                && tx_list(d).as_array().is_some_and(Vec::is_empty)
+        },
+    );
+}
+
+#[test]
+fn manual_resolution_follows_presumed_abort() {
+    let f = fakes("tx-manual");
+    let d = Domain::boot("tx-manual", &config(&f.a, &f.b, &[]));
+    let conf = d.client_config.to_str().unwrap_or_default().to_string();
+    let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
+    // A prepared branch nobody decided, still within its deadline.
+    let mut c = d.client();
+    c.tx_set_timeout(Duration::from_secs(60)).expect("timeout");
+    c.tx_begin().expect("begin");
+    c.call("ECHO", &s("undecided"), Flags::NONE).expect("ECHO");
+    let gtrid = c.tx_info().xid.expect("xid");
+    // Without a logged decision commit is refused (presumed abort) ...
+    let run = tpmon(["tx", "commit", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
+    assert!(
+        !run.ok() && run.stderr.contains("presumed aborted"),
+        "{run:?}"
+    );
+    // ... and rollback too while the originator may still end it.
+    let run = tpmon(["tx", "rollback", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
+    assert!(
+        !run.ok() && run.stderr.contains("may still be running"),
+        "{run:?}"
+    );
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
+    nothing_left(&d, &f);
+}
+
+#[test]
+fn a_log_directory_without_a_log_is_refused() {
+    let f = fakes("tx-logdir");
+    let dir = support::TempDir::new("tx-logdir-files");
+    std::fs::write(dir.path.join("notes.txt"), "not a log").expect("file");
+    let cfg = config(
+        &f.a,
+        &f.b,
+        &[&format!(
+            "log_dir = {}",
+            support::toml_string(&dir.path.display().to_string())
+        )],
+    );
+    let tmp = support::TempDir::new("tx-logdir-domain");
+    let conf = tmp.path.join("domain.toml");
+    std::fs::write(&conf, cfg.render()).expect("config");
+    let run = support::boot_detached(&conf, &tmp.path.join("run"));
+    assert!(!run.ok(), "boot must refuse: {run:?}");
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(text.contains("holds no log"), "{text}");
+    assert!(text.contains(&dir.path.display().to_string()), "{text}");
+}
