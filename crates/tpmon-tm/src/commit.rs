@@ -214,9 +214,15 @@ impl Tm {
                 )
             }
         } else {
+            // Back-pressure: originators that do not wait for phase 2 must not run
+            // ahead of it, or prepared branches pile up in the resource managers
+            // (which cap them: max_prepared_transactions). The answer waits for a
+            // place among the transactions in phase 2.
+            let permit = self.phase_two_slots.clone().acquire_owned().await;
             let me = self.clone();
             tokio::spawn(async move {
                 me.phase_two(&text, &prepared).await;
+                drop(permit);
             });
             done(&req.gtrid, TxOutcome::Committed, "")
         }
@@ -294,7 +300,7 @@ impl Tm {
             return BranchEnd::Pending(format!("group #{} has no resource manager", b.group));
         };
         let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
-        match pool.run(move |rm| rm.commit(&xid)).await {
+        match pool.commit(&xid).await {
             // Unknown after a commit decision: an earlier attempt committed it.
             Ok(()) | Err(XaError::NotFound(_)) => BranchEnd::Done,
             Err(e) => BranchEnd::Pending(e.to_string()),
@@ -315,7 +321,7 @@ impl Tm {
             };
             let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
             tasks.push(tokio::spawn(async move {
-                match pool.run(move |rm| rm.rollback(&xid)).await {
+                match pool.rollback(&xid).await {
                     Ok(()) | Err(XaError::NotFound(_)) => None,
                     Err(e) => Some(e.to_string()),
                 }

@@ -41,6 +41,10 @@ use pool::Pool;
 /// those start with the domain name).
 const EPOCH_KEY: &[u8] = b"#epoch";
 
+/// Most transactions in phase 2 at once after their originators were answered (the
+/// others' answers wait): bounds the prepared branches left in resource managers.
+pub const PHASE_TWO_MAX: usize = 64;
+
 /// How long after a transaction's deadline recovery waits before it presumes abort for
 /// a prepared branch of the current epoch.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(2);
@@ -106,6 +110,8 @@ pub struct Tm {
     /// Per group: the index of the first group with the same resource manager, so
     /// that recovery asks each database once.
     rm_of_group: Vec<usize>,
+    /// Places for transactions in phase 2 whose originator did not wait for it.
+    pub(crate) phase_two_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) state: Mutex<State>,
 }
 
@@ -190,6 +196,7 @@ impl Tm {
             log: Arc::new(log),
             pools,
             rm_of_group,
+            phase_two_slots: Arc::new(tokio::sync::Semaphore::new(PHASE_TWO_MAX)),
             state: Mutex::new(State::default()),
         }))
     }

@@ -1,17 +1,24 @@
 //! Sessions with one resource manager for the transaction manager's own use (phase 2,
 //! recovery): at most `pool_max` at a time, opened on demand, dropped when they break.
-//! Resource-manager calls block, so they run on tokio's blocking threads.
+//!
+//! PostgreSQL sessions are asynchronous (tokio-postgres on the daemon's runtime), so a
+//! COMMIT PREPARED costs no thread hop; the other adapters block and run on tokio's
+//! blocking threads. The transaction manager uses only [`Pool::commit`],
+//! [`Pool::rollback`] and [`Pool::recover`].
 
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
-use tpmon_config::XaResource;
-use tpmon_xa::{Rm, XaError};
+use tpmon_config::{RmKind, XaResource};
+use tpmon_xa::postgres::{classify, literal};
+use tpmon_xa::{Rm, XaError, Xid};
 
 /// A pool of sessions with one resource manager.
 pub struct Pool {
     res: XaResource,
     idle: Mutex<Vec<Box<dyn Rm>>>,
+    /// Idle asynchronous PostgreSQL sessions.
+    pg_idle: Mutex<Vec<tokio_postgres::Client>>,
     permits: Arc<Semaphore>,
 }
 
@@ -22,6 +29,7 @@ impl Pool {
         Pool {
             res,
             idle: Mutex::new(Vec::new()),
+            pg_idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(n)),
         }
     }
@@ -29,6 +37,126 @@ impl Pool {
     /// The resource this pool talks to.
     pub fn resource(&self) -> &XaResource {
         &self.res
+    }
+
+    /// Commits a prepared branch.
+    pub async fn commit(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
+        if self.res.kind == RmKind::Postgres {
+            let sql = format!("COMMIT PREPARED {}", literal(&xid.gid()));
+            return self
+                .pg(move |c| {
+                    let sql = sql.clone();
+                    Box::pin(async move { c.batch_execute(&sql).await })
+                })
+                .await;
+        }
+        let xid = xid.clone();
+        self.run(move |rm| rm.commit(&xid)).await
+    }
+
+    /// Rolls back a prepared branch.
+    pub async fn rollback(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
+        if self.res.kind == RmKind::Postgres {
+            let sql = format!("ROLLBACK PREPARED {}", literal(&xid.gid()));
+            return self
+                .pg(move |c| {
+                    let sql = sql.clone();
+                    Box::pin(async move { c.batch_execute(&sql).await })
+                })
+                .await;
+        }
+        let xid = xid.clone();
+        self.run(move |rm| rm.rollback(&xid)).await
+    }
+
+    /// The prepared branches whose gtrid starts with `prefix`.
+    pub async fn recover(self: &Arc<Self>, prefix: &str) -> Result<Vec<Xid>, XaError> {
+        if self.res.kind == RmKind::Postgres {
+            let prefix = prefix.to_string();
+            return self
+                .pg(move |c| {
+                    let prefix = prefix.clone();
+                    Box::pin(async move {
+                        let rows = c
+                            .query(
+                                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() \
+                                 AND starts_with(gid, $1)",
+                                &[&prefix],
+                            )
+                            .await?;
+                        Ok(rows
+                            .iter()
+                            .filter_map(|r| r.try_get::<_, String>(0).ok())
+                            .filter_map(|g| Xid::from_gid(&g))
+                            .collect())
+                    })
+                })
+                .await;
+        }
+        let prefix = prefix.to_string();
+        self.run(move |rm| rm.recover(&prefix)).await
+    }
+
+    /// Runs `op` on an asynchronous PostgreSQL session, once more on a fresh session
+    /// when the first one turns out broken.
+    async fn pg<T>(
+        self: &Arc<Self>,
+        op: impl for<'c> Fn(
+            &'c tokio_postgres::Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>,
+        >,
+    ) -> Result<T, XaError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| XaError::Unavailable("the pool is closed".into()))?;
+        for attempt in 0..2 {
+            let cached = self
+                .pg_idle
+                .lock()
+                .map(|mut v| v.pop())
+                .unwrap_or(None)
+                .filter(|c| !c.is_closed());
+            let client = match cached {
+                Some(c) => c,
+                None => self.pg_connect().await?,
+            };
+            match op(&client).await {
+                Ok(v) => {
+                    if let Ok(mut idle) = self.pg_idle.lock() {
+                        idle.push(client);
+                    }
+                    return Ok(v);
+                }
+                Err(e) => {
+                    let err = classify(e);
+                    if !err.is_unavailable() {
+                        if let Ok(mut idle) = self.pg_idle.lock() {
+                            idle.push(client);
+                        }
+                        return Err(err);
+                    }
+                    if attempt == 1 {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Err(XaError::Unavailable("unreachable".into()))
+    }
+
+    async fn pg_connect(&self) -> Result<tokio_postgres::Client, XaError> {
+        let (client, connection) =
+            tokio_postgres::connect(self.res.open.expose(), tokio_postgres::NoTls)
+                .await
+                .map_err(|e| XaError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        tokio::spawn(async move {
+            // Ends when the session closes or breaks; the client then reports closed.
+            let _ = connection.await;
+        });
+        Ok(client)
     }
 
     /// Runs `op` on a session (reconnecting once if the session had broken).

@@ -127,14 +127,11 @@ impl Tm {
                     String::from_utf8_lossy(&b.bqual).into_owned(),
                 );
                 tasks.push(Some(tokio::spawn(async move {
-                    pool.run(move |rm| {
-                        if commit {
-                            rm.commit(&xid)
-                        } else {
-                            rm.rollback(&xid)
-                        }
-                    })
-                    .await
+                    if commit {
+                        pool.commit(&xid).await
+                    } else {
+                        pool.rollback(&xid).await
+                    }
                 })));
             }
             let mut pending = 0;
@@ -210,7 +207,7 @@ impl Tm {
                 }
             }
             let prefix = self.prefix.clone();
-            let xids = match pool.run(move |rm| rm.recover(&prefix)).await {
+            let xids = match pool.recover(&prefix).await {
                 Ok(x) => {
                     if self.lock().rm_down.remove(&group).is_some() {
                         tracing::info!(group, "resource manager reachable again");
@@ -241,16 +238,11 @@ impl Tm {
                     action => {
                         let pool = pool.clone();
                         tasks.push(tokio::spawn(async move {
-                            let x = xid.clone();
-                            let r = pool
-                                .run(move |rm| {
-                                    if action == Action::Commit {
-                                        rm.commit(&x)
-                                    } else {
-                                        rm.rollback(&x)
-                                    }
-                                })
-                                .await;
+                            let r = if action == Action::Commit {
+                                pool.commit(&xid).await
+                            } else {
+                                pool.rollback(&xid).await
+                            };
                             (xid, action, r)
                         }));
                     }

@@ -175,7 +175,7 @@ impl Tm {
                     continue;
                 }
                 let prefix = gtrid.to_string();
-                match pool.run(move |rm| rm.recover(&prefix)).await {
+                match pool.recover(&prefix).await {
                     Ok(xids) => {
                         branches.extend(xids.into_iter().filter(|x| x.gtrid == gtrid).map(|x| {
                             LogBranch {
@@ -228,16 +228,12 @@ impl Tm {
                 continue;
             };
             let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
-            match pool
-                .run(move |rm| {
-                    if commit {
-                        rm.commit(&xid)
-                    } else {
-                        rm.rollback(&xid)
-                    }
-                })
-                .await
-            {
+            let r = if commit {
+                pool.commit(&xid).await
+            } else {
+                pool.rollback(&xid).await
+            };
+            match r {
                 Ok(()) | Err(XaError::NotFound(_)) => {}
                 Err(err) => {
                     left += 1;

@@ -36,7 +36,9 @@ impl std::fmt::Debug for PgRm {
     }
 }
 
-fn classify(e: postgres::Error) -> XaError {
+/// Classifies a PostgreSQL error by what the caller must do (shared with the
+/// transaction manager's asynchronous sessions).
+pub fn classify(e: postgres::Error) -> XaError {
     if e.is_closed() || e.as_db_error().is_none() {
         return XaError::Unavailable(e.to_string());
     }
@@ -57,7 +59,7 @@ fn classify(e: postgres::Error) -> XaError {
 }
 
 /// Quotes a gid as a SQL string literal (gids are tpmon's own text, but quote anyway).
-fn literal(gid: &str) -> String {
+pub fn literal(gid: &str) -> String {
     format!("'{}'", gid.replace('\'', "''"))
 }
 

@@ -212,6 +212,11 @@ fn fields() -> anyhow::Result<(FieldTable, [tpmon_buffer::FieldKey; 4])> {
     Ok((t, keys))
 }
 
+/// Time spent in TRANSFER calls and in commits, for the breakdown line.
+static CALL_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static COMMIT_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SPLITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Transfer ids unique across runs on the same databases (the journal's key).
 fn run_base() -> i64 {
     let ms = std::time::SystemTime::now()
@@ -314,9 +319,21 @@ fn tpmon_op(
         fb.add(amount_k, FieldValue::Long(1))?;
         fb.add(txid_k, FieldValue::Long(base + n))?;
         c.tx_begin().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let t0 = Instant::now();
         match c.call("TRANSFER", &Buffer::Field(fb), Flags::NONE) {
             Ok(_) => {
+                let t1 = Instant::now();
                 c.tx_commit().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let t2 = Instant::now();
+                CALL_NS.fetch_add(
+                    (t1 - t0).as_nanos() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                COMMIT_NS.fetch_add(
+                    (t2 - t1).as_nanos() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                SPLITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) if e.kind == tpmon_client::ErrorKind::SvcFail => {
                 // Funds short: rolled back, as the baseline does.
@@ -370,7 +387,13 @@ fn postgres_part(
         let (d1, d2, d) = (db1.clone(), db2.clone(), dir.clone());
         let base = clients_point(n, seconds, move |i| baseline_op(&d1, &d2, &d, i))?;
         let addr = dom.addr.clone();
+        for s in [&CALL_NS, &COMMIT_NS, &SPLITS] {
+            s.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         let tp = clients_point(n, seconds, move |i| tpmon_op(&addr, i))?;
+        let k = SPLITS.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
+        let call_us = CALL_NS.load(std::sync::atomic::Ordering::Relaxed) as f64 / k / 1000.0;
+        let commit_us = COMMIT_NS.load(std::sync::atomic::Ordering::Relaxed) as f64 / k / 1000.0;
         let ratio = tp.calls_per_s / base.calls_per_s.max(1e-9);
         if !as_json {
             row(
@@ -381,7 +404,7 @@ fn postgres_part(
             row(
                 &format!("tpmon, concurrency {n}"),
                 &tp,
-                &format!("{ratio:.2}x (target >= 0.8x)"),
+                &format!("{ratio:.2}x (target >= 0.8x); TRANSFER {call_us:.0} us + commit {commit_us:.0} us"),
             );
         }
         out.push(
