@@ -167,11 +167,28 @@ impl Tm {
             LogCall::InPlace => self.log_op(move |log| log.put(entry)).await,
         };
         if let Err(e) = logged {
-            // The write may or may not have reached the disk, and the log refuses every
-            // later change (it is poisoned). Neither outcome can be promised: the
-            // branches stay prepared (the transaction stays in `deciding`, so recovery
-            // leaves them alone) and the next boot's recovery decides from what the
-            // log on disk holds.
+            if matches!(
+                e,
+                tpmon_txlog::LogError::Full { .. } | tpmon_txlog::LogError::InvalidEntry(_)
+            ) {
+                // Refused before anything was written (the log is full, or the entry is
+                // invalid): nothing durable, so presumed abort holds and the
+                // transaction rolls back. An I/O error or a poisoned log may have lost
+                // or kept the record: that case is below.
+                tracing::error!(gtrid = %text, error = %e, "cannot log the commit decision; rolling back");
+                self.lock().deciding.remove(&text);
+                self.roll_back(&text, &req.branches, g.deadline_s).await;
+                return done(
+                    &req.gtrid,
+                    TxOutcome::RolledBack,
+                    format!("the commit decision could not be logged: {e}"),
+                );
+            }
+            // The flush carrying the record failed: it may or may not be on the disk,
+            // and the log refuses every later change (it is poisoned). Neither outcome
+            // can be promised: the branches stay prepared (the transaction stays in
+            // `deciding`, so recovery leaves them alone) and the next boot's recovery
+            // decides from what the log on disk holds.
             tracing::error!(gtrid = %text, error = %e, "cannot log the commit decision; the outcome is decided by recovery at the next boot");
             return done(
                 &req.gtrid,
