@@ -24,7 +24,26 @@ pub enum LogCall {
 enum BranchEnd {
     Done,
     Pending(String),
+    /// The resource manager refused to commit a branch the decision says to commit
+    /// (it rolled it back on its own, or cannot commit it): a heuristic outcome.
+    Heuristic(String),
 }
+
+/// Where phase 2 left a transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PhaseTwo {
+    pub committed: usize,
+    pub pending: usize,
+    pub heuristic: usize,
+}
+
+/// Branch state in a log entry: phase 2 not done yet.
+pub(crate) const BRANCH_PENDING: u8 = 0;
+/// Branch state in a log entry: committed (or rolled back, for a rollback entry).
+pub(crate) const BRANCH_DONE: u8 = 1;
+/// Branch state in a log entry: the resource manager refused the decision; kept for
+/// the operator, never retried by recovery on its own.
+pub(crate) const BRANCH_HEURISTIC: u8 = 2;
 
 fn done(gtrid: &[u8], outcome: TxOutcome, detail: impl Into<String>) -> TxDone {
     TxDone {
@@ -137,6 +156,21 @@ impl Tm {
                     // decision durable and let recovery finish it.
                     tracing::warn!(gtrid = %text, error = %e, "one-phase commit failed; logging the decision");
                 }
+                BranchEnd::Heuristic(e) => {
+                    // The only branch refused to commit: nothing committed and nothing
+                    // was logged, so the transaction is rolled back (recovery rolls
+                    // the branch back if it is still prepared).
+                    {
+                        let mut st = self.lock();
+                        st.deciding.remove(&text);
+                        st.rolled_back.insert(text.clone(), g.deadline_s);
+                    }
+                    return done(
+                        &req.gtrid,
+                        TxOutcome::RolledBack,
+                        format!("the resource manager refused to commit: {e}"),
+                    );
+                }
             }
         }
         let entry = Entry {
@@ -220,14 +254,32 @@ impl Tm {
             },
         );
         if req.wait_completed {
-            let pending = self.phase_two(&text, &prepared).await;
-            if pending == 0 {
+            let p = self.phase_two(&text, &prepared).await;
+            if p.heuristic > 0 && p.committed > 0 {
+                done(
+                    &req.gtrid,
+                    TxOutcome::Mixed,
+                    format!(
+                        "{} branch(es) committed, {} refused by their resource manager; kept for the operator (tpmon tx list)",
+                        p.committed, p.heuristic
+                    ),
+                )
+            } else if p.heuristic > 0 {
+                done(
+                    &req.gtrid,
+                    TxOutcome::Hazard,
+                    format!(
+                        "{} branch(es) refused by their resource manager; kept for the operator (tpmon tx list)",
+                        p.heuristic
+                    ),
+                )
+            } else if p.pending == 0 {
                 done(&req.gtrid, TxOutcome::Committed, "")
             } else {
                 done(
                     &req.gtrid,
                     TxOutcome::CommittedPending,
-                    format!("{pending} branch(es) will be committed by recovery"),
+                    format!("{} branch(es) will be committed by recovery", p.pending),
                 )
             }
         } else {
@@ -247,7 +299,7 @@ impl Tm {
 
     /// Commits every branch of a logged decision; forgets the decision when all are
     /// done. Returns the number of branches left for recovery.
-    pub(crate) async fn phase_two(self: &Arc<Self>, gtrid: &str, branches: &[Branch]) -> usize {
+    pub(crate) async fn phase_two(self: &Arc<Self>, gtrid: &str, branches: &[Branch]) -> PhaseTwo {
         let mut results = Vec::with_capacity(branches.len());
         if let [b] = branches {
             failpoint::hit("tm.phase2");
@@ -267,27 +319,44 @@ impl Tm {
                 results.push(t.await);
             }
         }
-        let mut pending = 0;
+        let mut p = PhaseTwo::default();
         let mut last_error = String::new();
+        let mut states = Vec::with_capacity(branches.len());
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(BranchEnd::Done) => {
+                    p.committed += 1;
+                    states.push(BRANCH_DONE);
                     if let Some(tr) = self.lock().tracked.get_mut(gtrid) {
                         if let Some(b) = tr.branches.get_mut(i) {
                             b.2 = true;
                         }
                     }
                 }
+                Ok(BranchEnd::Heuristic(e)) => {
+                    p.heuristic += 1;
+                    states.push(BRANCH_HEURISTIC);
+                    last_error = e;
+                }
                 Ok(BranchEnd::Pending(e)) => {
-                    pending += 1;
+                    p.pending += 1;
+                    states.push(BRANCH_PENDING);
                     last_error = e;
                 }
                 Err(e) => {
-                    pending += 1;
+                    p.pending += 1;
+                    states.push(BRANCH_PENDING);
                     last_error = e.to_string();
                 }
             }
         }
+        if p.heuristic > 0 {
+            self.keep_heuristic(gtrid, &states, &last_error, p.committed > 0)
+                .await;
+            self.lock().deciding.remove(gtrid);
+            return p;
+        }
+        let pending = p.pending;
         if pending == 0 {
             failpoint::hit("tm.after_phase2");
             // Losing this removal in a crash only makes recovery commit again, which
@@ -309,7 +378,43 @@ impl Tm {
             // Recovery drives it from the log from now on.
             st.deciding.remove(gtrid);
         }
-        pending
+        p
+    }
+
+    /// Records durably which branches the resource managers refused (state
+    /// [`BRANCH_HEURISTIC`] in the entry), so that recovery leaves the transaction
+    /// to the operator, and shows it in `tpmon tx list`.
+    pub(crate) async fn keep_heuristic(&self, gtrid: &str, states: &[u8], why: &str, mixed: bool) {
+        let kind = if mixed {
+            "heuristic mixed"
+        } else {
+            "heuristic hazard"
+        };
+        tracing::error!(gtrid, error = %why, "{kind}: a resource manager refused the commit decision; kept for the operator");
+        if let Some(mut e) = self.log.get(gtrid.as_bytes()) {
+            for (b, s) in e.branches.iter_mut().zip(states) {
+                b.state = *s;
+            }
+            if let Err(err) = self.log_op(move |log| log.put(e)).await {
+                tracing::error!(gtrid, error = %err, "cannot record the heuristic outcome in the log");
+            }
+        }
+        let mut st = self.lock();
+        let tr = st
+            .tracked
+            .entry(gtrid.to_string())
+            .or_insert_with(|| Tracked {
+                state: "",
+                since: SystemTime::now(),
+                branches: Vec::new(),
+                retries: 0,
+                last_error: String::new(),
+            });
+        tr.state = kind;
+        tr.last_error = why.to_string();
+        for (b, s) in tr.branches.iter_mut().zip(states) {
+            b.2 = *s == BRANCH_DONE;
+        }
     }
 
     async fn commit_branch(&self, gtrid: &str, b: &Branch) -> BranchEnd {
@@ -320,6 +425,7 @@ impl Tm {
         match pool.commit(&xid).await {
             // Unknown after a commit decision: an earlier attempt committed it.
             Ok(()) | Err(XaError::NotFound(_)) => BranchEnd::Done,
+            Err(e @ XaError::Failed(_)) => BranchEnd::Heuristic(e.to_string()),
             Err(e) => BranchEnd::Pending(e.to_string()),
         }
     }

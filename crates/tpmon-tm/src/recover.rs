@@ -23,6 +23,7 @@ use tpmon_proto::Gtrid;
 use tpmon_txlog::TxState;
 use tpmon_xa::{XaError, Xid};
 
+use crate::commit::{BRANCH_DONE, BRANCH_HEURISTIC, BRANCH_PENDING};
 use crate::{now_unix_ms, Tm, Tracked, DEADLINE_GRACE, EPOCH_KEY};
 
 /// What recovery does with one prepared branch.
@@ -60,6 +61,10 @@ impl Tm {
             return Action::Leave;
         }
         if let Some(e) = self.log.get(gtrid.as_bytes()) {
+            if e.branches.iter().any(|b| b.state == BRANCH_HEURISTIC) {
+                // Kept for the operator.
+                return Action::Leave;
+            }
             return match e.state {
                 TxState::Commit => Action::Commit,
                 TxState::Rollback => Action::RollBack,
@@ -103,6 +108,11 @@ impl Tm {
             if self.lock().deciding.contains(&gtrid) {
                 continue;
             }
+            // Read it again: whoever decided it may have changed it (recorded a
+            // heuristic outcome, completed it) before leaving the deciding set.
+            let Some(e) = self.log.get(&e.gtrid).filter(|_| self.log.holds(&e.gtrid)) else {
+                continue;
+            };
             let commit = match e.state {
                 TxState::Commit => true,
                 TxState::Rollback => false,
@@ -115,6 +125,28 @@ impl Tm {
                     continue;
                 }
             };
+            if e.branches.iter().any(|b| b.state == BRANCH_HEURISTIC) {
+                // Kept for the operator (`tpmon tx commit` drives it again).
+                let mut st = self.lock();
+                st.tracked.entry(gtrid.clone()).or_insert_with(|| Tracked {
+                    state: "heuristic (operator)",
+                    since: SystemTime::now(),
+                    branches: e
+                        .branches
+                        .iter()
+                        .map(|b| {
+                            (
+                                b.rm as u16,
+                                String::from_utf8_lossy(&b.bqual).into_owned(),
+                                b.state == BRANCH_DONE,
+                            )
+                        })
+                        .collect(),
+                    retries: 0,
+                    last_error: "a resource manager refused the decision".into(),
+                });
+                continue;
+            }
             let mut tasks = Vec::new();
             for b in &e.branches {
                 let Some(pool) = u16::try_from(b.rm).ok().and_then(|g| self.pool(g)).cloned()
@@ -137,20 +169,37 @@ impl Tm {
             let mut pending = 0;
             let mut last_error = String::new();
             let mut done_flags = Vec::new();
+            let mut states = Vec::new();
+            let mut refused = 0;
             for t in tasks {
-                let r = match t {
-                    None => Err("its group has no resource manager any more".to_string()),
+                // (state, error)
+                let (state, err) = match t {
+                    None => (
+                        BRANCH_PENDING,
+                        Some("its group has no resource manager any more".to_string()),
+                    ),
                     Some(t) => match t.await {
-                        Ok(Ok(())) | Ok(Err(XaError::NotFound(_))) => Ok(()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                        Ok(Ok(())) | Ok(Err(XaError::NotFound(_))) => (BRANCH_DONE, None),
+                        Ok(Err(e @ XaError::Failed(_))) => (BRANCH_HEURISTIC, Some(e.to_string())),
+                        Ok(Err(e)) => (BRANCH_PENDING, Some(e.to_string())),
+                        Err(e) => (BRANCH_PENDING, Some(e.to_string())),
                     },
                 };
-                done_flags.push(r.is_ok());
-                if let Err(e) = r {
+                done_flags.push(state == BRANCH_DONE);
+                states.push(state);
+                if state == BRANCH_HEURISTIC {
+                    refused += 1;
+                }
+                if let Some(e) = err {
                     pending += 1;
                     last_error = e;
                 }
+            }
+            if refused > 0 && commit {
+                let mixed = done_flags.iter().any(|d| *d);
+                self.keep_heuristic(&gtrid, &states, &last_error, mixed)
+                    .await;
+                continue;
             }
             if pending == 0 {
                 match self.log.remove_lazy(&e.gtrid) {

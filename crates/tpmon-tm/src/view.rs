@@ -56,8 +56,13 @@ impl Tm {
         {
             let gtrid = String::from_utf8_lossy(&e.gtrid).into_owned();
             let tr = st.tracked.get(&gtrid);
+            let heuristic = e
+                .branches
+                .iter()
+                .any(|b| b.state == crate::commit::BRANCH_HEURISTIC);
             let state = match (e.state, tr) {
                 (_, Some(t)) => t.state.to_string(),
+                (_, None) if heuristic => "heuristic (operator)".into(),
                 (TxState::Commit, None) => "committing".into(),
                 (TxState::Rollback, None) => "rolling back".into(),
                 (other, None) => format!("{other:?}"),
@@ -69,7 +74,8 @@ impl Tm {
                 .map(|(i, b)| TxViewBranch {
                     group: b.rm as u16,
                     bqual: String::from_utf8_lossy(&b.bqual).into_owned(),
-                    done: tr.and_then(|t| t.branches.get(i)).is_some_and(|x| x.2),
+                    done: b.state == crate::commit::BRANCH_DONE
+                        || tr.and_then(|t| t.branches.get(i)).is_some_and(|x| x.2),
                 })
                 .collect();
             out.push(TxView {

@@ -125,21 +125,39 @@ impl Rm for PgRm {
 
     fn prepare(&mut self, xid: &Xid) -> Result<Vote, XaError> {
         // PREPARE TRANSACTION on a failed transaction rolls it back and reports
-        // ROLLBACK without an error. The `SELECT 1` in front fails instead ("current
+        // ROLLBACK without an error. The SELECT in front fails instead ("current
         // transaction is aborted"), and the rest of the string is then not run: one
-        // round trip, and a failed branch never reads as prepared. It runs on the
-        // branch's own session only (`client` refuses a replacement session).
-        let r = self.exec(&format!(
-            "SELECT 1; PREPARE TRANSACTION {}",
-            literal(&xid.gid())
-        ));
+        // round trip, and a failed branch never reads as prepared. The SELECT also
+        // tells whether the branch wrote anything (a transaction id is assigned at the
+        // first write): a read-only branch is committed here at once and votes
+        // read-only, so phase 2 skips it. It runs on the branch's own session only
+        // (`client` refuses a replacement session).
+        let gid = literal(&xid.gid());
+        let sql = format!("SELECT txid_current_if_assigned() IS NULL; PREPARE TRANSACTION {gid}");
+        let r = match self.client() {
+            Ok(c) => c.simple_query(&sql).map_err(classify),
+            Err(e) => Err(e),
+        };
         self.branch_session = None;
-        if let Err(e) = r {
-            if !e.is_unavailable() {
-                // Leave the session ready for the next branch.
-                let _ = self.exec("ROLLBACK");
+        let messages = match r {
+            Ok(m) => m,
+            Err(e) => {
+                if e.is_unavailable() {
+                    self.client = None;
+                } else {
+                    // Leave the session ready for the next branch.
+                    let _ = self.exec("ROLLBACK");
+                }
+                return Err(e);
             }
-            return Err(e);
+        };
+        let read_only = messages.iter().any(
+            |m| matches!(m, postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t")),
+        );
+        if read_only {
+            // Nothing to commit, nothing to hold: finish it now.
+            self.exec(&format!("COMMIT PREPARED {gid}"))?;
+            return Ok(Vote::ReadOnly);
         }
         Ok(Vote::Prepared)
     }

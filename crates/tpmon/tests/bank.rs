@@ -94,6 +94,22 @@ fn bank_example_over_postgres_and_mariadb() {
         "TODB=3",
     ]);
     assert!(run.ok(), "{run:?}");
+    // A branch that only reads votes read-only: it commits at once, nothing stays
+    // prepared, and the commit needs no phase 2 for it.
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call(
+        "SUM1",
+        &tpmon_client::Buffer::string(""),
+        tpmon_client::Flags::NONE,
+    )
+    .expect("SUM1 in a transaction");
+    assert_eq!(c.tx_info().branches, 1);
+    assert!(
+        dbs.prepared().is_empty(),
+        "a read-only branch is not left prepared"
+    );
+    assert!(c.tx_commit().is_ok());
     let mut acked: Vec<i64> = std::fs::read_to_string(&journal)
         .expect("journal")
         .lines()

@@ -431,3 +431,43 @@ fn a_log_directory_without_a_log_is_refused() {
     assert!(text.contains("holds no log"), "{text}");
     assert!(text.contains(&dir.path.display().to_string()), "{text}");
 }
+
+#[test]
+fn a_branch_refused_in_phase_two_is_a_heuristic_mix_kept_for_the_operator() {
+    let f = fakes("tx-heur");
+    let d = Domain::boot("tx-heur", &config(&f.a, &f.b, &[]));
+    let conf = d.client_config.to_str().unwrap_or_default().to_string();
+    let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
+    std::fs::write(f.b.join("script"), "commit fail 1\n").expect("script");
+    let mut c = d.client();
+    c.tx_set_commit_return(CommitReturn::Completed);
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("h"), Flags::NONE).expect("NESTED");
+    let gtrid = c.tx_info().xid.expect("xid");
+    match c.tx_commit() {
+        Err(TxError::Mixed(why)) => assert!(why.contains("refused"), "{why}"),
+        other => panic!("expected a heuristic mix, got {other:?}"),
+    }
+    // Kept for the operator: listed, and recovery does not retry it on its own.
+    let item = support::wait_for("the heuristic transaction is listed", LONG, || {
+        tx_list(&d).as_array().and_then(|a| a.first().cloned())
+    });
+    assert_eq!(item["gtrid"], gtrid.as_str());
+    assert!(
+        item["state"].as_str().unwrap_or("").contains("heuristic"),
+        "{item}"
+    );
+    std::thread::sleep(Duration::from_millis(300)); // a few recovery passes (50 ms each)
+    assert_eq!(
+        calls(&f.b, "commit", None),
+        1,
+        "recovery leaves it alone: {}",
+        std::fs::read_to_string(f.b.join("calls")).unwrap_or_default()
+    );
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
+    // The operator drives it again once the resource manager accepts.
+    let run = tpmon(["tx", "commit", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
+    assert!(run.ok(), "{run:?}");
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+}
