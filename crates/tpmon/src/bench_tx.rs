@@ -83,14 +83,14 @@ name = "db1"
 [group.rm]
 kind = "postgres"
 open = {db1}
-pool_max = 16
+pool_max = 4
 
 [[group]]
 name = "db2"
 [group.rm]
 kind = "postgres"
 open = {db2}
-pool_max = 16
+pool_max = 4
 
 [[server]]
 name = "bank1"
