@@ -17,9 +17,11 @@
 //! transaction back (a deadlock) make the branch refuse to end, and `prepare` fails.
 //!
 //! MariaDB rolls back a prepared branch that wrote nothing when its connection ends,
-//! and `XA COMMIT` of it then answers XA_RBROLLBACK ([`XaError::Failed`]) once and
-//! XAER_NOTA after that: a read-only branch still votes [`Vote::Prepared`], and its
-//! first commit fails harmlessly.
+//! and `XA COMMIT` of it then answers XA_RBROLLBACK once and XAER_NOTA after that: a
+//! read-only branch still votes [`Vote::Prepared`]. [`Rm::commit`] takes an XA_RB*
+//! answer for success: a branch that wrote something and prepared is durable in
+//! MariaDB (it survives disconnects and restarts), so only a branch with nothing to
+//! commit is rolled back behind our back.
 
 use std::any::Any;
 use std::time::{Duration, Instant};
@@ -209,7 +211,21 @@ impl Rm for MariaRm {
     }
 
     fn commit(&mut self, xid: &Xid) -> Result<(), XaError> {
-        self.exec(&format!("XA COMMIT {}", spell(xid)))
+        let sql = format!("XA COMMIT {}", spell(xid));
+        let c = self.conn()?;
+        match c.query_drop(&sql) {
+            Ok(()) => Ok(()),
+            // A read-only branch, rolled back when its connection ended (see the
+            // module documentation): nothing to commit.
+            Err(mysql::Error::MySqlError(m)) if XA_RB.contains(&m.code) => Ok(()),
+            Err(e) => {
+                let err = classify(e);
+                if err.is_unavailable() {
+                    self.conn = None;
+                }
+                Err(err)
+            }
+        }
     }
 
     fn rollback(&mut self, xid: &Xid) -> Result<(), XaError> {
