@@ -471,3 +471,34 @@ fn a_branch_refused_in_phase_two_is_a_heuristic_mix_kept_for_the_operator() {
     nothing_left(&d, &f);
     assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
 }
+
+#[test]
+fn chained_control_and_tx_info() {
+    let f = fakes("tx-chain");
+    let d = Domain::boot("tx-chain", &config(&f.a, &f.b, &[]));
+    let mut c = d.client();
+    let info = c.tx_info();
+    assert_eq!(info.xid, None);
+    assert_eq!(info.timeout, Duration::from_secs(30), "the domain's default");
+    assert!(c.tx_set_timeout(Duration::from_secs(100_000)).is_err(), "beyond timeout_max_s");
+    c.tx_set_timeout(Duration::from_secs(5)).expect("timeout");
+    c.tx_set_commit_return(CommitReturn::Completed);
+    c.tx_set_control(tpmon_client::TxControl::Chained);
+    c.tx_begin().expect("begin");
+    let first = c.tx_info().xid.expect("xid");
+    assert_eq!(c.tx_info().status, Some(TxStatus::Active));
+    c.call("ECHO", &s("1"), Flags::NONE).expect("ECHO");
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
+    // Chained: the next transaction began with the commit.
+    let second = c.tx_info().xid.expect("chained xid");
+    assert_ne!(first, second);
+    assert_eq!(c.tx_info().timeout, Duration::from_secs(5));
+    assert_eq!(c.tx_info().commit_return, CommitReturn::Completed);
+    c.tx_rollback().expect("rollback");
+    assert!(c.in_transaction(), "rollback chains too");
+    c.tx_set_control(tpmon_client::TxControl::Unchained);
+    c.tx_rollback().expect("rollback");
+    assert!(!c.in_transaction());
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+    nothing_left(&d, &f);
+}
