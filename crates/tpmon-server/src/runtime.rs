@@ -155,6 +155,19 @@ fn send_control(control: &mut UnixStream, m: ControlMessage) -> Result<(), Strin
         .map_err(|e| format!("control socket: {e}"))
 }
 
+/// Reports a start failure to the daemon (which shows it in status) and returns it.
+fn init_failed(control: &mut UnixStream, reason: String) -> String {
+    match send_control(
+        control,
+        ControlMessage::InitFailed {
+            reason: reason.clone(),
+        },
+    ) {
+        Ok(()) => reason,
+        Err(e) => format!("{reason} (and {e})"),
+    }
+}
+
 fn read_setup(control: &mut UnixStream) -> Result<(Welcome, usize, usize, u16), String> {
     let mut dec = FrameDecoder::new(16 << 20);
     let mut buf = [0u8; 8192];
@@ -204,15 +217,7 @@ impl Instance {
         // XA mode: the group's resource manager is opened before tpsvrinit (tx_open).
         let rm = match open_rm() {
             Ok(rm) => rm,
-            Err(reason) => {
-                send_control(
-                    &mut control,
-                    ControlMessage::InitFailed {
-                        reason: reason.clone(),
-                    },
-                )?;
-                return Err(reason);
-            }
+            Err(reason) => return Err(init_failed(&mut control, reason)),
         };
         let auto_transaction = rm.is_some() && std::env::var(ENV_AUTO_TRANSACTION).is_ok();
         let mut ctx = Context {
@@ -245,13 +250,7 @@ impl Instance {
             Ok(())
         };
         if let Err(reason) = init_result {
-            send_control(
-                &mut control,
-                ControlMessage::InitFailed {
-                    reason: reason.clone(),
-                },
-            )?;
-            return Err(reason);
+            return Err(init_failed(&mut control, reason));
         }
         send_control(
             &mut control,

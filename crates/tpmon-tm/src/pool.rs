@@ -42,12 +42,8 @@ impl Pool {
     /// Commits a prepared branch.
     pub async fn commit(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
         if self.res.kind == RmKind::Postgres {
-            let sql = format!("COMMIT PREPARED {}", literal(&xid.gid()));
             return self
-                .pg(move |c| {
-                    let sql = sql.clone();
-                    Box::pin(async move { c.batch_execute(&sql).await })
-                })
+                .pg_statement(format!("COMMIT PREPARED {}", literal(&xid.gid())))
                 .await;
         }
         let xid = xid.clone();
@@ -57,12 +53,8 @@ impl Pool {
     /// Rolls back a prepared branch.
     pub async fn rollback(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
         if self.res.kind == RmKind::Postgres {
-            let sql = format!("ROLLBACK PREPARED {}", literal(&xid.gid()));
             return self
-                .pg(move |c| {
-                    let sql = sql.clone();
-                    Box::pin(async move { c.batch_execute(&sql).await })
-                })
+                .pg_statement(format!("ROLLBACK PREPARED {}", literal(&xid.gid())))
                 .await;
         }
         let xid = xid.clone();
@@ -95,6 +87,15 @@ impl Pool {
         }
         let prefix = prefix.to_string();
         self.run(move |rm| rm.recover(&prefix)).await
+    }
+
+    /// Runs one statement on an asynchronous PostgreSQL session.
+    async fn pg_statement(self: &Arc<Self>, sql: String) -> Result<(), XaError> {
+        self.pg(move |c| {
+            let sql = sql.clone();
+            Box::pin(async move { c.batch_execute(&sql).await })
+        })
+        .await
     }
 
     /// Runs `op` on an asynchronous PostgreSQL session, once more on a fresh session

@@ -266,14 +266,7 @@ impl<S: Storage> Engine<S> {
                 c.space_waiters -= 1;
             }
         }
-        self.check(&c, &op)?;
-        let lsn = c.next_lsn;
-        c.next_lsn += 1;
-        // The pending buffer is written as one write: this record's position in it.
-        set_batch_pos(&mut payload, c.pending_ops.len() as u32);
-        frame(lsn, &payload, &mut c.pending);
-        self.note(&mut c, &op, lsn);
-        c.pending_ops.push(op);
+        let lsn = self.append_pending(&mut c, op, &mut payload)?;
         if c.flushing {
             c.pending_waiters.push(thread::current());
             drop(c);
@@ -304,12 +297,24 @@ impl<S: Storage> Engine<S> {
             drop(c);
             return self.submit(op);
         }
-        self.check(&c, &op)?;
+        self.append_pending(&mut c, op, &mut payload)
+    }
+
+    /// Checks `op` against the pending view and appends it to the pending batch under
+    /// the next lsn, which it returns.
+    fn append_pending(
+        &self,
+        c: &mut MutexGuard<'_, Commit>,
+        op: Op,
+        payload: &mut [u8],
+    ) -> Result<Lsn, LogError> {
+        self.check(c, &op)?;
         let lsn = c.next_lsn;
         c.next_lsn += 1;
-        set_batch_pos(&mut payload, c.pending_ops.len() as u32);
-        frame(lsn, &payload, &mut c.pending);
-        self.note(&mut c, &op, lsn);
+        // The pending buffer is written as one write: this record's position in it.
+        set_batch_pos(payload, c.pending_ops.len() as u32);
+        frame(lsn, payload, &mut c.pending);
+        self.note(c, &op, lsn);
         c.pending_ops.push(op);
         Ok(lsn)
     }

@@ -479,8 +479,15 @@ fn chained_control_and_tx_info() {
     let mut c = d.client();
     let info = c.tx_info();
     assert_eq!(info.xid, None);
-    assert_eq!(info.timeout, Duration::from_secs(30), "the domain's default");
-    assert!(c.tx_set_timeout(Duration::from_secs(100_000)).is_err(), "beyond timeout_max_s");
+    assert_eq!(
+        info.timeout,
+        Duration::from_secs(30),
+        "the domain's default"
+    );
+    assert!(
+        c.tx_set_timeout(Duration::from_secs(100_000)).is_err(),
+        "beyond timeout_max_s"
+    );
     c.tx_set_timeout(Duration::from_secs(5)).expect("timeout");
     c.tx_set_commit_return(CommitReturn::Completed);
     c.tx_set_control(tpmon_client::TxControl::Chained);
