@@ -224,6 +224,15 @@ impl Client {
         }
     }
 
+    /// Lets this context end its current transaction (true) or not (false): the
+    /// server runtime owns a transaction it began for an automatic-transaction call,
+    /// so the routine may not end it.
+    pub fn set_originator(&mut self, originator: bool) {
+        if let Some(t) = &mut self.txn {
+            t.originator = originator;
+        }
+    }
+
     /// The context that calls in the current transaction carry.
     pub fn current_context(&self) -> Option<TxContext> {
         self.txn.as_ref().map(|t| t.context())

@@ -434,7 +434,9 @@ impl Client {
                 loop {
                     match r.decoder.next_frame() {
                         Ok(Some(body)) => match Message::decode(&body) {
-                            Ok(Message::TxDone(d)) => return Ok(d),
+                            Ok(Message::TxDone(d)) if d.gtrid == req.gtrid => return Ok(d),
+                            // A late answer to an earlier request that timed out.
+                            Ok(Message::TxDone(_)) => {}
                             // Replies of other outstanding calls wait for getrply.
                             Ok(Message::Reply(rep)) => r.stash.push(rep),
                             Ok(_) => {}

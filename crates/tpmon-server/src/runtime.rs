@@ -589,10 +589,41 @@ impl Instance {
         }
     }
 
+    /// A transaction this instance may join: one of this domain and node, of the
+    /// daemon's current boot, in canonical form, with a deadline within the domain's
+    /// limit (branches of anything else could never be resolved).
+    fn check_transaction(&self, tx: &TxContext) -> Result<(), String> {
+        let w = &self.welcome;
+        let g = tpmon_proto::Gtrid::parse(&tx.gtrid)
+            .filter(|g| g.encode().as_bytes() == tx.gtrid.as_slice())
+            .ok_or("the request's transaction id is not a tpmon gtrid")?;
+        if g.domain != w.domain || g.node != w.node || g.epoch != w.epoch {
+            return Err(format!(
+                "the request belongs to a transaction of {}:{} (epoch {}), not of this domain's current boot",
+                g.domain, g.node, g.epoch
+            ));
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let limit = now_ms
+            .saturating_add(u64::from(w.tx_timeout_max_ms))
+            .saturating_add(2000);
+        if g.deadline_s.saturating_mul(1000) > limit {
+            return Err("the transaction's deadline is beyond the domain's limit".into());
+        }
+        Ok(())
+    }
+
     /// Joins the request's transaction (or begins one for an automatic-transaction
     /// group) and starts this instance's branch in the resource manager.
     fn enter_transaction(&mut self, req: &Request) -> Result<TxRole, Box<Reply>> {
         let auto = self.auto_transaction && req.tx.is_none() && !req.flags.contains(Flags::NOTRAN);
+        if let Some(tx) = &req.tx {
+            if let Err(why) = self.check_transaction(tx) {
+                return Err(Box::new(Self::error_reply(req, ErrorKind::Tran, why)));
+            }
+        }
         if !auto {
             self.ctx.client.set_transaction(req.tx.clone());
         } else if let Err(e) = self.ctx.client.tx_begin() {
@@ -601,6 +632,9 @@ impl Instance {
                 ErrorKind::Tran,
                 format!("cannot begin the automatic transaction: {e}"),
             )));
+        } else {
+            // The runtime ends it, not the routine.
+            self.ctx.client.set_originator(false);
         }
         let Some(gtrid) = self.ctx.client.current_gtrid() else {
             return Ok(TxRole::None);
@@ -713,6 +747,7 @@ impl Instance {
                 (failure, branches)
             }
             TxRole::Auto { .. } => {
+                self.ctx.client.set_originator(true);
                 if let Some(b) = own_branch {
                     self.ctx.client.join_branch(b);
                 }

@@ -80,6 +80,20 @@ impl Tm {
             );
         }
         let text = g.encode();
+        if text.as_bytes() != req.gtrid.as_slice() {
+            // Branches were prepared under the id as sent; deciding under another
+            // spelling would miss them.
+            return done(
+                &req.gtrid,
+                TxOutcome::Refused,
+                "not a transaction id in tpmon's canonical form",
+            );
+        }
+        // One end per transaction: a second request (a retry after a lost answer, or
+        // a confused or hostile originator) never changes what was decided.
+        if let Some(answer) = self.already_ended(&text, &req) {
+            return answer;
+        }
         if let Some(unknown) = req
             .branches
             .iter()
@@ -130,10 +144,33 @@ impl Tm {
         }
         // The deadline check and the registration are one step under the lock that
         // recovery takes before it presumes abort.
-        {
+        enum Gate {
+            Ended,
+            TimedOut,
+            Busy,
+            Go,
+        }
+        let gate = {
             let mut st = self.lock();
-            if now_unix_ms() >= g.deadline_s.saturating_mul(1000) {
-                drop(st);
+            if st.rolled_back.contains_key(&text) || self.log.holds(text.as_bytes()) {
+                Gate::Ended
+            } else if now_unix_ms() >= g.deadline_s.saturating_mul(1000) {
+                Gate::TimedOut
+            } else if !st.deciding.insert(text.clone()) {
+                Gate::Busy
+            } else {
+                Gate::Go
+            }
+        };
+        match gate {
+            Gate::Ended => {
+                return done(
+                    &req.gtrid,
+                    TxOutcome::Refused,
+                    "the transaction already ended",
+                )
+            }
+            Gate::TimedOut => {
                 self.roll_back(&text, &req.branches, g.deadline_s).await;
                 return done(
                     &req.gtrid,
@@ -141,9 +178,19 @@ impl Tm {
                     "the transaction timed out",
                 );
             }
-            st.deciding.insert(text.clone());
+            Gate::Busy => {
+                return done(
+                    &req.gtrid,
+                    TxOutcome::Refused,
+                    "the transaction is being ended already",
+                )
+            }
+            Gate::Go => {}
         }
         failpoint::hit("tm.before_decision");
+        // Set when a one-phase commit may have committed without an answer: from then
+        // on the transaction must never be rolled back.
+        let mut maybe_committed = false;
         if prepared.len() == 1 && self.one_phase_commit {
             let b = &prepared[0];
             match self.commit_branch(&text, b).await {
@@ -155,6 +202,7 @@ impl Tm {
                     // The branch is still prepared and nothing else decided; make the
                     // decision durable and let recovery finish it.
                     tracing::warn!(gtrid = %text, error = %e, "one-phase commit failed; logging the decision");
+                    maybe_committed = true;
                 }
                 BranchEnd::Heuristic(e) => {
                     // The only branch refused to commit: nothing committed and nothing
@@ -201,10 +249,12 @@ impl Tm {
             LogCall::InPlace => self.log_op(move |log| log.put(entry)).await,
         };
         if let Err(e) = logged {
-            if matches!(
-                e,
-                tpmon_txlog::LogError::Full { .. } | tpmon_txlog::LogError::InvalidEntry(_)
-            ) {
+            if !maybe_committed
+                && matches!(
+                    e,
+                    tpmon_txlog::LogError::Full { .. } | tpmon_txlog::LogError::InvalidEntry(_)
+                )
+            {
                 // Refused before anything was written (the log is full, or the entry is
                 // invalid): nothing durable, so presumed abort holds and the
                 // transaction rolls back. An I/O error or a poisoned log may have lost
@@ -297,6 +347,39 @@ impl Tm {
         }
     }
 
+    /// The answer to a second end of a transaction this manager already ended or is
+    /// ending, if it is one.
+    fn already_ended(&self, text: &str, req: &TxEnd) -> Option<TxDone> {
+        let st = self.lock();
+        let answer =
+            |outcome, detail: &str| Some(done(text.as_bytes(), outcome, detail.to_string()));
+        if st.deciding.contains(text) {
+            return answer(TxOutcome::Refused, "the transaction is being ended already");
+        }
+        if self.log.holds(text.as_bytes()) {
+            return match self.log.get(text.as_bytes()).map(|e| e.state) {
+                Some(TxState::Commit) if req.commit => answer(
+                    TxOutcome::CommittedPending,
+                    "the commit was decided already",
+                ),
+                Some(TxState::Commit) => {
+                    answer(TxOutcome::Refused, "the transaction was committed already")
+                }
+                _ => answer(
+                    TxOutcome::RolledBack,
+                    "the transaction was rolled back already",
+                ),
+            };
+        }
+        if st.rolled_back.contains_key(text) {
+            return answer(
+                TxOutcome::RolledBack,
+                "the transaction was rolled back already",
+            );
+        }
+        None
+    }
+
     /// Commits every branch of a logged decision; forgets the decision when all are
     /// done. Returns the number of branches left for recovery.
     pub(crate) async fn phase_two(self: &Arc<Self>, gtrid: &str, branches: &[Branch]) -> PhaseTwo {
@@ -351,9 +434,14 @@ impl Tm {
             }
         }
         if p.heuristic > 0 {
-            self.keep_heuristic(gtrid, &states, &last_error, p.committed > 0)
-                .await;
-            self.lock().deciding.remove(gtrid);
+            if self
+                .keep_heuristic(gtrid, &states, &last_error, p.committed > 0)
+                .await
+            {
+                self.lock().deciding.remove(gtrid);
+            }
+            // Else the refusal is not durable: the transaction stays held (in
+            // `deciding`) so that nothing retries it until the operator looks.
             return p;
         }
         let pending = p.pending;
@@ -384,19 +472,34 @@ impl Tm {
     /// Records durably which branches the resource managers refused (state
     /// [`BRANCH_HEURISTIC`] in the entry), so that recovery leaves the transaction
     /// to the operator, and shows it in `tpmon tx list`.
-    pub(crate) async fn keep_heuristic(&self, gtrid: &str, states: &[u8], why: &str, mixed: bool) {
+    /// Returns whether the outcome is durable in the log.
+    pub(crate) async fn keep_heuristic(
+        &self,
+        gtrid: &str,
+        states: &[u8],
+        why: &str,
+        mixed: bool,
+    ) -> bool {
         let kind = if mixed {
             "heuristic mixed"
         } else {
             "heuristic hazard"
         };
         tracing::error!(gtrid, error = %why, "{kind}: a resource manager refused the commit decision; kept for the operator");
-        if let Some(mut e) = self.log.get(gtrid.as_bytes()) {
+        let mut durable = false;
+        if let Some(mut e) = self
+            .log
+            .get(gtrid.as_bytes())
+            .filter(|_| self.log.holds(gtrid.as_bytes()))
+        {
             for (b, s) in e.branches.iter_mut().zip(states) {
                 b.state = *s;
             }
-            if let Err(err) = self.log_op(move |log| log.put(e)).await {
-                tracing::error!(gtrid, error = %err, "cannot record the heuristic outcome in the log");
+            match self.log_op(move |log| log.put(e)).await {
+                Ok(_) => durable = true,
+                Err(err) => {
+                    tracing::error!(gtrid, error = %err, "cannot record the heuristic outcome in the log")
+                }
             }
         }
         let mut st = self.lock();
@@ -415,6 +518,7 @@ impl Tm {
         for (b, s) in tr.branches.iter_mut().zip(states) {
             b.2 = *s == BRANCH_DONE;
         }
+        durable
     }
 
     async fn commit_branch(&self, gtrid: &str, b: &Branch) -> BranchEnd {

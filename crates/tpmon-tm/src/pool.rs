@@ -13,6 +13,22 @@ use tpmon_config::{RmKind, XaResource};
 use tpmon_xa::postgres::{classify, literal};
 use tpmon_xa::{Rm, XaError, Xid};
 
+/// Longest a resource-manager call of the transaction manager may take; past it the
+/// call counts as "unavailable" (retried later), so that a hung database cannot hold
+/// phase 2 or recovery forever.
+pub const RM_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, XaError>>,
+) -> Result<T, XaError> {
+    match tokio::time::timeout(RM_CALL_TIMEOUT, call).await {
+        Ok(r) => r,
+        Err(_) => Err(XaError::Unavailable(format!(
+            "no answer within {RM_CALL_TIMEOUT:?}"
+        ))),
+    }
+}
+
 /// A pool of sessions with one resource manager.
 pub struct Pool {
     res: XaResource,
@@ -41,6 +57,20 @@ impl Pool {
 
     /// Commits a prepared branch.
     pub async fn commit(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
+        bounded(self.commit_inner(xid)).await
+    }
+
+    /// Rolls back a prepared branch.
+    pub async fn rollback(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
+        bounded(self.rollback_inner(xid)).await
+    }
+
+    /// The prepared branches whose gtrid starts with `prefix`.
+    pub async fn recover(self: &Arc<Self>, prefix: &str) -> Result<Vec<Xid>, XaError> {
+        bounded(self.recover_inner(prefix)).await
+    }
+
+    async fn commit_inner(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
         if self.res.kind == RmKind::Postgres {
             return self
                 .pg_statement(format!("COMMIT PREPARED {}", literal(&xid.gid())))
@@ -50,8 +80,7 @@ impl Pool {
         self.run(move |rm| rm.commit(&xid)).await
     }
 
-    /// Rolls back a prepared branch.
-    pub async fn rollback(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
+    async fn rollback_inner(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
         if self.res.kind == RmKind::Postgres {
             return self
                 .pg_statement(format!("ROLLBACK PREPARED {}", literal(&xid.gid())))
@@ -61,8 +90,7 @@ impl Pool {
         self.run(move |rm| rm.rollback(&xid)).await
     }
 
-    /// The prepared branches whose gtrid starts with `prefix`.
-    pub async fn recover(self: &Arc<Self>, prefix: &str) -> Result<Vec<Xid>, XaError> {
+    async fn recover_inner(self: &Arc<Self>, prefix: &str) -> Result<Vec<Xid>, XaError> {
         if self.res.kind == RmKind::Postgres {
             let prefix = prefix.to_string();
             return self

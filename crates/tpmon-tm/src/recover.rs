@@ -26,6 +26,21 @@ use tpmon_xa::{XaError, Xid};
 use crate::commit::{BRANCH_DONE, BRANCH_HEURISTIC, BRANCH_PENDING};
 use crate::{now_unix_ms, Tm, Tracked, DEADLINE_GRACE, EPOCH_KEY};
 
+/// Holds a transaction in the deciding set for as long as it lives (unless `keep`).
+struct Hold<'a> {
+    tm: &'a Tm,
+    gtrid: String,
+    keep: bool,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.tm.lock().deciding.remove(&self.gtrid);
+        }
+    }
+}
+
 /// What recovery does with one prepared branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -50,17 +65,24 @@ impl Tm {
         let grace = DEADLINE_GRACE.as_millis() as u64;
         self.lock()
             .rolled_back
-            .retain(|_, deadline_s| deadline_s.saturating_mul(1000) + grace > now);
+            .retain(|_, deadline_s| deadline_s.saturating_mul(1000).saturating_add(grace) > now);
     }
 
     /// Decides what to do with a prepared branch of `gtrid` found in a resource
     /// manager (the table in the module documentation).
-    pub(crate) fn presume(&self, gtrid: &str) -> Action {
+    pub(crate) fn presume(&self, xid: &Xid) -> Action {
+        let gtrid = xid.gtrid.as_str();
         let st = self.lock();
         if st.deciding.contains(gtrid) {
             return Action::Leave;
         }
-        if let Some(e) = self.log.get(gtrid.as_bytes()) {
+        // A logged decision covers the branches it lists; another branch of the same
+        // gtrid (one nobody reported) falls to the rules below.
+        if let Some(e) = self
+            .log
+            .get(gtrid.as_bytes())
+            .filter(|e| e.branches.iter().any(|b| b.bqual == xid.bqual.as_bytes()))
+        {
             if e.branches.iter().any(|b| b.state == BRANCH_HEURISTIC) {
                 // Kept for the operator.
                 return Action::Leave;
@@ -90,7 +112,7 @@ impl Tm {
             return Action::Leave;
         }
         let grace = DEADLINE_GRACE.as_millis() as u64;
-        if now_unix_ms() >= g.deadline_s.saturating_mul(1000) + grace {
+        if now_unix_ms() >= g.deadline_s.saturating_mul(1000).saturating_add(grace) {
             Action::RollBack
         } else {
             Action::Leave
@@ -105,9 +127,16 @@ impl Tm {
             .collect();
         for e in entries {
             let gtrid = String::from_utf8_lossy(&e.gtrid).into_owned();
-            if self.lock().deciding.contains(&gtrid) {
+            // Held while driven, so that a manual resolution or a second end does not
+            // act on it at the same time.
+            if !self.lock().deciding.insert(gtrid.clone()) {
                 continue;
             }
+            let mut hold = Hold {
+                tm: self,
+                gtrid: gtrid.clone(),
+                keep: false,
+            };
             // Read it again: whoever decided it may have changed it (recorded a
             // heuristic outcome, completed it) before leaving the deciding set.
             let Some(e) = self.log.get(&e.gtrid).filter(|_| self.log.holds(&e.gtrid)) else {
@@ -197,7 +226,9 @@ impl Tm {
             }
             if refused > 0 && commit {
                 let mixed = done_flags.iter().any(|d| *d);
-                self.keep_heuristic(&gtrid, &states, &last_error, mixed)
+                // Not durable: stay held, so that nothing retries it automatically.
+                hold.keep = !self
+                    .keep_heuristic(&gtrid, &states, &last_error, mixed)
                     .await;
                 continue;
             }
@@ -277,7 +308,7 @@ impl Tm {
             };
             let mut tasks = Vec::new();
             for xid in xids {
-                match self.presume(&xid.gtrid) {
+                match self.presume(&xid) {
                     Action::Leave => {
                         found
                             .entry(xid.gtrid.clone())

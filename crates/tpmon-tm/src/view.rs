@@ -164,7 +164,7 @@ impl Tm {
                     let grace = DEADLINE_GRACE.as_millis() as u64;
                     let running = g.epoch == self.epoch
                         && !st.rolled_back.contains_key(gtrid)
-                        && now_unix_ms() < g.deadline_s.saturating_mul(1000) + grace;
+                        && now_unix_ms() < g.deadline_s.saturating_mul(1000).saturating_add(grace);
                     if running {
                         return Err(format!(
                             "refused: {gtrid} may still be running (its deadline has not \

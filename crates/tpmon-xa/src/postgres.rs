@@ -48,6 +48,8 @@ pub fn classify(e: postgres::Error) -> XaError {
         .map_or_else(|| e.to_string(), |d| d.message().to_string());
     match code {
         Some(c) if c == SqlState::UNDEFINED_OBJECT => XaError::NotFound(text),
+        // "prepared transaction … is busy": another session is finishing it; retry.
+        Some(c) if c == SqlState::OBJECT_IN_USE => XaError::Unavailable(text),
         Some(c) if c == SqlState::ADMIN_SHUTDOWN || c == SqlState::CRASH_SHUTDOWN => {
             XaError::Unavailable(text)
         }

@@ -509,3 +509,76 @@ fn chained_control_and_tx_info() {
     assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
     nothing_left(&d, &f);
 }
+
+#[test]
+fn a_transaction_ends_once_and_servers_join_only_this_domains_transactions() {
+    use std::io::{Read, Write};
+    use tpmon_proto::{encode_frame, Branch, FrameDecoder, Message, TxEnd, TxOutcome, Vote};
+
+    let f = fakes("tx-once");
+    let d = Domain::boot("tx-once", &config(&f.a, &f.b, &[]));
+    // b cannot roll back for now: the rollback leaves b's branch prepared.
+    std::fs::write(f.b.join("script"), "rollback rmfail 2\n").expect("script");
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("once"), Flags::NONE).expect("NESTED");
+    let gtrid = c.tx_info().xid.expect("xid");
+    let on_b = FakeRm::prepared(&f.b);
+    assert_eq!(on_b.len(), 1);
+    let bqual = on_b[0].split('|').nth(1).expect("bqual").to_string();
+    c.tx_rollback().expect("rollback");
+    // Someone sends a commit for the same transaction with b's branch: refused.
+    let mut tm =
+        std::os::unix::net::UnixStream::connect(d.run_dir.join("tm.sock")).expect("tm.sock");
+    let mut frame = Vec::new();
+    let end = TxEnd {
+        gtrid: gtrid.clone().into_bytes(),
+        commit: true,
+        wait_completed: true,
+        branches: vec![Branch {
+            group: 1,
+            bqual: bqual.into_bytes(),
+            vote: Vote::Prepared,
+        }],
+        doomed: String::new(),
+    };
+    encode_frame(&Message::TxEnd(end).encode(), &mut frame);
+    tm.write_all(&frame).expect("send");
+    let mut dec = FrameDecoder::new(1 << 20);
+    let mut buf = [0u8; 4096];
+    let answer = loop {
+        if let Some(body) = dec.next_frame().expect("frame") {
+            break Message::decode(&body).expect("decode");
+        }
+        let n = tm.read(&mut buf).expect("read");
+        assert!(n > 0, "the daemon closed the socket");
+        dec.extend(&buf[..n]);
+    };
+    match answer {
+        Message::TxDone(done) => assert_eq!(done.outcome, TxOutcome::RolledBack, "{done:?}"),
+        other => panic!("unexpected answer {other:?}"),
+    }
+    assert_eq!(
+        calls(&f.b, "commit", None),
+        0,
+        "nothing commits after a rollback"
+    );
+    // Recovery finishes the rollback once b works again.
+    nothing_left(&d, &f);
+
+    // A server refuses to join a transaction of another domain.
+    c.set_transaction(Some(tpmon_proto::TxContext {
+        format_id: tpmon_proto::FORMAT_ID,
+        gtrid: b"other:node:1:1:1:ffffffff".to_vec(),
+        deadline_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_millis() as u64)
+            + 10_000,
+        branches: Vec::new(),
+    }));
+    let e = c
+        .call("ECHO", &s("x"), Flags::NONE)
+        .expect_err("foreign transaction");
+    assert_eq!(e.kind, ErrorKind::Tran, "{e:?}");
+    assert!(FakeRm::prepared(&f.b).is_empty());
+}
