@@ -253,10 +253,27 @@ async fn serve(
     RelayHub::start_reader(dom.clone());
     tokio::spawn(tm_port::serve(dom.clone(), tm_listener));
     {
-        let mut stop = dom.shutdown_rx();
-        tokio::spawn(dom.tm.clone().run_recovery(async move {
-            let _ = stop.changed().await;
-        }));
+        // Recovery runs for the daemon's whole life: a panic in it (a bug) is logged
+        // and the loop started again, never left silently stopped.
+        let dom = dom.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut stop = dom.shutdown_rx();
+                let pass = tokio::spawn(dom.tm.clone().run_recovery(async move {
+                    let _ = stop.changed().await;
+                }));
+                match pass.await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "transaction recovery failed; starting it again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                if dom.is_stopping() {
+                    return;
+                }
+            }
+        });
     }
     for (i, s) in dom.config.servers.iter().enumerate() {
         for k in 0..s.min_instances as usize {

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::{UnixListener, UnixStream};
 use tpmon_proto::{encode_frame, FrameDecoder, Message};
@@ -61,12 +62,30 @@ pub async fn serve(dom: Arc<Domain>, listener: UnixListener) {
 /// comes, makes the decision durable itself and answers, so that a commit costs no
 /// hop between threads beyond the two the socket needs. Ends when the peer closes.
 fn connection(dom: Arc<Domain>, stream: UnixStream) {
+    // One thread per originator: bounded by the domain's clients plus its server
+    // instances (each may originate), so that a runaway local process cannot spawn
+    // threads without end.
+    let limit = dom.config.limits.clients_max as usize
+        + dom
+            .config
+            .servers
+            .iter()
+            .map(|s| s.max_instances as usize)
+            .sum::<usize>();
+    if OPEN.fetch_add(1, Ordering::AcqRel) >= limit {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(
+            "tm socket: refused a connection: {limit} are open (clients_max plus instances)"
+        );
+        return;
+    }
     let stream = match stream
         .into_std()
         .and_then(|s| s.set_nonblocking(false).map(|()| s))
     {
         Ok(s) => s,
         Err(e) => {
+            OPEN.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(error = %e, "tm socket: cannot take over a connection");
             return;
         }
@@ -74,11 +93,18 @@ fn connection(dom: Arc<Domain>, stream: UnixStream) {
     let handle = tokio::runtime::Handle::current();
     let spawned = std::thread::Builder::new()
         .name("tpmon-tm-port".into())
-        .spawn(move || serve_blocking(&dom, &handle, stream));
+        .spawn(move || {
+            serve_blocking(&dom, &handle, stream);
+            OPEN.fetch_sub(1, Ordering::AcqRel);
+        });
     if let Err(e) = spawned {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
         tracing::warn!(error = %e, "tm socket: cannot start a thread for a connection");
     }
 }
+
+/// Connections being served.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
 
 fn serve_blocking(
     dom: &Arc<Domain>,
