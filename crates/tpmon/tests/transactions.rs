@@ -582,3 +582,31 @@ fn a_transaction_ends_once_and_servers_join_only_this_domains_transactions() {
     assert_eq!(e.kind, ErrorKind::Tran, "{e:?}");
     assert!(FakeRm::prepared(&f.b).is_empty());
 }
+
+#[test]
+fn another_domains_log_is_refused() {
+    let f = fakes("tx-foreign-log");
+    let logs = support::TempDir::new("tx-foreign-log-dir");
+    let log_dir = logs.path.join("txlog");
+    let line = format!(
+        "log_dir = {}",
+        support::toml_string(&log_dir.display().to_string())
+    );
+    let cfg = config(&f.a, &f.b, &[&line]);
+    let mut d = Domain::boot("tx-foreign-log", &cfg);
+    assert!(d.down().ok());
+    // The same log directory for a domain of another name.
+    let other = cfg.render().replace("name = \"it\"", "name = \"other\"");
+    assert!(other.contains("name = \"other\""));
+    let tmp = support::TempDir::new("tx-foreign-log-other");
+    let conf = tmp.path.join("domain.toml");
+    std::fs::write(&conf, other).expect("config");
+    let run = support::boot_detached(&conf, &tmp.path.join("run"));
+    assert!(!run.ok(), "boot must refuse another domain's log: {run:?}");
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(text.contains(&log_dir.display().to_string()), "{text}");
+    assert!(
+        text.contains("belongs to domain it node it"),
+        "names the owner: {text}"
+    );
+}
