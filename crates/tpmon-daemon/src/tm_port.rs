@@ -118,9 +118,11 @@ fn serve_blocking(
         loop {
             match decoder.next_frame() {
                 Ok(Some(body)) => {
-                    let reply = match Message::decode(&body) {
+                    let (reply, after) = match Message::decode(&body) {
                         Ok(Message::TxEnd(end)) => {
-                            Message::TxDone(handle.block_on(dom.tm.end_on(end, LogCall::Direct)))
+                            let (done, job) =
+                                handle.block_on(dom.tm.end_deferred(end, LogCall::Direct));
+                            (Message::TxDone(done), job)
                         }
                         Ok(_) => {
                             tracing::warn!("tm socket: unexpected message; closing");
@@ -133,7 +135,13 @@ fn serve_blocking(
                     };
                     out.clear();
                     encode_frame(&reply.encode(), &mut out);
-                    if stream.write_all(&out).is_err() {
+                    let sent = stream.write_all(&out);
+                    // Phase 2 on this thread, after the answer: the originator's next
+                    // request waits for it, which is the back-pressure it needs.
+                    if let Some(job) = after {
+                        handle.block_on(job.run());
+                    }
+                    if sent.is_err() {
                         return;
                     }
                 }

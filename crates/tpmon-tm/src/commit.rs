@@ -10,6 +10,23 @@ use tpmon_xa::{failpoint, XaError, Xid};
 
 use crate::{now_unix_ms, Tm, Tracked};
 
+/// Phase 2 of a transaction whose originator was already answered (see
+/// [`Tm::end_deferred`]).
+#[must_use = "phase 2 must run: call `run`"]
+pub struct PhaseTwoJob {
+    tm: Arc<Tm>,
+    gtrid: String,
+    branches: Vec<Branch>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl PhaseTwoJob {
+    /// Commits every branch (recovery finishes what fails).
+    pub async fn run(self) {
+        self.tm.phase_two(&self.gtrid, &self.branches).await;
+    }
+}
+
 /// How [`Tm::end_on`] makes its blocking log write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogCall {
@@ -66,6 +83,34 @@ impl Tm {
     /// `Handle::block_on` (the local port does that: no hop between threads on the
     /// commit path), or in place on a runtime worker.
     pub async fn end_on(self: &Arc<Self>, req: TxEnd, how: LogCall) -> TxDone {
+        let mut after = None;
+        let answer = self.end_inner(req, how, &mut after).await;
+        if let Some(job) = after {
+            tokio::spawn(job.run());
+        }
+        answer
+    }
+
+    /// [`Tm::end_on`] that leaves phase 2 to the caller when the answer does not wait
+    /// for it: the caller sends the answer, then runs the returned job. The local
+    /// port does that on its own thread, which saves handing phase 2 to the runtime
+    /// (a wake-up per commit).
+    pub async fn end_deferred(
+        self: &Arc<Self>,
+        req: TxEnd,
+        how: LogCall,
+    ) -> (TxDone, Option<PhaseTwoJob>) {
+        let mut after = None;
+        let answer = self.end_inner(req, how, &mut after).await;
+        (answer, after)
+    }
+
+    async fn end_inner(
+        self: &Arc<Self>,
+        req: TxEnd,
+        how: LogCall,
+        after: &mut Option<PhaseTwoJob>,
+    ) -> TxDone {
         let Some(g) = Gtrid::parse(&req.gtrid) else {
             return done(&req.gtrid, TxOutcome::Refused, "not a tpmon transaction id");
         };
@@ -338,10 +383,11 @@ impl Tm {
             // (which cap them: max_prepared_transactions). The answer waits for a
             // place among the transactions in phase 2.
             let permit = self.phase_two_slots.clone().acquire_owned().await;
-            let me = self.clone();
-            tokio::spawn(async move {
-                me.phase_two(&text, &prepared).await;
-                drop(permit);
+            *after = Some(PhaseTwoJob {
+                tm: self.clone(),
+                gtrid: text,
+                branches: prepared,
+                _slot: permit.ok(),
             });
             done(&req.gtrid, TxOutcome::Committed, "")
         }

@@ -32,7 +32,7 @@ pub mod pool;
 mod recover;
 mod view;
 
-pub use commit::LogCall;
+pub use commit::{LogCall, PhaseTwoJob};
 pub use view::{TxView, TxViewBranch};
 
 use pool::Pool;
