@@ -610,3 +610,34 @@ fn another_domains_log_is_refused() {
         "names the owner: {text}"
     );
 }
+
+#[test]
+fn garbage_on_the_tm_socket_closes_only_that_connection() {
+    use std::io::{Read, Write};
+
+    let f = fakes("tx-garbage");
+    let d = Domain::boot("tx-garbage", &config(&f.a, &f.b, &[]));
+    for junk in [
+        &b"\x00\x00\x00\x05hello"[..],    // a frame that is not a message
+        &b"\xff\xff\xff\xffxxxx"[..],     // a frame far beyond the limit
+        &b"\x00\x00\x00\x02\x02\x0a"[..], // a TxEnd cut short
+    ] {
+        let mut s =
+            std::os::unix::net::UnixStream::connect(d.run_dir.join("tm.sock")).expect("tm.sock");
+        s.write_all(junk).expect("send");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            s.read(&mut buf).expect("the daemon closes the connection"),
+            0
+        );
+    }
+    // Everyone else is still served.
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("after"), Flags::NONE).expect("NESTED");
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
+    nothing_left(&d, &f);
+    assert!(d.log().contains("tm socket"), "the daemon logs why");
+}
