@@ -368,14 +368,6 @@ fn postgres_part(
             (server.url("bench1"), server.url("bench2"))
         }
     };
-    let instances = concurrency.iter().copied().max().unwrap_or(1);
-    let dom = TempDomain::boot_with(
-        "bench-tx-pg",
-        &bank_domain_toml(&db1, &db2, instances),
-        false,
-        &[("bank.fld", BANK_FLD)],
-    )?;
-    let dir = dom.dir.clone();
     if !as_json {
         println!(
             "\ntwo PostgreSQL databases: TRANSFER (UPDATE + INSERT in each, both prepared), commit"
@@ -384,7 +376,15 @@ fn postgres_part(
     }
     let mut out = Vec::new();
     for &n in concurrency {
-        let (d1, d2, d) = (db1.clone(), db2.clone(), dir.clone());
+        // Each point gets a domain sized for it: as many instances of each bank
+        // server as clients, as an operator would configure.
+        let dom = TempDomain::boot_with(
+            "bench-tx-pg",
+            &bank_domain_toml(&db1, &db2, n),
+            false,
+            &[("bank.fld", BANK_FLD)],
+        )?;
+        let (d1, d2, d) = (db1.clone(), db2.clone(), dom.dir.clone());
         let base = clients_point(n, seconds, move |i| baseline_op(&d1, &d2, &d, i))?;
         let addr = dom.addr.clone();
         for s in [&CALL_NS, &COMMIT_NS, &SPLITS] {
@@ -410,8 +410,8 @@ fn postgres_part(
         out.push(
             json!({"concurrency": n, "tpmon": pj(&tp), "baseline": pj(&base), "ratio": ratio}),
         );
+        drop(dom);
     }
-    drop(dom);
     Ok(json!(out))
 }
 
