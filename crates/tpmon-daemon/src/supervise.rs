@@ -363,6 +363,23 @@ async fn start_instance(
             tokio::select! {
                 status = running.child.wait() => {
                     let status = status.map_err(|e| format!("waiting for pid {pid}: {e}"))?;
+                    // The instance may have said why before it exited: its message is
+                    // still in the socket. (Bounded: a child of the instance could
+                    // still hold the socket open.)
+                    let said = tokio::time::timeout(Duration::from_millis(200), async {
+                        while let Some(m) =
+                            read_control(&mut running.control, &mut running.decoder).await
+                        {
+                            if let ControlMessage::InitFailed { reason } = m {
+                                return Some(reason);
+                            }
+                        }
+                        None
+                    })
+                    .await;
+                    if let Ok(Some(reason)) = said {
+                        return Err(reason);
+                    }
                     return Err(format!("{} {} during start-up", exe.display(), describe_exit(status)));
                 }
                 msg = read_control(&mut running.control, &mut running.decoder) => match msg {
