@@ -414,3 +414,36 @@ fn random_kill_loop_keeps_the_bank_consistent() {
     eprintln!("{} transfers acknowledged", acked.len());
     dbs.check(&d, &acked);
 }
+
+#[test]
+fn database_restart_between_the_prepares() {
+    // CREDIT (database 2) prepared; TRANSFER waits at its own prepare while PostgreSQL
+    // restarts: its session is gone, so the transaction rolls back, CREDIT's prepared
+    // branch included.
+    crash_case(Case {
+        tag: "bank-db-restart-between",
+        point: Point::Server("bank1", "server.before_prepare"),
+        act: Act::RestartDb,
+        first: Expect::RolledBack,
+    });
+}
+
+#[test]
+fn database_restart_after_every_prepare_before_the_decision() {
+    crash_case(Case {
+        tag: "bank-db-restart-before-decision",
+        point: Point::Daemon("tm.before_decision"),
+        act: Act::RestartDb,
+        first: Expect::Committed,
+    });
+}
+
+#[test]
+fn database_restart_during_phase_two() {
+    crash_case(Case {
+        tag: "bank-db-restart-phase2-during",
+        point: Point::Daemon("tm.phase2"),
+        act: Act::RestartDb,
+        first: Expect::Committed,
+    });
+}
