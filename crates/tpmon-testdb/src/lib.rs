@@ -7,9 +7,11 @@
 //! [`install_maria`]). It does not own any schema or any test: callers create their
 //! databases and tables.
 //!
-//! Each server runs in its own process group, so that [`PgServer::kill9`] /
-//! [`MariaServer::kill9`] take down the whole server at once, exactly as a crash
-//! would, and a Ctrl-C on the terminal does not reach it. Dropping a server stops it
+//! Each server runs in its own process group, so that a Ctrl-C on the terminal does
+//! not reach it. [`PgServer::kill9`] / [`MariaServer::kill9`] take down the whole
+//! server at once, exactly as a crash would: the server is stopped, its descendants
+//! (PostgreSQL's backends live in process groups of their own) are listed and all
+//! are killed, and the call returns only once none of them is alive. Dropping a server stops it
 //! and removes its directory (and, for a PostgreSQL server that was killed, the shared
 //! memory it left); servers still alive when the process exits normally (for example
 //! ones held in a `static`, which is never dropped) are stopped and removed by an
@@ -238,18 +240,45 @@ impl Proc {
         }
     }
 
-    /// SIGKILLs the whole process group (the server and all its children), reaps the
-    /// server and waits until every member of the group has exited (up to 20 s: a
-    /// process in an uninterruptible disk wait dies only when the I/O completes), so
-    /// that none still holds the server's shared memory, files or port.
+    /// SIGKILLs the server and every process it started, reaps the server and waits
+    /// until none of them is alive (up to 20 s: a process in an uninterruptible disk
+    /// wait dies only when the I/O completes), so that none still holds the server's
+    /// shared memory, files or port.
+    ///
+    /// Killing the process group is not enough: PostgreSQL's backends call `setsid()`
+    /// and live in groups of their own. So the server is first stopped (SIGSTOP: it
+    /// can fork no more), its descendants are listed from `/proc`, and then all of
+    /// them are killed at once, as a machine crash would.
     fn kill9(&mut self) {
-        let pgid = self.pid();
-        let _ = killpg(pgid, Signal::SIGKILL);
-        let _ = kill(pgid, Signal::SIGKILL);
+        let pid = self.pid();
+        let _ = kill(pid, Signal::SIGSTOP);
+        let stop_deadline = Instant::now() + Duration::from_secs(1);
+        while !matches!(proc_state(pid), None | Some('T' | 't' | 'Z' | 'X'))
+            && Instant::now() < stop_deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let family = descendants(pid);
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = kill(pid, Signal::SIGKILL);
+        for &p in &family {
+            let _ = kill(p, Signal::SIGKILL);
+        }
         let _ = self.child.wait();
         let deadline = Instant::now() + STOP_DEADLINE;
-        while group_alive(pgid) && Instant::now() < deadline {
-            let _ = killpg(pgid, Signal::SIGKILL);
+        loop {
+            let alive: Vec<Pid> = family
+                .iter()
+                .copied()
+                .filter(|&p| !matches!(proc_state(p), None | Some('Z' | 'X')))
+                .collect();
+            if (alive.is_empty() && !group_alive(pid)) || Instant::now() >= deadline {
+                break;
+            }
+            let _ = killpg(pid, Signal::SIGKILL);
+            for p in alive {
+                let _ = kill(p, Signal::SIGKILL);
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -263,6 +292,53 @@ impl Proc {
         }
         self.kill9();
     }
+}
+
+/// The state letter of process `pid` from `/proc/PID/stat` (`R`, `S`, `D`, `T`, `Z`,
+/// ...), or `None` when there is no such process.
+fn proc_state(pid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())).ok()?;
+    // "pid (comm) state ...": comm may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.chars().next()
+}
+
+/// Every live descendant of `root` (children, their children, ...), from `/proc`.
+fn descendants(root: Pid) -> Vec<Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut parent_of: Vec<(i32, i32)> = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if let Some(ppid) = rest.split(' ').nth(1).and_then(|f| f.parse::<i32>().ok()) {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root.as_raw()];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        for &(pid, ppid) in &parent_of {
+            if ppid == parent && !found.contains(&pid) {
+                found.push(pid);
+            }
+        }
+        i += 1;
+    }
+    found.into_iter().skip(1).map(Pid::from_raw).collect()
 }
 
 /// True while a process of group `pgid` is alive: exited members (zombies waiting for

@@ -11,6 +11,14 @@ fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
+/// True while a process with this pid exists and is not a zombie.
+fn live_process(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
 fn pid_in(file: &std::path::Path) -> i32 {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     text.lines()
@@ -87,10 +95,39 @@ fn pg_server_lifecycle() {
 
     let mut c = connect();
     c.batch_execute("INSERT INTO t VALUES (2)").expect("write");
+    // A backend busy computing does not notice its postmaster's death.
+    let mut busy = connect();
+    let backend: i32 = busy
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("backend pid")
+        .get(0);
+    let spinner = std::thread::spawn(move || {
+        let _ = busy.simple_query("SELECT count(*) FROM generate_series(1, 10000000000)");
+    });
+    let spin_deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !connect()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+            &[&backend],
+        )
+        .expect("activity")
+        .get::<_, i64>(0)
+        .eq(&1)
+    {
+        assert!(
+            Instant::now() < spin_deadline,
+            "the busy query never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let t = Instant::now();
     s.kill9();
     eprintln!("pg kill9: {:?}", t.elapsed());
     assert!(!s.is_running());
+    // Backends live in process groups of their own; kill9 returns only once they
+    // are gone too (else a restart finds the shared memory still attached).
+    assert!(!live_process(backend), "the backend outlived kill9");
+    let _ = spinner.join();
     assert!(c.simple_query("SELECT 1").is_err(), "old sessions are cut");
     // The dead postmaster's pid now belongs to another process of the same user
     // (pids wrap quickly): the restart must not take it for a live server.
