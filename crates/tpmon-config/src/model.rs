@@ -203,6 +203,8 @@ pub enum RmKind {
     Noop,
     /// A scripted resource manager kept in a directory, for fault injection in tests.
     Fake,
+    /// tpmon's embedded memory-resident store (spec 03), hosted by the node daemon.
+    Embedded,
 }
 
 impl RmKind {
@@ -213,6 +215,7 @@ impl RmKind {
             RmKind::Mariadb => "mariadb",
             RmKind::Noop => "noop",
             RmKind::Fake => "fake",
+            RmKind::Embedded => "embedded",
         }
     }
 }
@@ -227,7 +230,29 @@ pub struct XaResource {
     pub open: Password,
     /// Most connections the transaction manager keeps to it (phase 2, recovery).
     pub pool_max: u32,
+    /// Embedded only: how often the site takes a checkpoint (delta), in ms.
+    pub checkpoint_interval_ms: u64,
+    /// Embedded only: longest a lock request waits, in ms.
+    pub lock_timeout_ms: u64,
 }
+
+impl XaResource {
+    /// A resource of `kind` with this open string and the default settings.
+    pub fn new(kind: RmKind, open: impl Into<String>) -> XaResource {
+        XaResource {
+            kind,
+            open: Password::new(open.into()),
+            pool_max: 4,
+            checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
+            lock_timeout_ms: DEFAULT_LOCK_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Default delta of an embedded site: a checkpoint every 10 s.
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 10_000;
+/// Default lock-wait timeout of an embedded site.
+pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 5_000;
 
 /// A server group (`[[group]]`).
 #[derive(Clone, Debug, PartialEq, Eq)]

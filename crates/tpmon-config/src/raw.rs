@@ -112,6 +112,8 @@ pub(crate) struct RawRmTable {
     pub kind: String,
     pub open: Option<String>,
     pub pool_max: Option<i64>,
+    pub checkpoint_interval_ms: Option<i64>,
+    pub lock_timeout_ms: Option<i64>,
 }
 
 /// One `[[server]]`.

@@ -1120,16 +1120,22 @@ fn resource_managers_and_transaction_settings() {
 
 #[test]
 fn unsupported_rm_kind() {
+    // The embedded kind needs no open string; its settings are checked.
     let v = with_domain(&["[[group]]", "name = \"G\"", "rm = \"embedded\""]);
+    let c = parse_ok(&lines(&v));
+    let rm = c.groups[0].rm.xa().expect("xa");
+    assert_eq!(rm.kind, crate::RmKind::Embedded);
+    assert_eq!(rm.open.expose(), "");
+    assert_eq!(rm.checkpoint_interval_ms, 10_000);
+    let v = with_domain(&[
+        "[[group]]",
+        "name = \"G\"",
+        "[group.rm]",
+        "kind = \"embedded\"",
+        "checkpoint_interval_ms = 5",
+    ]);
     let e = parse_err(&lines(&v));
-    check(
-        &e,
-        ErrorKind::Unsupported,
-        6,
-        Some("group \"G\""),
-        Some("rm"),
-    );
-    assert!(e.message().contains("not supported yet"), "{e}");
+    assert!(e.message().contains("checkpoint_interval_ms"), "{e}");
 
     let v = with_domain(&["[[group]]", "name = \"G\"", "rm = \"oracle\""]);
     let e = parse_err(&lines(&v));

@@ -71,8 +71,6 @@ const PASSWORD_BYTES_MAX: usize = 255;
 /// Longest node host name (the DNS limit).
 const HOST_LEN_MAX: usize = 253;
 
-/// The resource manager kinds tpmon will support but does not yet.
-const RM_KINDS_LATER: [&str; 1] = ["embedded"];
 
 // `[domain.tx]`.
 const TX_TIMEOUT_S: Bound = bound(30, 1, 86_400);
@@ -81,6 +79,14 @@ const RECOVERY_INTERVAL_MS: Bound = bound(1000, 10, 600_000);
 const TX_ENTRIES: Bound = bound(65_536, 16, 10_000_000);
 // `[group.rm]`.
 const RM_POOL: Bound = bound(8, 1, 1024);
+/// An embedded site's checkpoint interval (delta), in ms: 10 ms to a day.
+const RM_CHECKPOINT_INTERVAL: Bound = bound(
+    crate::model::DEFAULT_CHECKPOINT_INTERVAL_MS,
+    10,
+    86_400_000,
+);
+/// An embedded site's lock-wait timeout, in ms.
+const RM_LOCK_TIMEOUT: Bound = bound(crate::model::DEFAULT_LOCK_TIMEOUT_MS, 1, 3_600_000);
 
 /// The label of the `index`-th entry (0-based) of a section in messages: `server "qsrv"`
 /// if the entry has a valid name, else `server #2` (numbered from 1).
@@ -839,13 +845,15 @@ fn rm(
     spanned: &Spanned<RawRm>,
 ) -> Result<ResourceManager, ConfigError> {
     let at = |v| Spanned::new(spanned.span(), v);
-    let (kind_value, open, pool_max, key) = match spanned.get_ref() {
-        RawRm::Kind(k) => (at(k.clone()), None, None, "rm"),
+    let (kind_value, open, pool_max, key, interval, lock_timeout) = match spanned.get_ref() {
+        RawRm::Kind(k) => (at(k.clone()), None, None, "rm", None, None),
         RawRm::Table(t) => (
             at(t.kind.clone()),
             t.open.clone().map(at),
             t.pool_max.map(|n| Spanned::new(spanned.span(), n)),
             "rm.kind",
+            t.checkpoint_interval_ms.map(|n| Spanned::new(spanned.span(), n)),
+            t.lock_timeout_ms.map(|n| Spanned::new(spanned.span(), n)),
         ),
     };
     let kind = match kind_value.get_ref().as_str() {
@@ -854,15 +862,7 @@ fn rm(
         "mariadb" | "mysql" => RmKind::Mariadb,
         "noop" => RmKind::Noop,
         "fake" => RmKind::Fake,
-        kind if RM_KINDS_LATER.contains(&kind) => {
-            return Err(ctx.err(
-                scope,
-                key,
-                kind_value.span().start,
-                ErrorKind::Unsupported,
-                format!("resource manager kind {kind:?} is not supported yet"),
-            ));
-        }
+        "embedded" => RmKind::Embedded,
         kind => {
             return Err(ctx.err(
                 scope,
@@ -878,7 +878,7 @@ fn rm(
     };
     let open = match &open {
         Some(v) => ctx.expanded(scope, "rm.open", v)?,
-        None if kind == RmKind::Noop => String::new(),
+        None if kind == RmKind::Noop || kind == RmKind::Embedded => String::new(),
         None => {
             return Err(ctx.err(
                 scope,
@@ -892,16 +892,30 @@ fn rm(
             ))
         }
     };
-    let open = if kind == RmKind::Fake {
+    let open = if kind == RmKind::Fake || (kind == RmKind::Embedded && !open.is_empty()) {
         ctx.base_dir.join(open).display().to_string()
     } else {
         open
     };
     let pool_max = ctx.int(scope, "rm.pool_max", pool_max.as_ref(), RM_POOL)?;
+    let interval = ctx.int(
+        scope,
+        "rm.checkpoint_interval_ms",
+        interval.as_ref(),
+        RM_CHECKPOINT_INTERVAL,
+    )?;
+    let lock_timeout = ctx.int(
+        scope,
+        "rm.lock_timeout_ms",
+        lock_timeout.as_ref(),
+        RM_LOCK_TIMEOUT,
+    )?;
     Ok(ResourceManager::Xa(XaResource {
         kind,
         open: Password::new(open),
         pool_max: narrow(pool_max),
+        checkpoint_interval_ms: interval,
+        lock_timeout_ms: lock_timeout,
     }))
 }
 

@@ -121,17 +121,16 @@ fn open_rm() -> Result<Option<Box<dyn Rm>>, String> {
         "mariadb" => tpmon_config::RmKind::Mariadb,
         "noop" => tpmon_config::RmKind::Noop,
         "fake" => tpmon_config::RmKind::Fake,
+        "embedded" => tpmon_config::RmKind::Embedded,
         other => return Err(format!("unknown resource manager kind {other:?}")),
     };
-    let res = tpmon_config::XaResource {
-        kind,
-        open: tpmon_config::Password::new(std::env::var(ENV_RM_OPEN).unwrap_or_default()),
-        pool_max: std::env::var(ENV_RM_POOL_MAX)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1),
-    };
-    tpmon_xa::open(&res)
+    let mut res =
+        tpmon_config::XaResource::new(kind, std::env::var(ENV_RM_OPEN).unwrap_or_default());
+    res.pool_max = std::env::var(ENV_RM_POOL_MAX)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    tpmon_rm::open(&res)
         .map(Some)
         .map_err(|e| format!("cannot open the {} resource manager: {e}", kind.as_str()))
 }

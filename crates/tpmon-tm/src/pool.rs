@@ -207,7 +207,7 @@ impl Pool {
         let joined = tokio::task::spawn_blocking(move || {
             let mut rm = match cached {
                 Some(rm) => rm,
-                None => match tpmon_xa::open(&res) {
+                None => match tpmon_rm::open(&res) {
                     Ok(rm) => rm,
                     Err(e) => return (None, Err(e)),
                 },

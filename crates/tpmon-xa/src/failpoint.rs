@@ -5,7 +5,8 @@
 //! process sends itself SIGKILL: exactly a `kill -9` at that step), `kill@N` (on the
 //! N-th hit, counting from 1), or `wait:PATH` (on the first hit only: create the file
 //! PATH, then block until it is removed; the test restarts a database or kills another
-//! process meanwhile).
+//! process meanwhile), or `fire` (for [`fires`]: fault injection the caller performs,
+//! such as corrupting a site's memory).
 //!
 //! Why not the `fail` crate: it can panic or return at a failpoint but not kill the
 //! process the way `kill -9` does, and its actions are process-local, while ours must
@@ -17,6 +18,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 enum Action {
+    Fire,
     Kill { at: u64 },
     Wait(std::path::PathBuf),
 }
@@ -45,6 +47,8 @@ fn points() -> &'static [Point] {
                     Action::Kill {
                         at: n.parse().ok()?,
                     }
+                } else if action == "fire" {
+                    Action::Fire
                 } else if action == "kill" {
                     Action::Kill { at: 1 }
                 } else {
@@ -88,7 +92,17 @@ pub fn hit(name: &str) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
-            Action::Wait(_) => {}
+            Action::Wait(_) | Action::Fire => {}
         }
     }
+}
+
+/// True the first time step `name` is reached when the failpoint is configured with
+/// the action `fire` (fault injection that is not a crash: the caller acts).
+pub fn fires(name: &str) -> bool {
+    points().iter().any(|p| {
+        p.name == name
+            && matches!(p.action, Action::Fire)
+            && p.hits.fetch_add(1, Ordering::AcqRel) == 0
+    })
 }

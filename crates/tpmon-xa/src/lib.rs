@@ -100,10 +100,22 @@ pub trait Rm: Send {
     fn begin(&mut self, xid: &Xid) -> Result<(), XaError>;
     /// Ends the branch's work and prepares it; the vote is the answer.
     fn prepare(&mut self, xid: &Xid) -> Result<Vote, XaError>;
+    /// [`Rm::prepare`], with the checkpoint number the vote carries (spec 03's
+    /// LCPN+1; 0 for resource managers without checkpoints).
+    fn prepare_cpn(&mut self, xid: &Xid) -> Result<(Vote, u64), XaError> {
+        Ok((self.prepare(xid)?, 0))
+    }
     /// Rolls back the branch that is active on this session (not prepared).
     fn rollback_active(&mut self, xid: &Xid) -> Result<(), XaError>;
     /// Commits a prepared branch (from any session).
     fn commit(&mut self, xid: &Xid) -> Result<(), XaError>;
+    /// [`Rm::commit`] with the transaction's global checkpoint number and
+    /// originating site (spec 03's decision message); ignored by resource managers
+    /// without checkpoints.
+    fn commit_at(&mut self, xid: &Xid, gcpn: u64, origin: u16) -> Result<(), XaError> {
+        let _ = (gcpn, origin);
+        self.commit(xid)
+    }
     /// Rolls back a prepared branch (from any session).
     fn rollback(&mut self, xid: &Xid) -> Result<(), XaError>;
     /// The prepared branches whose gtrid starts with `prefix`.
@@ -122,6 +134,11 @@ pub fn open(res: &XaResource) -> Result<Box<dyn Rm>, XaError> {
         RmKind::Mariadb => Box::new(mariadb::MariaRm::connect(res.open.expose())?),
         RmKind::Noop => Box::new(noop::NoopRm),
         RmKind::Fake => Box::new(fake::FakeRm::open(res.open.expose())?),
+        RmKind::Embedded => {
+            return Err(XaError::Protocol(
+                "the embedded resource manager is opened through tpmon_rm::open".into(),
+            ))
+        }
     })
 }
 
