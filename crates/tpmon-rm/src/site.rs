@@ -381,6 +381,12 @@ impl Site {
         self.lcpn.load(Ordering::Acquire)
     }
 
+    /// The number of the newest checkpoint on disk (equal to LCPN except while a
+    /// checkpoint is being made, when LCPN is one more).
+    pub fn checkpoint_number(&self) -> u64 {
+        self.ccp.load(Ordering::Acquire)
+    }
+
     /// Sets how redo requests reach other sites.
     pub fn set_links(&self, links: Arc<dyn Links>) {
         *self.links.write().unwrap_or_else(|p| p.into_inner()) = Some(links);
