@@ -190,6 +190,15 @@ impl ResourceManager {
             ResourceManager::Xa(x) => Some(x),
         }
     }
+
+    /// The XA resource, mutably (the daemon points an embedded site's open string at
+    /// its socket).
+    pub fn xa_mut(&mut self) -> Option<&mut XaResource> {
+        match self {
+            ResourceManager::None => None,
+            ResourceManager::Xa(x) => Some(x),
+        }
+    }
 }
 
 /// Kinds of XA resource managers.

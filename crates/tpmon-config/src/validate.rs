@@ -71,7 +71,6 @@ const PASSWORD_BYTES_MAX: usize = 255;
 /// Longest node host name (the DNS limit).
 const HOST_LEN_MAX: usize = 253;
 
-
 // `[domain.tx]`.
 const TX_TIMEOUT_S: Bound = bound(30, 1, 86_400);
 const TX_TIMEOUT_MAX_S: Bound = bound(300, 1, 86_400);
@@ -80,11 +79,8 @@ const TX_ENTRIES: Bound = bound(65_536, 16, 10_000_000);
 // `[group.rm]`.
 const RM_POOL: Bound = bound(8, 1, 1024);
 /// An embedded site's checkpoint interval (delta), in ms: 10 ms to a day.
-const RM_CHECKPOINT_INTERVAL: Bound = bound(
-    crate::model::DEFAULT_CHECKPOINT_INTERVAL_MS,
-    10,
-    86_400_000,
-);
+const RM_CHECKPOINT_INTERVAL: Bound =
+    bound(crate::model::DEFAULT_CHECKPOINT_INTERVAL_MS, 10, 86_400_000);
 /// An embedded site's lock-wait timeout, in ms.
 const RM_LOCK_TIMEOUT: Bound = bound(crate::model::DEFAULT_LOCK_TIMEOUT_MS, 1, 3_600_000);
 
@@ -852,7 +848,8 @@ fn rm(
             t.open.clone().map(at),
             t.pool_max.map(|n| Spanned::new(spanned.span(), n)),
             "rm.kind",
-            t.checkpoint_interval_ms.map(|n| Spanned::new(spanned.span(), n)),
+            t.checkpoint_interval_ms
+                .map(|n| Spanned::new(spanned.span(), n)),
             t.lock_timeout_ms.map(|n| Spanned::new(spanned.span(), n)),
         ),
     };

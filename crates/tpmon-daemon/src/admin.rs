@@ -64,6 +64,83 @@ pub async fn serve(
                         Err(text) => reply(&mut stream, false, text).await,
                     }
                 }
+                Some(Message::Admin(AdminRequest::RmRecover { site })) => {
+                    let Some(s) = dom.sites.named(&site).cloned() else {
+                        reply(
+                            &mut stream,
+                            false,
+                            format!("no embedded site named {site:?} on this node"),
+                        )
+                        .await;
+                        return;
+                    };
+                    tracing::info!(%site, "operator starts rollback-recovery (Algorithm 3)");
+                    let r = tokio::task::spawn_blocking(move || s.recover_failed()).await;
+                    match r {
+                        Ok(Ok(n)) => {
+                            reply(
+                                &mut stream,
+                                true,
+                                format!("site {site:?} restored checkpoint {n} and redid its log"),
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => {
+                            reply(
+                                &mut stream,
+                                false,
+                                format!("rollback-recovery of {site:?} failed: {e}"),
+                            )
+                            .await
+                        }
+                        Err(e) => {
+                            reply(
+                                &mut stream,
+                                false,
+                                format!("rollback-recovery of {site:?} failed: {e}"),
+                            )
+                            .await
+                        }
+                    }
+                }
+                Some(Message::Admin(AdminRequest::RmCheckpoint { site })) => {
+                    let Some(s) = dom.sites.named(&site).cloned() else {
+                        reply(
+                            &mut stream,
+                            false,
+                            format!("no embedded site named {site:?} on this node"),
+                        )
+                        .await;
+                        return;
+                    };
+                    let r = tokio::task::spawn_blocking(move || s.checkpoint_now()).await;
+                    match r {
+                        Ok(Ok(n)) => {
+                            reply(
+                                &mut stream,
+                                true,
+                                format!("site {site:?} took checkpoint {n}"),
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => {
+                            reply(
+                                &mut stream,
+                                false,
+                                format!("checkpoint of {site:?} failed: {e}"),
+                            )
+                            .await
+                        }
+                        Err(e) => {
+                            reply(
+                                &mut stream,
+                                false,
+                                format!("checkpoint of {site:?} failed: {e}"),
+                            )
+                            .await
+                        }
+                    }
+                }
                 Some(Message::Admin(AdminRequest::Down)) => {
                     tracing::info!("shutdown requested on the admin socket");
                     let _ = down.send(stream);

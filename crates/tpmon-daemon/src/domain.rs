@@ -87,6 +87,8 @@ pub struct Domain {
     pub started: Instant,
     /// The node's transaction manager.
     pub tm: Arc<tpmon_tm::Tm>,
+    /// The embedded sites this node hosts.
+    pub sites: crate::sites::Sites,
 }
 
 impl Domain {

@@ -42,4 +42,12 @@ pub enum DaemonError {
     /// The transaction manager could not start (its log is damaged or unreadable).
     #[error("{0}")]
     Tm(#[from] tpmon_tm::TmError),
+    /// An embedded site could not be opened (its files are damaged or unreadable).
+    #[error("embedded site of group {group:?}: {error}")]
+    Site {
+        /// The group.
+        group: String,
+        /// Why.
+        error: tpmon_rm::RmError,
+    },
 }

@@ -19,6 +19,7 @@ mod domain;
 mod error;
 mod relay;
 mod run;
+mod sites;
 mod status;
 mod supervise;
 mod tm_port;

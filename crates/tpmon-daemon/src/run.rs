@@ -69,7 +69,7 @@ type Booted = (
     File,
 );
 
-fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> {
+fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> {
     let run_dir = config.domain.run_dir.clone();
     let rd_err = |source| DaemonError::RunDir {
         path: run_dir.clone(),
@@ -87,7 +87,10 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
             .map(|n| n.name.clone())
             .unwrap_or_default(),
     };
-    // The run directory's lock is held: no other daemon has this log open.
+    // The run directory's lock is held: no other daemon has these files open. The
+    // sites first: their groups' open strings become the sites' sockets, which the
+    // transaction manager and the servers use.
+    let sites = crate::sites::open_sites(&mut config)?;
     let tm = tpmon_tm::Tm::start(&config, &node)?;
     let qlen = tpmon_ipc::raise_kernel_queue_len(KERNEL_QUEUE_LEN_WANTED);
     if qlen < 64 {
@@ -232,6 +235,7 @@ fn boot(config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> 
         relay,
         started: Instant::now(),
         tm,
+        sites,
     });
     Ok((rt, dom, listener, admin_listener, tm_listener, lock))
 }

@@ -32,7 +32,7 @@ pub use tx::{
 };
 
 /// The protocol version spoken by this build; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Longest service name, in bytes (XATMI allows 31 characters plus the terminating NUL).
 pub const SERVICE_NAME_BYTES_MAX: usize = 31;

@@ -237,6 +237,16 @@ pub enum AdminRequest {
         /// Commit (true) or roll back (false).
         commit: bool,
     },
+    /// Rollback-recovery (spec 03 Algorithm 3) of an embedded site, by group name.
+    RmRecover {
+        /// The site's group.
+        site: String,
+    },
+    /// Take a checkpoint of an embedded site now, by group name.
+    RmCheckpoint {
+        /// The site's group.
+        site: String,
+    },
 }
 
 /// Any protocol message.
@@ -387,6 +397,12 @@ impl Message {
                     AdminRequest::TxResolve { gtrid, commit } => {
                         w.u8(4).bytes16(gtrid).bool(*commit);
                     }
+                    AdminRequest::RmRecover { site } => {
+                        w.u8(5).str16(site);
+                    }
+                    AdminRequest::RmCheckpoint { site } => {
+                        w.u8(6).str16(site);
+                    }
                 }
             }
             Message::AdminReply { ok, text } => {
@@ -526,6 +542,12 @@ impl Message {
                 4 => AdminRequest::TxResolve {
                     gtrid: xid_part(&mut r, "gtrid")?,
                     commit: r.bool("commit")?,
+                },
+                5 => AdminRequest::RmRecover {
+                    site: r.str16("site")?,
+                },
+                6 => AdminRequest::RmCheckpoint {
+                    site: r.str16("site")?,
                 },
                 v => return Err(r.error(format!("unknown admin request {v}"))),
             }),
@@ -794,6 +816,8 @@ mod tests {
                 gtrid: b"d:n:1:2:3:4".to_vec(),
                 commit: true,
             }),
+            Message::Admin(AdminRequest::RmRecover { site: "s1".into() }),
+            Message::Admin(AdminRequest::RmCheckpoint { site: "s2".into() }),
             Message::TxEnd(TxEnd {
                 gtrid: b"d:n:1:2:3:4".to_vec(),
                 commit: true,

@@ -142,6 +142,9 @@ pub struct Branch {
     pub bqual: Vec<u8>,
     /// The branch's vote.
     pub vote: Vote,
+    /// The checkpoint number the vote carries (spec 03: the site's LCPN+1; 0 for
+    /// resource managers without checkpoints). The transaction's GCPN is the largest.
+    pub cpn: u64,
 }
 
 /// What the originator wants done with its transaction.
@@ -219,7 +222,10 @@ pub(crate) fn encode_branches(w: &mut Writer, branches: &[Branch]) {
     if branches.len() <= BRANCHES_MAX {
         w.u16(branches.len() as u16);
         for b in branches {
-            w.u16(b.group).bytes16(&b.bqual).u8(b.vote.code());
+            w.u16(b.group)
+                .bytes16(&b.bqual)
+                .u8(b.vote.code())
+                .u64(b.cpn);
         }
         return;
     }
@@ -228,11 +234,15 @@ pub(crate) fn encode_branches(w: &mut Writer, branches: &[Branch]) {
     // branches that were cut off, once the deadline passed).
     w.u16(BRANCHES_MAX as u16);
     for b in &branches[..BRANCHES_MAX - 1] {
-        w.u16(b.group).bytes16(&b.bqual).u8(b.vote.code());
+        w.u16(b.group)
+            .bytes16(&b.bqual)
+            .u8(b.vote.code())
+            .u64(b.cpn);
     }
     w.u16(u16::MAX)
         .bytes16(b"too-many-branches")
-        .u8(Vote::Failed.code());
+        .u8(Vote::Failed.code())
+        .u64(0);
 }
 
 pub(crate) fn decode_branches(r: &mut Reader<'_>) -> Result<Vec<Branch>, DecodeError> {
@@ -250,7 +260,13 @@ pub(crate) fn decode_branches(r: &mut Reader<'_>) -> Result<Vec<Branch>, DecodeE
         let bqual = xid_part(r, "bqual")?;
         let c = r.u8("vote")?;
         let vote = Vote::from_code(c).ok_or_else(|| r.error(format!("unknown vote {c}")))?;
-        out.push(Branch { group, bqual, vote });
+        let cpn = r.u64("checkpoint number")?;
+        out.push(Branch {
+            group,
+            bqual,
+            vote,
+            cpn,
+        });
     }
     Ok(out)
 }
@@ -311,6 +327,7 @@ mod tests {
                 group: 1,
                 bqual: i.to_string().into_bytes(),
                 vote: Vote::Prepared,
+                cpn: 0,
             })
             .collect();
         let mut w = Writer::with_capacity(64);

@@ -17,7 +17,12 @@ fn branches() -> impl Strategy<Value = Vec<Branch>> {
                 Just(Vote::Failed)
             ],
         )
-            .prop_map(|(group, bqual, vote)| Branch { group, bqual, vote }),
+            .prop_map(|(group, bqual, vote)| Branch {
+                group,
+                bqual,
+                vote,
+                cpn: u64::from(group) * 3,
+            }),
         0..4,
     )
 }

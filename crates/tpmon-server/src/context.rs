@@ -2,6 +2,7 @@
 
 use tpmon_client::{CallError, Client};
 use tpmon_proto::ErrorKind;
+use tpmon_rm::EmbeddedRm;
 use tpmon_xa::drivers::{mysql, postgres};
 use tpmon_xa::mariadb::MariaRm;
 use tpmon_xa::postgres::PgRm;
@@ -66,6 +67,17 @@ impl Context {
             .ok_or_else(|| no_rm("MariaDB"))?;
         m.conn()
             .map_err(|e| CallError::new(ErrorKind::System, e.to_string()))
+    }
+
+    /// The session with the group's embedded site (`rm = "embedded"`): get, put,
+    /// insert, delete and scan over named tables. Inside a global transaction the
+    /// operations belong to the request's branch (locked until the transaction
+    /// ends, applied at its commit); outside one, each write commits at once.
+    pub fn embedded(&mut self) -> Result<&mut EmbeddedRm, CallError> {
+        let rm = self.rm.as_mut().ok_or_else(|| no_rm("embedded"))?;
+        rm.as_any()
+            .downcast_mut::<EmbeddedRm>()
+            .ok_or_else(|| no_rm("embedded"))
     }
 
     /// The resource manager session itself, if the group has one.

@@ -25,6 +25,7 @@ pub use service::{tpforward, tpreturn, Outcome, ServiceRequest, ServiceResult};
 pub use tpmon_buffer::{Buffer, BufferType};
 pub use tpmon_client::{CallError, CallReply, Cd, Client};
 pub use tpmon_proto::{ClientId, ErrorKind, Flags};
+pub use tpmon_rm::{EmbeddedRm, RmError};
 
 /// The descriptor number of the service queue in a server process.
 pub const QUEUE_FD: i32 = 3;

@@ -665,6 +665,7 @@ impl Instance {
                 group: self.group,
                 bqual: xid.bqual.into_bytes(),
                 vote: Vote::Failed,
+                cpn: 0,
             }];
             return Err(Box::new(reply));
         }
@@ -691,13 +692,14 @@ impl Instance {
             let doomed = self.ctx.client.transaction_doomed();
             if success && !doomed {
                 failpoint::hit("server.before_prepare");
-                match rm.prepare(&xid) {
-                    Ok(vote) => {
+                match rm.prepare_cpn(&xid) {
+                    Ok((vote, cpn)) => {
                         failpoint::hit("server.after_prepare");
                         own_branch = Some(Branch {
                             group: self.group,
                             bqual: xid.bqual.clone().into_bytes(),
                             vote,
+                            cpn,
                         });
                     }
                     Err(e) => {
@@ -707,6 +709,7 @@ impl Instance {
                             group: self.group,
                             bqual: xid.bqual.clone().into_bytes(),
                             vote: Vote::Failed,
+                            cpn: 0,
                         });
                     }
                 }
@@ -716,6 +719,7 @@ impl Instance {
                     group: self.group,
                     bqual: xid.bqual.clone().into_bytes(),
                     vote: Vote::Failed,
+                    cpn: 0,
                 });
             }
         }
@@ -737,6 +741,7 @@ impl Instance {
                                 group: self.group,
                                 bqual: b"doomed".to_vec(),
                                 vote: Vote::Failed,
+                                cpn: 0,
                             });
                         }
                         b

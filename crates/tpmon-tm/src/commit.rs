@@ -8,7 +8,7 @@ use tpmon_proto::{Branch, Gtrid, TxDone, TxEnd, TxOutcome, Vote};
 use tpmon_txlog::{Branch as LogBranch, Entry, TxState};
 use tpmon_xa::{failpoint, XaError, Xid};
 
-use crate::{now_unix_ms, Tm, Tracked};
+use crate::{now_unix_ms, Decision, Tm, Tracked};
 
 /// Phase 2 of a transaction whose originator was already answered (see
 /// [`Tm::end_deferred`]).
@@ -17,13 +17,16 @@ pub struct PhaseTwoJob {
     tm: Arc<Tm>,
     gtrid: String,
     branches: Vec<Branch>,
+    decision: Decision,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl PhaseTwoJob {
     /// Commits every branch (recovery finishes what fails).
     pub async fn run(self) {
-        self.tm.phase_two(&self.gtrid, &self.branches).await;
+        self.tm
+            .phase_two(&self.gtrid, &self.branches, self.decision)
+            .await;
     }
 }
 
@@ -238,7 +241,7 @@ impl Tm {
         let mut maybe_committed = false;
         if prepared.len() == 1 && self.one_phase_commit {
             let b = &prepared[0];
-            match self.commit_branch(&text, b).await {
+            match self.commit_branch(&text, b, Decision::of(&prepared)).await {
                 BranchEnd::Done => {
                     self.lock().deciding.remove(&text);
                     return done(&req.gtrid, TxOutcome::Committed, "");
@@ -266,6 +269,7 @@ impl Tm {
                 }
             }
         }
+        let decision = Decision::of(&prepared);
         let entry = Entry {
             gtrid: text.as_bytes().to_vec(),
             state: TxState::Commit,
@@ -278,7 +282,7 @@ impl Tm {
                     state: 0,
                 })
                 .collect(),
-            data: Vec::new(),
+            data: decision.encode(),
         };
         // The decision's fdatasync is the commit point. It blocks this worker thread in
         // place (the runtime moves the worker's other tasks elsewhere) instead of
@@ -349,7 +353,7 @@ impl Tm {
             },
         );
         if req.wait_completed {
-            let p = self.phase_two(&text, &prepared).await;
+            let p = self.phase_two(&text, &prepared, decision).await;
             if p.heuristic > 0 && p.committed > 0 {
                 done(
                     &req.gtrid,
@@ -387,6 +391,7 @@ impl Tm {
                 tm: self.clone(),
                 gtrid: text,
                 branches: prepared,
+                decision,
                 _slot: permit.ok(),
             });
             done(&req.gtrid, TxOutcome::Committed, "")
@@ -428,11 +433,16 @@ impl Tm {
 
     /// Commits every branch of a logged decision; forgets the decision when all are
     /// done. Returns the number of branches left for recovery.
-    pub(crate) async fn phase_two(self: &Arc<Self>, gtrid: &str, branches: &[Branch]) -> PhaseTwo {
+    pub(crate) async fn phase_two(
+        self: &Arc<Self>,
+        gtrid: &str,
+        branches: &[Branch],
+        decision: Decision,
+    ) -> PhaseTwo {
         let mut results = Vec::with_capacity(branches.len());
         if let [b] = branches {
             failpoint::hit("tm.phase2");
-            results.push(Ok(self.commit_branch(gtrid, b).await));
+            results.push(Ok(self.commit_branch(gtrid, b, decision).await));
         } else {
             // In parallel: one branch's slow database does not hold up the others.
             let mut tasks = Vec::with_capacity(branches.len());
@@ -441,7 +451,7 @@ impl Tm {
                 let (g, b) = (gtrid.to_string(), b.clone());
                 tasks.push(tokio::spawn(async move {
                     failpoint::hit("tm.phase2");
-                    me.commit_branch(&g, &b).await
+                    me.commit_branch(&g, &b, decision).await
                 }));
             }
             for t in tasks {
@@ -567,12 +577,12 @@ impl Tm {
         durable
     }
 
-    async fn commit_branch(&self, gtrid: &str, b: &Branch) -> BranchEnd {
+    async fn commit_branch(&self, gtrid: &str, b: &Branch, decision: Decision) -> BranchEnd {
         let Some(pool) = self.pool(b.group) else {
             return BranchEnd::Pending(format!("group #{} has no resource manager", b.group));
         };
         let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
-        match pool.commit(&xid).await {
+        match pool.commit(&xid, decision).await {
             // Unknown after a commit decision: an earlier attempt committed it.
             Ok(()) | Err(XaError::NotFound(_)) => BranchEnd::Done,
             Err(e @ XaError::Failed(_)) => BranchEnd::Heuristic(e.to_string()),

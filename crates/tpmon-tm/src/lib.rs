@@ -33,6 +33,69 @@ mod recover;
 mod view;
 
 pub use commit::{LogCall, PhaseTwoJob};
+
+/// What a commit decision tells the resource managers besides "commit": spec 03's
+/// global checkpoint number (the largest checkpoint number among the yes votes,
+/// Algorithm 1) and the transaction's originating site (the group of its first branch
+/// that votes with a checkpoint number). Stored in the log entry's `data`, so that a
+/// decision finished by recovery carries the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// GCPN (0 when no branch voted with a checkpoint number).
+    pub gcpn: u64,
+    /// Originating site (`u16::MAX`: none).
+    pub origin: u16,
+}
+
+impl Default for Decision {
+    fn default() -> Decision {
+        Decision {
+            gcpn: 0,
+            origin: u16::MAX,
+        }
+    }
+}
+
+const DECISION_TAG: u8 = 1;
+
+impl Decision {
+    /// The decision for these yes votes.
+    pub fn of(prepared: &[tpmon_proto::Branch]) -> Decision {
+        Decision {
+            gcpn: prepared.iter().map(|b| b.cpn).max().unwrap_or(0),
+            origin: prepared
+                .iter()
+                .find(|b| b.cpn > 0)
+                .map_or(u16::MAX, |b| b.group),
+        }
+    }
+
+    /// The bytes kept in the log entry's `data` (empty when there is nothing to keep).
+    pub fn encode(&self) -> Vec<u8> {
+        if *self == Decision::default() {
+            return Vec::new();
+        }
+        let mut v = vec![DECISION_TAG];
+        v.extend_from_slice(&self.gcpn.to_le_bytes());
+        v.extend_from_slice(&self.origin.to_le_bytes());
+        v
+    }
+
+    /// Reads [`Decision::encode`]'s bytes (anything else: the default).
+    pub fn decode(data: &[u8]) -> Decision {
+        match data {
+            [DECISION_TAG, rest @ ..] if rest.len() == 10 => {
+                let mut g = [0u8; 8];
+                g.copy_from_slice(&rest[..8]);
+                Decision {
+                    gcpn: u64::from_le_bytes(g),
+                    origin: u16::from_le_bytes([rest[8], rest[9]]),
+                }
+            }
+            _ => Decision::default(),
+        }
+    }
+}
 pub use view::{TxView, TxViewBranch};
 
 use pool::Pool;

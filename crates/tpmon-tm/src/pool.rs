@@ -55,9 +55,13 @@ impl Pool {
         &self.res
     }
 
-    /// Commits a prepared branch.
-    pub async fn commit(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
-        bounded(self.commit_inner(xid)).await
+    /// Commits a prepared branch with the decision's checkpoint information.
+    pub async fn commit(
+        self: &Arc<Self>,
+        xid: &Xid,
+        decision: crate::Decision,
+    ) -> Result<(), XaError> {
+        bounded(self.commit_inner(xid, decision)).await
     }
 
     /// Rolls back a prepared branch.
@@ -70,14 +74,19 @@ impl Pool {
         bounded(self.recover_inner(prefix)).await
     }
 
-    async fn commit_inner(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
+    async fn commit_inner(
+        self: &Arc<Self>,
+        xid: &Xid,
+        decision: crate::Decision,
+    ) -> Result<(), XaError> {
         if self.res.kind == RmKind::Postgres {
             return self
                 .pg_statement(format!("COMMIT PREPARED {}", literal(&xid.gid())))
                 .await;
         }
         let xid = xid.clone();
-        self.run(move |rm| rm.commit(&xid)).await
+        self.run(move |rm| rm.commit_at(&xid, decision.gcpn, decision.origin))
+            .await
     }
 
     async fn rollback_inner(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {

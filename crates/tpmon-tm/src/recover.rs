@@ -177,6 +177,7 @@ impl Tm {
                 continue;
             }
             let mut tasks = Vec::new();
+            let decision = crate::Decision::decode(&e.data);
             for b in &e.branches {
                 let Some(pool) = u16::try_from(b.rm).ok().and_then(|g| self.pool(g)).cloned()
                 else {
@@ -189,7 +190,7 @@ impl Tm {
                 );
                 tasks.push(Some(tokio::spawn(async move {
                     if commit {
-                        pool.commit(&xid).await
+                        pool.commit(&xid, decision).await
                     } else {
                         pool.rollback(&xid).await
                     }
@@ -317,9 +318,14 @@ impl Tm {
                     }
                     action => {
                         let pool = pool.clone();
+                        let decision = self
+                            .log
+                            .get(xid.gtrid.as_bytes())
+                            .map(|e| crate::Decision::decode(&e.data))
+                            .unwrap_or_default();
                         tasks.push(tokio::spawn(async move {
                             let r = if action == Action::Commit {
-                                pool.commit(&xid).await
+                                pool.commit(&xid, decision).await
                             } else {
                                 pool.rollback(&xid).await
                             };

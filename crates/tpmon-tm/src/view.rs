@@ -228,6 +228,7 @@ impl Tm {
         };
         let mut left = 0;
         let mut last = String::new();
+        let decision = crate::Decision::decode(&e.data);
         for b in &e.branches {
             let Some(pool) = u16::try_from(b.rm).ok().and_then(|g| self.pool(g)).cloned() else {
                 left += 1;
@@ -235,7 +236,7 @@ impl Tm {
             };
             let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
             let r = if commit {
-                pool.commit(&xid).await
+                pool.commit(&xid, decision).await
             } else {
                 pool.rollback(&xid).await
             };

@@ -9,6 +9,7 @@ mod bench_tx;
 mod boot;
 mod call;
 mod quickstart;
+mod rmcmd;
 mod status;
 mod txcmd;
 
@@ -61,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         which: txcmd::TxCommand,
     },
+    /// Embedded sites: inspect their checkpoints and logs, rollback-recovery, checkpoint.
+    Rm {
+        #[command(subcommand)]
+        which: rmcmd::RmCommand,
+    },
     /// Boot the sample domain in a temporary directory, run a sample workload, shut down.
     Quickstart(quickstart::QuickstartArgs),
     /// Benchmarks.
@@ -105,6 +111,7 @@ fn main() -> ExitCode {
         } => status::status(&config, json, run_dir),
         Command::Call(a) => return call::call(a),
         Command::Tx { which } => txcmd::run(which),
+        Command::Rm { which } => rmcmd::run(which),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Bench { which } => bench::run(which),
         Command::BenchPong { fd, spin_us } => bench::pong(fd, spin_us),

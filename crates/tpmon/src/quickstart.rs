@@ -25,6 +25,206 @@ pub struct QuickstartArgs {
     keep: bool,
 }
 
+/// The money part: global transactions over two embedded sites, a rollback, a
+/// checkpoint, a crash and a restart that recovers the state.
+fn bank(dom: &mut TempDomain, r: &mut Report) -> anyhow::Result<()> {
+    use tpmon_buffer::{FieldBuffer, FieldTable, FieldValue};
+    println!("\nglobal transactions over two embedded sites (site1, site2):\n");
+    let table = FieldTable::parse(QUICKSTART_FLD, "quickstart.fld")?;
+    let key = |n: &str| table.key_of(n).context("quickstart.fld lacks a field");
+    let (from_k, to_k, amount_k, total_k) =
+        (key("FROM")?, key("TO")?, key("AMOUNT")?, key("TOTAL")?);
+    let fields = |pairs: &[(tpmon_buffer::FieldKey, i64)]| -> anyhow::Result<Buffer> {
+        let mut f = FieldBuffer::new();
+        for (k, v) in pairs {
+            f.add(*k, FieldValue::Long(*v))?;
+        }
+        Ok(Buffer::Field(f))
+    };
+    let long_of = |b: &Option<Buffer>| match b {
+        Some(Buffer::Field(f)) => f.get_long(total_k, 0).ok(),
+        _ => None,
+    };
+    let connect = |dom: &TempDomain| Client::connect(&ClientOptions::new(dom.addr.clone()));
+    let total = |c: &mut Client| -> anyhow::Result<i64> {
+        let rep = c.call("TOTAL", &fields(&[])?, Flags::NONE)?;
+        long_of(&rep.buffer).context("TOTAL answered no TOTAL")
+    };
+    let balance = |c: &mut Client, service: &str, account: i64| -> anyhow::Result<i64> {
+        let rep = c.call(service, &fields(&[(from_k, account)])?, Flags::NONE)?;
+        long_of(&rep.buffer).context("no balance")
+    };
+    const START_TOTAL: i64 = 2 * 100 * 1000;
+    let mut c = connect(dom)?;
+    let t0 = total(&mut c)?;
+    r.check(
+        "TOTAL of both sites at first boot",
+        t0 == START_TOTAL,
+        format!("-> {t0} (100 accounts x 1000 on each site)"),
+    );
+
+    // Transfers: account i on site 1 pays i to account i on site 2.
+    let mut expect1 = std::collections::BTreeMap::new();
+    let mut expect2 = std::collections::BTreeMap::new();
+    let transfer = |c: &mut Client, from: i64, to: i64, amount: i64| -> anyhow::Result<()> {
+        c.tx_begin()?;
+        let called = c.call(
+            "TRANSFER",
+            &fields(&[(from_k, from), (to_k, to), (amount_k, amount)])?,
+            Flags::NONE,
+        );
+        match called {
+            Ok(_) => {
+                c.tx_commit()?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = c.tx_rollback();
+                Err(e.into())
+            }
+        }
+    };
+    let mut ok = 0;
+    let t = Instant::now();
+    for i in 1..=20i64 {
+        if transfer(&mut c, i, 21 - i, 10 * i).is_ok() {
+            ok += 1;
+            *expect1.entry(i).or_insert(1000) -= 10 * i;
+            *expect2.entry(21 - i).or_insert(1000) += 10 * i;
+        }
+    }
+    r.check(
+        "20 TRANSFERs, each one global transaction",
+        ok == 20,
+        format!(
+            "-> {ok} committed in {:?} (2PC over site1 and site2)",
+            t.elapsed()
+        ),
+    );
+
+    // A participant fails: DEBIT1 refuses to overdraw, which dooms the transaction.
+    c.tx_begin()?;
+    let refused = c.call(
+        "TRANSFER",
+        &fields(&[(from_k, 7), (to_k, 7), (amount_k, 5000)])?,
+        Flags::NONE,
+    );
+    let outcome = c.tx_commit();
+    let rolled_back =
+        refused.is_err() && matches!(outcome, Err(tpmon_client::TxError::RolledBack(_)));
+    r.check(
+        "TRANSFER of 5000 from account 7 (holds 930)",
+        rolled_back,
+        format!(
+            "-> {}; commit: {}",
+            refused.err().map(|e| e.to_string()).unwrap_or_default(),
+            match &outcome {
+                Ok(_) => "committed?!".to_string(),
+                Err(e) => e.to_string(),
+            }
+        ),
+    );
+    let b7 = balance(&mut c, "BALANCE1", 7)?;
+    let b14 = balance(&mut c, "BALANCE2", 7)?;
+    r.check(
+        "nothing of it stayed",
+        b7 == expect1[&7] && b14 == expect2[&7],
+        format!("-> site1 #7 = {b7}, site2 #7 = {b14}"),
+    );
+
+    // A checkpoint of each site, then more work that only the log holds.
+    for site in ["site1", "site2"] {
+        let text = admin_request(
+            &dom.run_dir,
+            AdminRequest::RmCheckpoint { site: site.into() },
+            Duration::from_secs(60),
+        )?;
+        r.check(&format!("checkpoint of {site}"), true, format!("-> {text}"));
+    }
+    let mut more = 0;
+    for i in 21..=30i64 {
+        if transfer(&mut c, i, i, 25).is_ok() {
+            more += 1;
+            *expect1.entry(i).or_insert(1000) -= 25;
+            *expect2.entry(i).or_insert(1000) += 25;
+        }
+    }
+    r.check(
+        "10 more TRANSFERs after the checkpoint",
+        more == 10,
+        format!("-> {more} committed (in the operation log only)"),
+    );
+    drop(c);
+
+    // Crash: kill -9 the daemon (which hosts the sites) and every server, then boot
+    // again on the same directory.
+    let pids = dom.pids()?;
+    let t = Instant::now();
+    dom.kill_all(&pids)?;
+    dom.reboot()?;
+    r.check(
+        "kill -9 of the daemon and all servers, then boot again",
+        true,
+        format!(
+            "-> {} processes killed; up again in {:?}",
+            pids.len(),
+            t.elapsed()
+        ),
+    );
+    let mut c = connect(dom)?;
+    let t1 = total(&mut c)?;
+    r.check(
+        "TOTAL after the restart (invariant)",
+        t1 == START_TOTAL,
+        format!("-> {t1}, expected {START_TOTAL}"),
+    );
+    let mut same = true;
+    let mut shown = Vec::new();
+    for (a, want) in &expect1 {
+        let got = balance(&mut c, "BALANCE1", *a)?;
+        same &= got == *want;
+        if shown.len() < 4 {
+            shown.push(format!("site1 #{a} = {got}"));
+        }
+    }
+    for (a, want) in &expect2 {
+        let got = balance(&mut c, "BALANCE2", *a)?;
+        same &= got == *want;
+        if shown.len() < 8 {
+            shown.push(format!("site2 #{a} = {got}"));
+        }
+    }
+    r.check(
+        &format!(
+            "{} balances recovered from checkpoint + log",
+            expect1.len() + expect2.len()
+        ),
+        same,
+        format!("-> {} ...", shown.join(", ")),
+    );
+    drop(c);
+    println!("\nthe sites on disk (tpmon rm inspect):");
+    for (name, dir) in [
+        ("site1", dom.run_dir.join("rm/site1")),
+        ("site2", dom.run_dir.join("rm/site2")),
+    ] {
+        match tpmon_rm::inspect::inspect(&dir) {
+            Ok(i) => println!(
+                "  {name}: LCPN {}, checkpoints {:?}, log {} bytes: UL {} DL {} CL {} aborted {}",
+                i.lcpn,
+                i.checkpoints.iter().map(|c| c.n).collect::<Vec<_>>(),
+                i.log_bytes,
+                i.undecided,
+                i.decided_later,
+                i.compensation,
+                i.aborted
+            ),
+            Err(e) => println!("  {name}: {e}"),
+        }
+    }
+    Ok(())
+}
+
 /// A domain booted by this process in a directory of its own; shut down on drop.
 pub struct TempDomain {
     /// The directory.
@@ -88,6 +288,69 @@ impl TempDomain {
             keep,
             up: true,
         })
+    }
+
+    /// Boots the domain again in its directory (after it went down or was killed).
+    pub fn reboot(&mut self) -> anyhow::Result<()> {
+        let config = self.dir.join("domain.toml");
+        let out = Command::new(std::env::current_exe()?)
+            .args(["boot", "--detach", "--listen", "127.0.0.1:0", "-c"])
+            .arg(&config)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .output()
+            .context("running tpmon boot")?;
+        if !out.status.success() {
+            bail!(
+                "boot failed: {}{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                read_log_tail(&self.run_dir.join("tpmon.log"))
+            );
+        }
+        let v = self.status()?;
+        self.addr = v["daemon"]["client_address"]
+            .as_str()
+            .context("status without a client address")?
+            .to_string();
+        self.up = true;
+        Ok(())
+    }
+
+    /// The daemon's pid and every server instance's.
+    pub fn pids(&self) -> anyhow::Result<Vec<i32>> {
+        let v = self.status()?;
+        let mut pids = vec![v["daemon"]["pid"].as_i64().context("no daemon pid")? as i32];
+        for s in v["servers"].as_array().into_iter().flatten() {
+            for i in s["instances"].as_array().into_iter().flatten() {
+                if let Some(p) = i["pid"].as_i64() {
+                    pids.push(p as i32);
+                }
+            }
+        }
+        Ok(pids)
+    }
+
+    /// Kills these processes with SIGKILL and waits until they are gone.
+    pub fn kill_all(&mut self, pids: &[i32]) -> anyhow::Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        for p in pids {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for p in pids {
+            // Gone, or a zombie waiting for its parent (not ours to reap).
+            while std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+            {
+                if Instant::now() > deadline {
+                    bail!("process {p} survived SIGKILL for 20 s");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.up = false;
+        Ok(())
     }
 
     /// The status report as JSON.
@@ -352,10 +615,12 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<()> {
         "RELAYED",
     );
 
+    drop(remote);
+    drop(c);
+    bank(&mut dom, &mut r)?;
+
     println!("\nstatus of the domain:\n");
     print!("{}", crate::status::render(&dom.status()?));
-    drop(c);
-    drop(remote);
     dom.down()?;
     println!(
         "\ndomain shut down cleanly; {} checks passed, {} failed",

@@ -539,6 +539,7 @@ fn a_transaction_ends_once_and_servers_join_only_this_domains_transactions() {
             group: 1,
             bqual: bqual.into_bytes(),
             vote: Vote::Prepared,
+            cpn: 0,
         }],
         doomed: String::new(),
     };
