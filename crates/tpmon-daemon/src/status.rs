@@ -12,6 +12,42 @@ use tpmon_proto::{encode_frame, AdminRequest, FrameDecoder, Message};
 use crate::domain::Domain;
 
 /// Builds the status report.
+/// The embedded sites: numbers, branches and the counters that show what 2PC and
+/// the checkpoints cost.
+fn sites(dom: &Domain) -> Vec<Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = Vec::new();
+    for (i, s) in dom.sites.by_group.iter().enumerate() {
+        let Some(s) = s else { continue };
+        let st = &s.stats;
+        let (active, prepared) = s.branch_counts();
+        let events = s.redo_events();
+        let count = |f: fn(&tpmon_rm::RedoEvent) -> bool| events.iter().filter(|e| f(e)).count();
+        out.push(json!({
+            "site": i,
+            "group": dom.sites.names.get(i).cloned().unwrap_or_default(),
+            "lcpn": s.lcpn(),
+            "checkpoint": s.checkpoint_number(),
+            "active_branches": active,
+            "prepared_branches": prepared,
+            "begins": st.begins.load(Relaxed),
+            "operations": st.operations.load(Relaxed),
+            "prepares": st.prepares.load(Relaxed),
+            "commits": st.commits.load(Relaxed),
+            "rollbacks": st.rollbacks.load(Relaxed),
+            "checkpoints": st.checkpoints.load(Relaxed),
+            "checkpoint_messages": st.checkpoint_messages.load(Relaxed),
+            "late_records": st.late_records.load(Relaxed),
+            "corruptions": st.corruptions.load(Relaxed),
+            "rollback_recoveries": st.rollback_recoveries.load(Relaxed),
+            "redo_sent": count(|e| matches!(e, tpmon_rm::RedoEvent::Sent { .. })),
+            "redo_acted": count(|e| matches!(e, tpmon_rm::RedoEvent::Acted { .. })),
+            "redo_ignored": count(|e| matches!(e, tpmon_rm::RedoEvent::Ignored { .. })),
+        }));
+    }
+    out
+}
+
 pub fn report(dom: &Domain) -> Value {
     let cfg = &dom.config;
     let mut servers = Vec::new();
@@ -94,6 +130,7 @@ pub fn report(dom: &Domain) -> Value {
         },
         "servers": servers,
         "services": services,
+        "sites": sites(dom),
     })
 }
 

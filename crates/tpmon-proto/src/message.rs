@@ -763,6 +763,7 @@ mod tests {
                         group: 2,
                         bqual: b"1.2".to_vec(),
                         vote: crate::tx::Vote::Prepared,
+                        cpn: 7,
                     }],
                 }),
                 buffer: Some(BufferWire {
@@ -793,6 +794,7 @@ mod tests {
                     group: 0,
                     bqual: vec![b'x'; 64],
                     vote: crate::tx::Vote::ReadOnly,
+                    cpn: 7,
                 }],
             }),
             Message::Control(ControlMessage::Setup {
@@ -826,6 +828,7 @@ mod tests {
                     group: 1,
                     bqual: b"a".to_vec(),
                     vote: crate::tx::Vote::Failed,
+                    cpn: 7,
                 }],
                 doomed: "TPFAIL".into(),
             }),

@@ -18,7 +18,7 @@ use tpmon_xa::{Rm, Vote, XaError, Xid};
 use crate::error::{ErrorKind, RmError};
 use crate::record::NO_ORIGIN;
 use crate::session::{Answer, Request, Session};
-use crate::site::Site;
+use crate::site::{Rows, Site};
 
 /// How long a session waits for an answer (longer than any lock wait).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -173,7 +173,7 @@ impl EmbeddedRm {
         from: &[u8],
         to: Option<&[u8]>,
         limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RmError> {
+    ) -> Result<Rows, RmError> {
         match self.call(Request::Scan {
             xid: self.xid(),
             table: table.into(),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::codec::{CodecError, Reader, Writer, FRAME_BYTES_MAX};
 use crate::error::{ErrorKind, RmError};
-use crate::site::Site;
+use crate::site::{Rows, Site};
 
 /// Most sessions one site serves at a time.
 pub const SESSIONS_MAX: usize = 4096;
@@ -83,7 +83,7 @@ pub enum Answer {
     /// Whether the key existed.
     Existed(bool),
     /// Rows.
-    Rows(Vec<(Vec<u8>, Vec<u8>)>),
+    Rows(Rows),
     /// Vote: yes (with the checkpoint number) or read-only.
     Vote {
         /// Yes (false: read-only, already ended).
@@ -217,6 +217,18 @@ impl Request {
 
     /// Runs the request on `site`.
     pub fn run(&self, site: &Site) -> Result<Answer, RmError> {
+        if matches!(
+            self,
+            Request::Get { .. }
+                | Request::Put { .. }
+                | Request::Insert { .. }
+                | Request::Delete { .. }
+                | Request::Scan { .. }
+        ) {
+            site.stats
+                .operations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(match self {
             Request::Begin(x) => {
                 site.begin(x)?;

@@ -38,6 +38,9 @@ pub const KEY_BYTES_MAX: usize = 1024;
 /// Largest value, in bytes.
 pub const VALUE_BYTES_MAX: usize = 1 << 20;
 
+/// Rows of a scan: (key, value), in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// How a site is set up.
 #[derive(Debug, Clone)]
 pub struct SiteConfig {
@@ -126,6 +129,13 @@ struct RedoState {
 /// Counters, for tests, `inspect` and benchmarks.
 #[derive(Debug, Default)]
 pub struct SiteStats {
+    /// Branches begun.
+    pub begins: AtomicU64,
+    /// Data requests (get, put, insert, delete, scan) received, inside or outside
+    /// branches.
+    pub operations: AtomicU64,
+    /// Rollback-recoveries run (Algorithm 3 here, or Algorithm 4 on a redo request).
+    pub rollback_recoveries: AtomicU64,
     /// Prepare requests answered (each is one 2PC message in and one out).
     pub prepares: AtomicU64,
     /// Commit decisions received.
@@ -396,7 +406,7 @@ impl Site {
         self.branches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check_names(table: &str, key: &[u8]) -> Result<(), RmError> {
+    fn check_names(&self, table: &str, key: &[u8]) -> Result<(), RmError> {
         if table.is_empty() || table.len() > TABLE_BYTES_MAX {
             return Err(RmError::Invalid(format!(
                 "a table name has 1 to {TABLE_BYTES_MAX} bytes (got {})",
@@ -414,6 +424,7 @@ impl Site {
 
     /// Starts branch `xid`.
     pub fn begin(&self, xid: &str) -> Result<(), RmError> {
+        self.stats.begins.fetch_add(1, Ordering::Relaxed);
         if xid.is_empty() || xid.len() > 160 {
             return Err(RmError::Invalid("bad branch id".into()));
         }
@@ -482,7 +493,7 @@ impl Site {
         table: &str,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, RmError> {
-        Self::check_names(table, key)?;
+        self.check_names(table, key)?;
         let Some(xid) = xid else {
             return Ok(self.committed(table, key));
         };
@@ -577,7 +588,7 @@ impl Site {
         key: &[u8],
         value: &[u8],
     ) -> Result<(), RmError> {
-        Self::check_names(table, key)?;
+        self.check_names(table, key)?;
         if value.len() > VALUE_BYTES_MAX {
             return Err(RmError::Invalid(format!(
                 "a value has at most {VALUE_BYTES_MAX} bytes"
@@ -598,7 +609,7 @@ impl Site {
         key: &[u8],
         value: &[u8],
     ) -> Result<(), RmError> {
-        Self::check_names(table, key)?;
+        self.check_names(table, key)?;
         if value.len() > VALUE_BYTES_MAX {
             return Err(RmError::Invalid(format!(
                 "a value has at most {VALUE_BYTES_MAX} bytes"
@@ -619,7 +630,7 @@ impl Site {
 
     /// Deletes `table/key`; false when it did not exist.
     pub fn delete(&self, xid: Option<&str>, table: &str, key: &[u8]) -> Result<bool, RmError> {
-        Self::check_names(table, key)?;
+        self.check_names(table, key)?;
         let Some(xid) = xid else {
             return self.autocommit(|x| self.delete(Some(x), table, key));
         };
@@ -642,8 +653,8 @@ impl Site {
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RmError> {
-        Self::check_names(table, from)?;
+    ) -> Result<Rows, RmError> {
+        self.check_names(table, from)?;
         let in_range = |k: &[u8]| k >= from && to.is_none_or(|t| k < t);
         let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         if let Some(xid) = xid {
@@ -1090,6 +1101,9 @@ impl Site {
             }
         }
         self.install(image, &records);
+        self.stats
+            .rollback_recoveries
+            .fetch_add(1, Ordering::Relaxed);
         for k in targets {
             self.send(k, n);
         }
@@ -1139,6 +1153,9 @@ impl Site {
             redo.events.push(RedoEvent::Acted { n, from, restored });
         }
         self.install(image, &records);
+        self.stats
+            .rollback_recoveries
+            .fetch_add(1, Ordering::Relaxed);
         for i in targets {
             self.send(i, n);
         }

@@ -56,6 +56,9 @@ fn bank(dom: &mut TempDomain, r: &mut Report) -> anyhow::Result<()> {
     };
     const START_TOTAL: i64 = 2 * 100 * 1000;
     let mut c = connect(dom)?;
+    // Commit returns once every branch committed (not just once the decision is
+    // durable), so that the balances read next already show it.
+    c.tx_set_commit_return(tpmon_client::CommitReturn::Completed);
     let t0 = total(&mut c)?;
     r.check(
         "TOTAL of both sites at first boot",
