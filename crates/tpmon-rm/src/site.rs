@@ -863,6 +863,13 @@ impl Site {
         }
     }
 
+    /// Writes every pending log entry (tests: the abort records that are not waited
+    /// for).
+    #[doc(hidden)]
+    pub fn log_flush_for_test(&self) {
+        let _ = self.log.flush();
+    }
+
     /// The prepared branches whose id starts with `prefix`.
     pub fn recover(&self, prefix: &str) -> Vec<String> {
         let mut v: Vec<String> = self
