@@ -86,7 +86,7 @@ fn change(ctx: &mut Context, account: i64, delta: i64) -> Result<i64, String> {
     let site = ctx.embedded().map_err(|e| e.to_string())?;
     let key = balance_key(account);
     let old = site
-        .get(TABLE, &key)
+        .get_for_update(TABLE, &key)
         .map_err(|e| e.to_string())?
         .and_then(|v| decode_balance(&v))
         .ok_or_else(|| format!("no account {account}"))?;

@@ -132,6 +132,20 @@ impl EmbeddedRm {
         }
     }
 
+    /// Reads `table/key` for update: in a branch under an exclusive lock (use it for a
+    /// value the branch changes next, or two branches doing the same deadlock until
+    /// the lock-wait timeout); outside a branch like [`EmbeddedRm::get`].
+    pub fn get_for_update(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, RmError> {
+        match self.call(Request::GetForUpdate {
+            xid: self.xid(),
+            table: table.into(),
+            key: key.to_vec(),
+        })? {
+            Answer::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Sets `table/key` (outside a branch: committed at once, durably).
     pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<(), RmError> {
         self.call(Request::Put {

@@ -248,6 +248,18 @@ fn open_gen(dir: &Path, gen: u64, sync: bool) -> Result<(File, PathBuf), RmError
     Ok((file, path))
 }
 
+/// Creates the (empty) file of generation `gen` if missing, without syncing the
+/// directory: the caller syncs it with its next rename.
+pub fn precreate(dir: &Path, gen: u64) -> Result<(), RmError> {
+    let path = dir.join(log_name(gen));
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map(|_| ())
+        .map_err(|e| RmError::io(&path, "cannot create the next operation log", e))
+}
+
 /// Every log generation in `dir`, sorted.
 pub fn generations(dir: &Path) -> Result<Vec<u64>, RmError> {
     let mut out = Vec::new();

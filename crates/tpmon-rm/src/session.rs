@@ -35,6 +35,12 @@ pub enum Request {
         table: String,
         key: Vec<u8>,
     },
+    /// Read under an exclusive lock (in a branch).
+    GetForUpdate {
+        xid: String,
+        table: String,
+        key: Vec<u8>,
+    },
     /// Upsert.
     Put {
         xid: String,
@@ -155,6 +161,9 @@ impl Request {
             Request::Recover(p) => {
                 w.u8(10).str(p);
             }
+            Request::GetForUpdate { xid, table, key } => {
+                w.u8(11).str(xid).str(table).bytes(key);
+            }
         }
         w.buf
     }
@@ -206,6 +215,11 @@ impl Request {
                 origin: r.u16()?,
             },
             10 => Request::Recover(r.str()?),
+            11 => Request::GetForUpdate {
+                xid: r.str()?,
+                table: r.str()?,
+                key: r.bytes()?,
+            },
             _ => {
                 return Err(CodecError::Invalid {
                     what: "request code",
@@ -220,6 +234,7 @@ impl Request {
         if matches!(
             self,
             Request::Get { .. }
+                | Request::GetForUpdate { .. }
                 | Request::Put { .. }
                 | Request::Insert { .. }
                 | Request::Delete { .. }
@@ -235,6 +250,10 @@ impl Request {
                 Answer::Done
             }
             Request::Get { xid, table, key } => Answer::Value(site.get(opt(xid), table, key)?),
+            Request::GetForUpdate { xid, table, key } => match opt(xid) {
+                Some(x) => Answer::Value(site.get_for_update(x, table, key)?),
+                None => Answer::Value(site.get(None, table, key)?),
+            },
             Request::Put {
                 xid,
                 table,

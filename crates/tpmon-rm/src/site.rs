@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::checkpoint::{ccp_name, checkpoints, Checkpoint, Tables};
 use crate::error::RmError;
 use crate::locks::{Held, Locks, Mode, TableMode};
-use crate::oplog::{generations, log_name, read_log, sync_dir, OpLog};
+use crate::oplog::{generations, log_name, read_log, OpLog};
 use crate::record::{LogEntry, Merger, Op, OpImage, Record, Status, NO_ORIGIN};
 
 /// Longest table name, in bytes.
@@ -315,8 +315,31 @@ impl Site {
                 Status::Abort => {}
             }
         }
-        let top_gen = gens.iter().copied().filter(|g| *g >= n).max().unwrap_or(n);
+        // An empty generation after n was created ahead of time by checkpoint n (or
+        // started with nothing durable in it): checkpoint n+1 did not begin.
+        let top_gen = gens
+            .iter()
+            .copied()
+            .filter(|g| {
+                *g == n
+                    || (*g > n
+                        && std::fs::metadata(cfg.dir.join(log_name(*g))).is_ok_and(|m| m.len() > 0))
+            })
+            .max()
+            .unwrap_or(n);
         let lcpn = top_gen.max(n);
+        // Files a crash left behind: checkpoints before the previous one, generations
+        // the newest checkpoint covers.
+        for c in &ccps {
+            if c + 1 < n {
+                let _ = std::fs::remove_file(cfg.dir.join(ccp_name(*c)));
+            }
+        }
+        for g in &gens {
+            if *g < n {
+                let _ = std::fs::remove_file(cfg.dir.join(log_name(*g)));
+            }
+        }
         let log = OpLog::open(&cfg.dir, lcpn, next_lsn.max(ccp.next_lsn), cfg.sync)?;
         let digest = digest_of(&tables);
         let site = Arc::new(Site {
@@ -508,6 +531,20 @@ impl Site {
             }
         }
         Ok(self.committed(table, key))
+    }
+
+    /// Reads `table/key` inside branch `xid` under an exclusive lock, for a value the
+    /// branch is about to change (a shared lock that is upgraded later deadlocks with
+    /// any other branch doing the same).
+    pub fn get_for_update(
+        &self,
+        xid: &str,
+        table: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, RmError> {
+        self.check_names(table, key)?;
+        self.write_locked(xid, table, key)?;
+        Ok(self.current(xid, table, key))
     }
 
     fn committed(&self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
@@ -983,25 +1020,24 @@ impl Site {
             }
         }
         tpmon_xa::failpoint::hit("rm.before_checkpoint_write");
+        // The next generation's file is created now, so that the directory sync of
+        // this checkpoint's rename also makes it durable: the switch to it at the next
+        // checkpoint costs no sync.
+        crate::oplog::precreate(dir, target + 1)?;
         next.write(dir, self.cfg.sync)?;
         tpmon_xa::failpoint::hit("rm.after_checkpoint_write");
         self.ccp.store(target, Ordering::Release);
         // Keep only the current and the previous checkpoint, and the log after it.
-        let mut removed = false;
+        // Not synced: a removal lost in a crash is redone by the next open.
         for c in checkpoints(dir)? {
             if c + 1 < target {
                 let _ = std::fs::remove_file(dir.join(ccp_name(c)));
-                removed = true;
             }
         }
         for g in generations(dir)? {
             if g < target {
                 let _ = std::fs::remove_file(dir.join(log_name(g)));
-                removed = true;
             }
-        }
-        if removed && self.cfg.sync {
-            sync_dir(dir)?;
         }
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(target)
@@ -1012,6 +1048,12 @@ impl Site {
     /// rollback-recovery (Algorithm 3) when the audit fails. Returns when
     /// [`Site::stop`] is called.
     pub fn run_checkpointer(self: &Arc<Self>) {
+        // Background work: below the transactions' threads in the scheduler.
+        // SAFETY: setpriority on the calling thread (who = 0 means this thread on
+        // Linux) has no memory effects; failure leaves the default priority.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+        }
         let (m, cv) = &self.wake;
         let mut next = Instant::now() + self.cfg.checkpoint_interval;
         loop {

@@ -247,10 +247,27 @@ fn an_interrupted_checkpoint_is_finished_at_restart_and_two_checkpoints_stay() {
             s.checkpoint_now().expect("checkpoint");
         }
         assert_eq!(checkpoints(&d.0).expect("list"), vec![2, 3]);
-        assert_eq!(generations(&d.0).expect("gens"), vec![3]);
+        // Generation 3 is being written; 4 was created ahead for the next checkpoint.
+        assert_eq!(generations(&d.0).expect("gens"), vec![3, 4]);
     }
-    // Simulate a crash after the log moved to generation 4 but before ccp.4.
-    std::fs::write(d.0.join(log_name(4)), b"").expect("gen 4");
+    // An empty generation 4 is only the one created ahead: nothing to finish.
+    let (s, _) = Site::open(cfg(&d)).expect("reopen");
+    assert_eq!((s.checkpoint_number(), s.lcpn()), (3, 3));
+    drop(s);
+    // Simulate a crash after the log moved to generation 4 and something was written
+    // there, but before ccp.4.
+    let entry = tpmon_rm::record::LogEntry::Decision {
+        lsn: 99,
+        tid: "x|1".into(),
+        commit: false,
+        gcpn: 0,
+        origin: 1,
+    };
+    std::fs::write(
+        d.0.join(log_name(4)),
+        tpmon_rm::codec::frame(&entry.encode()),
+    )
+    .expect("gen 4");
     let (s, _) = Site::open(cfg(&d)).expect("reopen");
     assert_eq!(s.checkpoint_number(), 4);
     assert_eq!(s.lcpn(), 4);

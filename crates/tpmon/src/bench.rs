@@ -67,6 +67,32 @@ pub enum BenchCommand {
         #[arg(long, requires = "db1")]
         db2: Option<String>,
     },
+    /// The embedded resource manager: transactions/s over two embedded sites with and
+    /// without checkpoints (p99 interference), messages and storage per checkpoint,
+    /// restart recovery time against log size, and the same transfer on PostgreSQL.
+    Rm {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seconds measured per point.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Checkpoint interval (delta) of the run with checkpoints, in ms.
+        #[arg(long, default_value_t = 100)]
+        delta_ms: u64,
+        /// Skip the PostgreSQL comparison.
+        #[arg(long)]
+        no_postgres: bool,
+        /// Database 1 (libpq connection string); without it a private server is started.
+        #[arg(long, requires = "db2")]
+        db1: Option<String>,
+        /// Database 2.
+        #[arg(long, requires = "db1")]
+        db2: Option<String>,
+    },
 }
 
 const PAYLOAD_BYTES: usize = 64;
@@ -76,6 +102,15 @@ const ENDUROX: [(usize, f64); 4] = [(1, 17_700.0), (2, 37_000.0), (4, 101_000.0)
 
 pub fn run(which: BenchCommand) -> anyhow::Result<()> {
     match which {
+        BenchCommand::Rm {
+            json,
+            seconds,
+            clients,
+            delta_ms,
+            no_postgres,
+            db1,
+            db2,
+        } => crate::bench_rm::bench_rm(json, seconds, clients, delta_ms, no_postgres, db1.zip(db2)),
         BenchCommand::Call {
             json,
             seconds,

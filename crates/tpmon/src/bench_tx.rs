@@ -122,7 +122,7 @@ server = "bank2"
 }
 
 /// One client loop of `seconds`: `op` per transaction.
-fn clients_point(
+pub(crate) fn clients_point(
     clients: usize,
     seconds: f64,
     make: impl Fn(usize) -> anyhow::Result<Box<dyn FnMut() -> anyhow::Result<()> + Send>>,
@@ -149,14 +149,14 @@ fn clients_point(
     Ok(summarize(clients, all, start.elapsed()))
 }
 
-fn row(label: &str, p: &Point, other: &str) {
+pub(crate) fn row(label: &str, p: &Point, other: &str) {
     println!(
         "{:<46} {:>9.0} {:>9.1} {:>9.1} {:>9.1}  {}",
         label, p.calls_per_s, p.mean_us, p.p50_us, p.p99_us, other
     );
 }
 
-fn header(what: &str) {
+pub(crate) fn header(what: &str) {
     println!(
         "{:<46} {:>9} {:>9} {:>9} {:>9}  {}",
         "", "tx/s", "mean us", "p50 us", "p99 us", what
@@ -345,7 +345,7 @@ fn tpmon_op(
     }))
 }
 
-fn postgres_part(
+pub(crate) fn postgres_part(
     seconds: f64,
     concurrency: &[usize],
     urls: Option<(String, String)>,
