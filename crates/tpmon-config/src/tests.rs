@@ -1135,7 +1135,7 @@ fn unsupported_rm_kind() {
         "checkpoint_interval_ms = 5",
     ]);
     let e = parse_err(&lines(&v));
-    assert!(e.message().contains("checkpoint_interval_ms"), "{e}");
+    assert!(e.to_string().contains("rm.checkpoint_interval_ms"), "{e}");
 
     let v = with_domain(&["[[group]]", "name = \"G\"", "rm = \"oracle\""]);
     let e = parse_err(&lines(&v));
