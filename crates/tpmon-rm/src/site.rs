@@ -1303,7 +1303,12 @@ pub(crate) fn records_after(
         let path = dir.join(log_name(*g));
         let read = read_log(&path)?;
         if let Some((offset, what)) = read.torn {
-            if i + 1 != gens.len() {
+            // Only the generation being written can hold a torn append; the ones after
+            // it may exist but must be empty (created ahead by a checkpoint).
+            let later_empty = gens[i + 1..]
+                .iter()
+                .all(|g| std::fs::metadata(dir.join(log_name(*g))).is_ok_and(|m| m.len() == 0));
+            if !later_empty {
                 return Err(RmError::Corrupt {
                     path,
                     offset,

@@ -80,6 +80,9 @@ pub enum BenchCommand {
         /// Concurrent clients.
         #[arg(long, default_value_t = 4)]
         clients: usize,
+        /// Rounds of (without, with checkpoints); the figures are medians.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         /// Checkpoint interval (delta) of the run with checkpoints, in ms.
         #[arg(long, default_value_t = 100)]
         delta_ms: u64,
@@ -105,12 +108,21 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Rm {
             json,
             seconds,
+            rounds,
             clients,
             delta_ms,
             no_postgres,
             db1,
             db2,
-        } => crate::bench_rm::bench_rm(json, seconds, clients, delta_ms, no_postgres, db1.zip(db2)),
+        } => crate::bench_rm::bench_rm(
+            json,
+            seconds,
+            rounds,
+            clients,
+            delta_ms,
+            no_postgres,
+            db1.zip(db2),
+        ),
         BenchCommand::Call {
             json,
             seconds,
