@@ -98,7 +98,18 @@ pub fn inspect(dir: &Path) -> Result<Inspection, RmError> {
                 .unwrap_or(0)
         })
         .sum();
-    let lcpn = gens.iter().copied().max().unwrap_or(n).max(n);
+    // An empty generation above n was created ahead by checkpoint n; a non-empty
+    // one means checkpoint n+1 has begun (LCPN is n+1 until it is written).
+    let lcpn = gens
+        .iter()
+        .copied()
+        .filter(|g| {
+            *g > n
+                && std::fs::metadata(dir.join(crate::oplog::log_name(*g)))
+                    .is_ok_and(|m| m.len() > 0)
+        })
+        .max()
+        .unwrap_or(n);
     let (records, _, _) = records_after(dir, &newest, n, false)?;
     let mut out = Inspection {
         dir: dir.display().to_string(),
