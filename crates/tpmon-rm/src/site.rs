@@ -888,6 +888,18 @@ impl Site {
         Ok(())
     }
 
+    /// XA forget: the site never completes a branch heuristically, so there is never
+    /// anything to forget; an unknown branch is [`RmError::UnknownBranch`] (XAER_NOTA),
+    /// a known one [`RmError::Protocol`] (XAER_PROTO).
+    pub fn forget(&self, xid: &str) -> Result<(), RmError> {
+        if self.lock_branches().contains_key(xid) {
+            return Err(RmError::Protocol(format!(
+                "branch {xid} was not completed heuristically; nothing to forget"
+            )));
+        }
+        Err(RmError::UnknownBranch(xid.to_string()))
+    }
+
     /// Rolls back branch `xid` if it is still active (its session broke before it
     /// prepared); a prepared branch is left to the transaction manager.
     pub fn abandon(&self, xid: &str) {

@@ -80,6 +80,45 @@ impl Context {
             .ok_or_else(|| no_rm("embedded"))
     }
 
+    /// Reads a FIELD buffer stored with [`Context::embedded_put_field`] (in the
+    /// request's branch, like [`EmbeddedRm::get`]); `None` when the key is absent.
+    pub fn embedded_get_field(
+        &mut self,
+        table: &str,
+        key: &[u8],
+    ) -> Result<Option<tpmon_buffer::FieldBuffer>, CallError> {
+        let site = self.embedded()?;
+        let raw = site
+            .get(table, key)
+            .map_err(|e| CallError::new(ErrorKind::System, e.to_string()))?;
+        raw.map(|b| {
+            tpmon_buffer::FieldBuffer::decode(&b).map_err(|e| {
+                CallError::new(
+                    ErrorKind::System,
+                    format!(
+                        "{table}/{}: not a FIELD buffer: {e}",
+                        tpmon_rm::error::show_key(key)
+                    ),
+                )
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores a FIELD buffer as the record `table/key` (its wire encoding), in the
+    /// request's branch.
+    pub fn embedded_put_field(
+        &mut self,
+        table: &str,
+        key: &[u8],
+        value: &tpmon_buffer::FieldBuffer,
+    ) -> Result<(), CallError> {
+        let bytes = value.to_bytes();
+        self.embedded()?
+            .put(table, key, &bytes)
+            .map_err(|e| CallError::new(ErrorKind::System, e.to_string()))
+    }
+
     /// The resource manager session itself, if the group has one.
     pub fn resource_manager(&mut self) -> Option<&mut (dyn Rm + 'static)> {
         self.rm.as_deref_mut()
