@@ -499,7 +499,17 @@ fn session(site: &Site, mut stream: UnixStream) {
                     _ => {}
                 }
                 match req.run(site) {
-                    Ok(a) => a.encode(),
+                    Ok(a) => {
+                        let bytes = a.encode();
+                        if bytes.len() > FRAME_BYTES_MAX {
+                            error_bytes(&RmError::Invalid(format!(
+                                "the answer has {} bytes, over the limit of {FRAME_BYTES_MAX}; scan a smaller range or with a lower limit",
+                                bytes.len()
+                            )))
+                        } else {
+                            bytes
+                        }
+                    }
                     Err(e) => error_bytes(&e),
                 }
             }

@@ -41,6 +41,9 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 /// Rows of a scan: (key, value), in key order.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Branch ids of writes made outside any transaction start with this.
+pub const LOCAL_PREFIX: &str = "~local";
+
 /// How a site is set up.
 #[derive(Debug, Clone)]
 pub struct SiteConfig {
@@ -234,6 +237,8 @@ pub struct Site {
     redo: Mutex<RedoState>,
     links: RwLock<Option<Arc<dyn Links>>>,
     local_seq: AtomicU64,
+    /// The first LSN of this boot (makes local branch ids unique across restarts).
+    boot_lsn: u64,
     wake: (Mutex<bool>, Condvar),
     stopping: AtomicBool,
     /// Counters.
@@ -355,6 +360,7 @@ impl Site {
             redo: Mutex::new(RedoState::default()),
             links: RwLock::new(None),
             local_seq: AtomicU64::new(0),
+            boot_lsn: next_lsn.max(ccp.next_lsn),
             wake: (Mutex::new(false), Condvar::new()),
             stopping: AtomicBool::new(false),
             stats: SiteStats::default(),
@@ -363,6 +369,25 @@ impl Site {
         {
             let mut bs = site.lock_branches();
             for (tid, recs) in prepared {
+                if tid.starts_with(LOCAL_PREFIX) {
+                    // A write outside any transaction that crashed between its
+                    // prepare and its commit: it never returned success, so it is
+                    // rolled back (no transaction manager knows it).
+                    let t = tid.clone();
+                    site.log.append(move |lsn| {
+                        (
+                            LogEntry::Decision {
+                                lsn,
+                                tid: t,
+                                commit: false,
+                                gcpn: 0,
+                                origin: NO_ORIGIN,
+                            },
+                            1,
+                        )
+                    })?;
+                    continue;
+                }
                 let mut b = Branch::new();
                 b.state = BranchState::Prepared;
                 for r in recs {
@@ -391,6 +416,7 @@ impl Site {
                 report.in_doubt += 1;
             }
         }
+        site.log.flush()?;
         if lcpn > n {
             // A checkpoint was started (the log moved on) but not written: finish it.
             site.checkpoint_now()?;
@@ -599,9 +625,11 @@ impl Site {
 
     /// Runs one write outside any branch as its own local transaction.
     fn autocommit<T>(&self, f: impl FnOnce(&str) -> Result<T, RmError>) -> Result<T, RmError> {
+        // Unique across restarts: the boot's first LSN, then a counter.
         let xid = format!(
-            "~local{}:{}",
+            "{LOCAL_PREFIX}{}:{}:{}",
             self.cfg.site,
+            self.boot_lsn,
             self.local_seq.fetch_add(1, Ordering::Relaxed)
         );
         self.begin(&xid)?;

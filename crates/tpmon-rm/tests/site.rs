@@ -315,3 +315,41 @@ fn a_checkpoint_file_that_is_damaged_is_refused_with_the_file() {
         Ok(_) => panic!("a damaged checkpoint was accepted"),
     }
 }
+
+#[test]
+fn a_write_outside_transactions_cut_by_a_crash_is_rolled_back_at_restart() {
+    let d = dir("local");
+    {
+        let s = open(&d);
+        s.put(None, "t", b"before", b"1").expect("put");
+    }
+    // What a crash between the prepare and the commit of a write made outside any
+    // transaction leaves: its operations, undecided, with the id of a local branch.
+    let entry = tpmon_rm::record::LogEntry::Ops {
+        first_lsn: 1000,
+        tid: format!("{}1:999:0", tpmon_rm::site::LOCAL_PREFIX),
+        ops: vec![tpmon_rm::record::OpImage {
+            table: "t".into(),
+            key: b"cut".to_vec(),
+            op: tpmon_rm::record::Op::Put,
+            after: b"x".to_vec(),
+        }],
+    };
+    let log = d.0.join(log_name(0));
+    let mut data = std::fs::read(&log).expect("log");
+    data.extend_from_slice(&tpmon_rm::codec::frame(&entry.encode()));
+    std::fs::write(&log, &data).expect("write");
+    for _ in 0..2 {
+        let (s, report) = Site::open(cfg(&d)).expect("reopen");
+        assert_eq!(report.in_doubt, 0);
+        assert!(s.recover("").is_empty(), "no local branch left in doubt");
+        assert_eq!(s.get(None, "t", b"cut").expect("get"), None);
+        assert_eq!(
+            s.get(None, "t", b"before").expect("get"),
+            Some(b"1".to_vec())
+        );
+        // Not locked; and new local writes do not collide with the old branch id.
+        s.put(None, "t", b"cut", b"y").expect("the key is free");
+        s.delete(None, "t", b"cut").expect("delete");
+    }
+}
