@@ -1136,6 +1136,21 @@ fn unsupported_rm_kind() {
     ]);
     let e = parse_err(&lines(&v));
     assert!(e.to_string().contains("rm.checkpoint_interval_ms"), "{e}");
+    // Two sites cannot share a directory.
+    let v = with_domain(&[
+        "[[group]]",
+        "name = \"A\"",
+        "[group.rm]",
+        "kind = \"embedded\"",
+        "open = \"sites/x\"",
+        "[[group]]",
+        "name = \"B\"",
+        "[group.rm]",
+        "kind = \"embedded\"",
+        "open = \"sites/x\"",
+    ]);
+    let e = parse_err(&lines(&v));
+    assert!(e.to_string().contains("already group \"A\""), "{e}");
 
     let v = with_domain(&["[[group]]", "name = \"G\"", "rm = \"oracle\""]);
     let e = parse_err(&lines(&v));

@@ -824,6 +824,29 @@ fn groups(
                 "needs a resource manager (rm) in the group",
             ));
         }
+        if let Some(x) = rm
+            .xa()
+            .filter(|x| x.kind == crate::model::RmKind::Embedded && !x.open.expose().is_empty())
+        {
+            let taken = groups.iter().find(|g: &&Group| {
+                g.rm.xa().is_some_and(|o| {
+                    o.kind == crate::model::RmKind::Embedded && o.open.expose() == x.open.expose()
+                })
+            });
+            if let Some(other) = taken {
+                return Err(ctx.err(
+                    &scope,
+                    "rm.open",
+                    span.start,
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "the embedded site directory {:?} is already group {:?}'s; each site needs its own",
+                        x.open.expose(),
+                        other.name
+                    ),
+                ));
+            }
+        }
         groups.push(Group {
             name,
             node,

@@ -90,7 +90,7 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
     // The run directory's lock is held: no other daemon has these files open. The
     // sites first: their groups' open strings become the sites' sockets, which the
     // transaction manager and the servers use.
-    let sites = crate::sites::open_sites(&mut config)?;
+    let sites = crate::sites::open_sites(&mut config, &node)?;
     let tm = tpmon_tm::Tm::start(&config, &node)?;
     let qlen = tpmon_ipc::raise_kernel_queue_len(KERNEL_QUEUE_LEN_WANTED);
     if qlen < 64 {

@@ -78,14 +78,20 @@ impl Links for NodeLinks {
 
 /// Opens every embedded site of the configuration, starts serving and checkpointing
 /// it, and points its group's open string at the site's socket.
-pub fn open_sites(config: &mut DomainConfig) -> Result<Sites, DaemonError> {
+pub fn open_sites(config: &mut DomainConfig, node: &str) -> Result<Sites, DaemonError> {
     let run_dir = config.domain.run_dir.clone();
     let links = Arc::new(NodeLinks {
         sites: OnceLock::new(),
     });
     let mut sites = Sites::default();
+    let node_index = config.nodes.iter().position(|n| n.name == node);
     for (i, g) in config.groups.iter_mut().enumerate() {
         sites.names.push(g.name.clone());
+        if node_index.is_some_and(|n| n != g.node) {
+            // Another node hosts this group's site.
+            sites.by_group.push(None);
+            continue;
+        }
         let Some(res) = g.rm.xa_mut().filter(|r| r.kind == RmKind::Embedded) else {
             sites.by_group.push(None);
             continue;

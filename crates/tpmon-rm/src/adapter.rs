@@ -58,8 +58,13 @@ pub fn xa_error(e: RmError) -> XaError {
     match e.kind() {
         ErrorKind::UnknownBranch => XaError::NotFound(e.to_string()),
         ErrorKind::Protocol => XaError::Protocol(e.to_string()),
-        ErrorKind::Unavailable => XaError::Unavailable(e.to_string()),
-        _ => XaError::Failed(e.to_string()),
+        // An I/O error, a failed log or a damaged file: the site cannot act now, but
+        // the branch keeps its state (a prepared branch stays prepared and is
+        // finished after the site restarts) - XAER_RMFAIL, never a heuristic.
+        ErrorKind::Unavailable | ErrorKind::Failed => XaError::Unavailable(e.to_string()),
+        ErrorKind::LockTimeout | ErrorKind::Doomed | ErrorKind::Duplicate | ErrorKind::Invalid => {
+            XaError::Failed(e.to_string())
+        }
     }
 }
 

@@ -164,6 +164,19 @@ impl Checkpoint {
                     c.n = r.u64().map_err(bad)?;
                     c.next_lsn = r.u64().map_err(bad)?;
                     c.created_ms = r.u64().map_err(bad)?;
+                    let named = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(parse_ccp_name);
+                    if named.is_some_and(|n| n != c.n) {
+                        return Err(corrupt(
+                            at,
+                            format!(
+                                "the file holds checkpoint {} under another number's name",
+                                c.n
+                            ),
+                        ));
+                    }
                     header = true;
                 }
                 TAG_IMAGE => {

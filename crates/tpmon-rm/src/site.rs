@@ -41,6 +41,10 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 /// Rows of a scan: (key, value), in key order.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Most bytes one branch's operations may take: they are logged as one frame at
+/// prepare, which must stay under the frame limit.
+pub const BRANCH_BYTES_MAX: usize = crate::codec::FRAME_BYTES_MAX - (64 << 10);
+
 /// Branch ids of writes made outside any transaction start with this.
 pub const LOCAL_PREFIX: &str = "~local";
 
@@ -70,6 +74,8 @@ enum BranchState {
 
 struct Branch {
     state: BranchState,
+    /// Bytes its operations take in the log (bounded by [`BRANCH_BYTES_MAX`]).
+    bytes: usize,
     /// Deferred writes: `None` deletes.
     writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
     held: Held,
@@ -80,6 +86,7 @@ impl Branch {
     fn new() -> Branch {
         Branch {
             state: BranchState::Active,
+            bytes: 0,
             writes: BTreeMap::new(),
             held: Held::default(),
             doom: None,
@@ -159,7 +166,13 @@ pub struct SiteStats {
 struct Data {
     tables: Tables,
     digest: u64,
+    /// Bumped by every change, so that an audit done in pieces knows whether the
+    /// tables moved under it.
+    generation: u64,
 }
+
+/// Rows an audit checks per hold of the tables' read lock.
+const AUDIT_CHUNK: usize = 4096;
 
 fn row_hash(table: &str, key: &[u8], value: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -180,6 +193,7 @@ fn digest_of(tables: &Tables) -> u64 {
 }
 
 fn apply_row(data: &mut Data, table: &str, key: &[u8], value: Option<&[u8]>) {
+    data.generation += 1;
     let t = data.tables.entry(table.to_string()).or_default();
     if let Some(old) = t.get(key) {
         data.digest ^= row_hash(table, key, old);
@@ -243,6 +257,31 @@ pub struct Site {
     stopping: AtomicBool,
     /// Counters.
     pub stats: SiteStats,
+    /// The directory's lock (released when the site is dropped or the process dies).
+    _lock: std::fs::File,
+}
+
+/// Takes the exclusive lock of the site directory: two sites (or two daemons) on one
+/// directory would corrupt each other's files.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, RmError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| RmError::io(&path, "cannot open the lock file", e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(RmError::Io {
+            path,
+            what: "the site directory is in use by another site or process",
+            error: std::io::Error::last_os_error().to_string(),
+        });
+    }
+    Ok(f)
 }
 
 /// What restart recovery found.
@@ -269,6 +308,7 @@ impl Site {
         let started = Instant::now();
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| RmError::io(&cfg.dir, "cannot create the site directory", e))?;
+        let lock = lock_dir(&cfg.dir)?;
         // Leftovers of an interrupted checkpoint write.
         if let Ok(rd) = std::fs::read_dir(&cfg.dir) {
             for e in rd.flatten() {
@@ -348,7 +388,11 @@ impl Site {
         let log = OpLog::open(&cfg.dir, lcpn, next_lsn.max(ccp.next_lsn), cfg.sync)?;
         let digest = digest_of(&tables);
         let site = Arc::new(Site {
-            data: RwLock::new(Data { tables, digest }),
+            data: RwLock::new(Data {
+                tables,
+                digest,
+                generation: 0,
+            }),
             branches: Mutex::new(HashMap::new()),
             locks: Locks::new(),
             log,
@@ -364,6 +408,7 @@ impl Site {
             wake: (Mutex::new(false), Condvar::new()),
             stopping: AtomicBool::new(false),
             stats: SiteStats::default(),
+            _lock: lock,
             cfg,
         });
         {
@@ -619,6 +664,15 @@ impl Site {
         let b = bs
             .get_mut(xid)
             .ok_or_else(|| RmError::UnknownBranch(xid.to_string()))?;
+        let cost = table.len() + key.len() + value.as_ref().map_or(0, Vec::len) + 16;
+        if b.bytes + cost > BRANCH_BYTES_MAX {
+            let why = format!(
+                "the branch's writes would take more than {BRANCH_BYTES_MAX} bytes in the log; split the work into several transactions"
+            );
+            b.doom.get_or_insert_with(|| why.clone());
+            return Err(RmError::Invalid(why));
+        }
+        b.bytes += cost;
         b.writes.insert((table.to_string(), key.to_vec()), value);
         Ok(())
     }
@@ -980,8 +1034,55 @@ impl Site {
 
     /// Checks the memory state against its running digest; false when corrupt.
     pub fn audit(&self) -> bool {
-        let d = self.data.read().unwrap_or_else(|p| p.into_inner());
-        digest_of(&d.tables) == d.digest
+        loop {
+            if let Some(ok) = self.audit_in_pieces() {
+                return ok;
+            }
+        }
+    }
+
+    /// The audit as the checkpointer runs it: the rows are hashed [`AUDIT_CHUNK`] at
+    /// a time, the read lock released in between so that commits are never held up
+    /// for more than a chunk. `None` when a commit changed the tables meanwhile (the
+    /// result would mean nothing; the next interval tries again).
+    pub fn audit_in_pieces(&self) -> Option<bool> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let (gen0, want) = {
+            let d = self.data.read().unwrap_or_else(|p| p.into_inner());
+            (d.generation, d.digest)
+        };
+        let mut acc = 0u64;
+        let mut cursor: Option<(String, Vec<u8>)> = None;
+        loop {
+            let d = self.data.read().unwrap_or_else(|p| p.into_inner());
+            if d.generation != gen0 {
+                return None;
+            }
+            let mut n = 0;
+            let mut next = None;
+            let tables = match &cursor {
+                Some((t, _)) => d.tables.range::<String, _>((Included(t), Unbounded)),
+                None => d.tables.range::<String, _>(..),
+            };
+            'tables: for (t, kv) in tables {
+                let rows = match &cursor {
+                    Some((ct, ck)) if ct == t => kv.range::<Vec<u8>, _>((Excluded(ck), Unbounded)),
+                    _ => kv.range::<Vec<u8>, _>(..),
+                };
+                for (k, v) in rows {
+                    acc ^= row_hash(t, k, v);
+                    n += 1;
+                    if n == AUDIT_CHUNK {
+                        next = Some((t.clone(), k.clone()));
+                        break 'tables;
+                    }
+                }
+            }
+            match next {
+                Some(c) => cursor = Some(c),
+                None => return Some(acc == want),
+            }
+        }
     }
 
     /// Fault injection: changes a committed value in memory behind the digest's back,
@@ -1026,7 +1127,19 @@ impl Site {
             .into_iter()
             .filter(|g| *g >= n && *g < target)
         {
-            for e in read_log(&dir.join(log_name(g)))?.entries {
+            let path = dir.join(log_name(g));
+            let read = read_log(&path)?;
+            if let Some((offset, what)) = read.torn {
+                // A finished generation is whole (the switch waited for its last
+                // write): a bad tail here is damage, and checkpointing past it would
+                // drop records.
+                return Err(RmError::Corrupt {
+                    path,
+                    offset,
+                    what: format!("{what} in a finished log generation"),
+                });
+            }
+            for e in read.entries {
                 merger.add_entry(e);
             }
         }
@@ -1115,16 +1228,18 @@ impl Site {
             if tpmon_xa::failpoint::fires("rm.corrupt_memory") {
                 self.corrupt_for_test("__corrupt__", b"k", b"v");
             }
-            if !self.audit() {
+            if self.audit_in_pieces() == Some(false) {
                 self.stats.corruptions.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     site = self.cfg.site,
                     "the site's memory state is corrupt; rollback-recovery (Algorithm 3)"
                 );
                 if let Err(e) = self.recover_failed() {
-                    tracing::error!(site = self.cfg.site, error = %e, "rollback-recovery failed");
+                    // The checkpoint below is built from the files, not from memory:
+                    // taking it keeps the site's numbers moving, and the next audit
+                    // tries the recovery again from it.
+                    tracing::error!(site = self.cfg.site, error = %e, "rollback-recovery failed; retried after the next checkpoint");
                 }
-                continue;
             }
             match self.checkpoint_now() {
                 Ok(n) => tracing::debug!(site = self.cfg.site, checkpoint = n, "checkpoint taken"),
@@ -1303,9 +1418,11 @@ impl Site {
             }
             let digest = digest_of(&image);
             let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
+            let generation = d.generation + 1;
             *d = Data {
                 tables: image,
                 digest,
+                generation,
             };
         }
     }

@@ -353,3 +353,34 @@ fn a_write_outside_transactions_cut_by_a_crash_is_rolled_back_at_restart() {
         s.delete(None, "t", b"cut").expect("delete");
     }
 }
+
+#[test]
+fn one_directory_holds_one_site_and_a_branch_is_bounded_by_the_frame_limit() {
+    let d = dir("bounds");
+    let s = open(&d);
+    match Site::open(cfg(&d)) {
+        Err(RmError::Io { what, .. }) => assert!(what.contains("in use"), "{what}"),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("a second site opened the same directory"),
+    }
+    s.begin("big|1").expect("begin");
+    let mb = vec![7u8; 1 << 20];
+    let mut refused = None;
+    for i in 0..20u8 {
+        if let Err(e) = s.put(Some("big|1"), "t", &[i], &mb) {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = refused.expect("a branch over the frame limit is refused");
+    assert!(i >= 14, "refused too early, at {i} MiB");
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    assert_eq!(
+        s.prepare("big|1").expect_err("doomed").kind(),
+        ErrorKind::Doomed
+    );
+    drop(s);
+    // Released with the site: it opens again, and nothing of the branch is there.
+    let s = open(&d);
+    assert_eq!(s.get(None, "t", &[0]).expect("get"), None);
+}
