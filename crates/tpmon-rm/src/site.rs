@@ -172,7 +172,7 @@ struct Data {
 }
 
 /// Rows an audit checks per hold of the tables' read lock.
-const AUDIT_CHUNK: usize = 4096;
+pub const AUDIT_CHUNK: usize = 4096;
 
 fn row_hash(table: &str, key: &[u8], value: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
