@@ -137,6 +137,14 @@ impl EmbeddedRm {
         }
     }
 
+    /// XA forget: the site never completes a branch heuristically, so this always
+    /// fails (XAER_NOTA for an unknown branch, XAER_PROTO for a known one).
+    pub fn forget(&mut self, xid: &Xid) -> Result<(), XaError> {
+        self.call(Request::Forget(xid.gid()))
+            .map(|_| ())
+            .map_err(xa_error)
+    }
+
     /// Reads `table/key` for update: in a branch under an exclusive lock (use it for a
     /// value the branch changes next, or two branches doing the same deadlock until
     /// the lock-wait timeout); outside a branch like [`EmbeddedRm::get`].

@@ -77,6 +77,8 @@ pub enum Request {
     Commit { xid: String, gcpn: u64, origin: u16 },
     /// The prepared branches with this prefix.
     Recover(String),
+    /// XA forget of a heuristically completed branch (there never is one).
+    Forget(String),
 }
 
 /// A successful answer.
@@ -164,6 +166,9 @@ impl Request {
             Request::GetForUpdate { xid, table, key } => {
                 w.u8(11).str(xid).str(table).bytes(key);
             }
+            Request::Forget(x) => {
+                w.u8(12).str(x);
+            }
         }
         w.buf
     }
@@ -215,6 +220,7 @@ impl Request {
                 origin: r.u16()?,
             },
             10 => Request::Recover(r.str()?),
+            12 => Request::Forget(r.str()?),
             11 => Request::GetForUpdate {
                 xid: r.str()?,
                 table: r.str()?,
@@ -295,6 +301,10 @@ impl Request {
                 Answer::Done
             }
             Request::Recover(p) => Answer::Xids(site.recover(p)),
+            Request::Forget(x) => {
+                site.forget(x)?;
+                Answer::Done
+            }
         })
     }
 }
@@ -610,6 +620,12 @@ mod tests {
                 origin: 3,
             },
             Request::Recover("p".into()),
+            Request::Forget("x".into()),
+            Request::GetForUpdate {
+                xid: "x".into(),
+                table: "t".into(),
+                key: b"k".to_vec(),
+            },
         ];
         for r in reqs {
             assert_eq!(Request::decode(&r.encode()), Ok(r));
