@@ -355,3 +355,44 @@ fn a_site_that_finds_its_memory_corrupt_recovers_by_itself() {
     drop(c);
     d.down();
 }
+
+#[test]
+fn a_server_killed_inside_its_branch_leaves_nothing_behind() {
+    let k = keys();
+    for step in ["server.before_prepare", "server.after_prepare"] {
+        // bank2's first instance to reach the step dies there; transactions time out
+        // after 2 s, so recovery may presume abort for a branch prepared behind the
+        // TM's back soon after.
+        let text = config(60_000)
+            .render()
+            .replace("timeout_s = 30", "timeout_s = 2")
+            .replace(
+                "name = \"bank2\"",
+                &format!("name = \"bank2\"\nenv = {{ TPMON_FAILPOINTS = \"{step}=kill\" }}"),
+            );
+        let cfg = Config::raw(&text);
+        let mut d = Domain::boot(&format!("emb-srv-{step}"), &cfg);
+        let mut c = d.client();
+        let mut book = Book::default();
+        let mut failed = 0;
+        for i in 1..=6 {
+            if transfer(&mut c, &k, i, i, 5) {
+                book.moved(i, i, 5);
+            } else {
+                failed += 1;
+            }
+        }
+        assert!(failed >= 1, "{step}: no transfer met the dying server");
+        // Nothing stays active or prepared at either site: the broken session rolled
+        // back the active branch, and recovery rolled back the one prepared after its
+        // server died (presumed abort, once the deadline passed).
+        d.wait_status("both sites hold no branch", LONG, |st| {
+            ["site1", "site2"].iter().all(|g| {
+                n(site(st, g), "prepared_branches") == 0 && n(site(st, g), "active_branches") == 0
+            })
+        });
+        book.check(&mut c, &k);
+        drop(c);
+        d.down();
+    }
+}
