@@ -42,6 +42,9 @@ pub enum DaemonError {
     /// The transaction manager could not start (its log is damaged or unreadable).
     #[error("{0}")]
     Tm(#[from] tpmon_tm::TmError),
+    /// The configuration asks for something this daemon cannot do.
+    #[error("{0}")]
+    Unsupported(String),
     /// An embedded site could not be opened (its files are damaged or unreadable).
     #[error("embedded site of group {group:?}: {error}")]
     Site {

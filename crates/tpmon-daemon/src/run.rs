@@ -87,6 +87,27 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
             .map(|n| n.name.clone())
             .unwrap_or_default(),
     };
+    if !config.nodes.iter().any(|n| n.name == node) {
+        return Err(DaemonError::Unsupported(format!(
+            "node {node:?} is not in the configuration (nodes: {})",
+            config
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if config.nodes.len() > 1 {
+        // Until node links exist, a daemon would run every node's servers by itself:
+        // refuse rather than pretend.
+        return Err(DaemonError::Unsupported(format!(
+            "not supported yet: multi-node domains (the configuration has {} nodes; node \
+             links, remote services and cross-node transactions are not built yet); \
+             describe one node",
+            config.nodes.len()
+        )));
+    }
     // The run directory's lock is held: no other daemon has these files open. The
     // sites first: their groups' open strings become the sites' sockets, which the
     // transaction manager and the servers use.

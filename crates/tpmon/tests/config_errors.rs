@@ -201,3 +201,21 @@ fn a_second_boot_of_the_same_run_directory_is_refused() {
         assert_eq!(text(&r), "still here", "{path}");
     }
 }
+
+#[test]
+fn a_multi_node_domain_is_refused_until_node_links_exist() {
+    let tmp = TempDir::new("multinode");
+    let toml = format!(
+        "[domain]\nname = \"mn\"\nlisten = \"127.0.0.1:7611\"\nrun_dir = \"run\"\n\n\
+         [[node]]\nname = \"n1\"\nlisten = \"127.0.0.1:7612\"\nlink = \"127.0.0.1:7701\"\n\n\
+         [[node]]\nname = \"n2\"\nlisten = \"127.0.0.1:7613\"\nlink = \"127.0.0.1:7702\"\n\n\
+         [[group]]\nname = \"g\"\nnode = \"n1\"\n\n{}",
+        server_block().replace("[[server]]\n", "[[server]]\ngroup = \"g\"\n")
+    );
+    let (_file, run) = boot_file(&tmp, &toml);
+    assert!(!run.ok(), "{run:?}");
+    assert!(
+        run.stderr.contains("not supported yet: multi-node domains"),
+        "{run:?}"
+    );
+}
