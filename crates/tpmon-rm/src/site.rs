@@ -775,42 +775,70 @@ impl Site {
     ) -> Result<Rows, RmError> {
         self.check_names(table, from)?;
         let in_range = |k: &[u8]| k >= from && to.is_none_or(|t| k < t);
-        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        // The branch's own writes in the range (few), merged in key order with the
+        // committed rows, which are read only as far as the limit needs.
+        let mut own: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         if let Some(xid) = xid {
             let r = self.with_locks(xid, |held| {
                 self.locks
                     .lock_table(xid, held, table, TableMode::Shared, self.cfg.lock_timeout)
             });
             self.doom_on_error(xid, r)?;
-        }
-        {
-            let d = self.data.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = d.tables.get(table) {
-                let upper = match to {
-                    Some(t) => std::ops::Bound::Excluded(t.to_vec()),
-                    None => std::ops::Bound::Unbounded,
-                };
-                for (k, v) in t.range((std::ops::Bound::Included(from.to_vec()), upper)) {
-                    rows.insert(k.clone(), v.clone());
-                    if xid.is_none() && rows.len() >= limit {
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(xid) = xid {
             if let Some(b) = self.lock_branches().get(xid) {
                 for ((t, k), v) in &b.writes {
                     if t == table && in_range(k) {
-                        match v {
-                            Some(v) => rows.insert(k.clone(), v.clone()),
-                            None => rows.remove(k),
-                        };
+                        own.insert(k.clone(), v.clone());
                     }
                 }
             }
         }
-        Ok(rows.into_iter().take(limit).collect())
+        let mut out: Rows = Vec::new();
+        if limit == 0 || to.is_some_and(|t| t <= from) {
+            // An empty range (BTreeMap::range would panic on an inverted one).
+            return Ok(out);
+        }
+        let mut own = own.into_iter().peekable();
+        let d = self.data.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = d.tables.get(table) {
+            let upper = match to {
+                Some(t) => std::ops::Bound::Excluded(t.to_vec()),
+                None => std::ops::Bound::Unbounded,
+            };
+            for (k, v) in t.range((std::ops::Bound::Included(from.to_vec()), upper)) {
+                // The branch's writes of keys before this one come first.
+                while let Some((ok, _)) = own.peek() {
+                    if ok >= k {
+                        break;
+                    }
+                    if let Some((ok, Some(ov))) = own.next() {
+                        out.push((ok, ov));
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                match own.peek() {
+                    Some((ok, _)) if ok == k => {
+                        if let Some((ok, Some(ov))) = own.next() {
+                            out.push((ok, ov));
+                        }
+                    }
+                    _ => out.push((k.clone(), v.clone())),
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        for (ok, ov) in own {
+            if let Some(ov) = ov {
+                out.push((ok, ov));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The vote's checkpoint number: LCPN+1 (Algorithm 1), raised to the highest

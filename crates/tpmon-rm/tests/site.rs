@@ -384,3 +384,60 @@ fn one_directory_holds_one_site_and_a_branch_is_bounded_by_the_frame_limit() {
     let s = open(&d);
     assert_eq!(s.get(None, "t", &[0]).expect("get"), None);
 }
+
+mod scan_model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// A scan inside a branch equals the committed rows with the branch's own
+        /// writes laid over them, in key order, cut to the range and the limit.
+        #[test]
+        fn a_scan_sees_committed_rows_with_its_own_writes_laid_over(
+            committed in proptest::collection::btree_map(0u8..40, any::<u8>(), 0..25),
+            own in proptest::collection::btree_map(0u8..40, proptest::option::of(any::<u8>()), 0..12),
+            from in 0u8..40,
+            to in proptest::option::of(0u8..45),
+            limit in 0usize..30,
+        ) {
+            let d = dir(&format!("scan-model-{from}-{limit}-{}", committed.len()));
+            let mut c = cfg(&d);
+            c.sync = false;
+            let (s, _) = Site::open(c).expect("open");
+            for (k, v) in &committed {
+                s.put(None, "t", &[*k], &[*v]).expect("seed");
+            }
+            s.begin("x|1").expect("begin");
+            for (k, v) in &own {
+                match v {
+                    Some(v) => s.put(Some("x|1"), "t", &[*k], &[*v]).expect("put"),
+                    None => {
+                        s.delete(Some("x|1"), "t", &[*k]).expect("delete");
+                    }
+                }
+            }
+            let mut model: BTreeMap<u8, u8> = committed.clone();
+            for (k, v) in &own {
+                match v {
+                    Some(v) => {
+                        model.insert(*k, *v);
+                    }
+                    None => {
+                        model.remove(k);
+                    }
+                }
+            }
+            let want: Vec<(Vec<u8>, Vec<u8>)> = model
+                .iter()
+                .filter(|(k, _)| **k >= from && to.is_none_or(|t| **k < t))
+                .take(limit)
+                .map(|(k, v)| (vec![*k], vec![*v]))
+                .collect();
+            let to_key = to.map(|t| vec![t]);
+            let got = s.scan(Some("x|1"), "t", &[from], to_key.as_deref(), limit).expect("scan");
+            prop_assert_eq!(got, want);
+        }
+    }
+}
