@@ -248,6 +248,7 @@ mod tests {
             after: b"v".to_vec(),
             status: Status::Commit,
             gcpn: 4,
+            vote: 4,
         };
         let mut c = Checkpoint {
             site: 2,

@@ -141,13 +141,27 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `payload` as a checksummed frame: `len u32 | crc32c(payload) u32 | payload`.
+/// The frame checksum: crc32c over the length field and the payload, so that a
+/// damaged length is caught too (and eight zero bytes are never a valid frame).
+fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len), payload)
+}
+
+/// `payload` (never empty) as a checksummed frame: `len u32 | crc32c(len, payload)
+/// u32 | payload`.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_le_bytes();
     let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&frame_crc(len, payload).to_le_bytes());
     out.extend_from_slice(payload);
     out
+}
+
+/// True when a valid frame starts at some offset after `at` (used to tell a torn
+/// tail, after which nothing valid follows, from damage in the middle).
+pub fn valid_frame_after(data: &[u8], at: usize) -> bool {
+    (at + 1..data.len()).any(|i| matches!(next_frame(data, i), FrameAt::Frame(..)))
 }
 
 /// What [`next_frame`] found at an offset.
@@ -173,6 +187,9 @@ pub fn next_frame(data: &[u8], at: usize) -> FrameAt<'_> {
     }
     let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
     let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
+    if len == 0 {
+        return FrameAt::Bad("empty frame");
+    }
     if len > FRAME_BYTES_MAX {
         return FrameAt::Bad("frame length over the limit");
     }
@@ -180,7 +197,8 @@ pub fn next_frame(data: &[u8], at: usize) -> FrameAt<'_> {
         return FrameAt::Torn;
     }
     let payload = &data[at + 8..at + 8 + len];
-    if crc32c::crc32c(payload) != crc {
+    let lenb = [data[at], data[at + 1], data[at + 2], data[at + 3]];
+    if frame_crc(lenb, payload) != crc {
         return FrameAt::Bad("checksum mismatch");
     }
     FrameAt::Frame(payload, at + 8 + len)
@@ -193,7 +211,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn frames_round_trip_and_any_cut_is_torn(payload in proptest::collection::vec(any::<u8>(), 0..200), cut in 0usize..208) {
+        fn frames_round_trip_and_any_cut_is_torn(payload in proptest::collection::vec(any::<u8>(), 1..200), cut in 0usize..208) {
             let f = frame(&payload);
             prop_assert_eq!(next_frame(&f, 0), FrameAt::Frame(&payload[..], f.len()));
             let cut = cut.min(f.len());
@@ -205,7 +223,7 @@ mod tests {
         #[test]
         fn a_flipped_bit_is_never_read_as_a_frame(payload in proptest::collection::vec(any::<u8>(), 1..100), bit in 0usize..800) {
             let mut f = frame(&payload);
-            let bit = bit % ((f.len() - 4) * 8) + 32; // not in the length field
+            let bit = bit % (f.len() * 8);
             f[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(!matches!(next_frame(&f, 0), FrameAt::Frame(..)));
         }
@@ -217,5 +235,11 @@ mod tests {
             let _ = r.u64();
             let _ = r.bytes();
         }
+    }
+
+    #[test]
+    fn zeros_are_never_a_frame() {
+        assert_eq!(next_frame(&[0u8; 64], 0), FrameAt::Bad("empty frame"));
+        assert!(!valid_frame_after(&[0u8; 64], 0));
     }
 }

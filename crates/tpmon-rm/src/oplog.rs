@@ -73,16 +73,15 @@ pub fn read_log(path: &Path) -> Result<ReadLog, RmError> {
     let mut entries = Vec::new();
     let mut at = 0usize;
     loop {
-        match next_frame(&data, at) {
-            FrameAt::Frame(payload, next) => {
-                let e = LogEntry::decode(payload).map_err(|e| RmError::Corrupt {
-                    path: path.into(),
-                    offset: at as u64,
-                    what: e.to_string(),
-                })?;
-                entries.push(e);
-                at = next;
-            }
+        let what = match next_frame(&data, at) {
+            FrameAt::Frame(payload, next) => match LogEntry::decode(payload) {
+                Ok(e) => {
+                    entries.push(e);
+                    at = next;
+                    continue;
+                }
+                Err(_) => "a frame that does not decode",
+            },
             FrameAt::End => {
                 return Ok(ReadLog {
                     entries,
@@ -90,31 +89,25 @@ pub fn read_log(path: &Path) -> Result<ReadLog, RmError> {
                     torn: None,
                 })
             }
-            FrameAt::Torn => {
-                return Ok(ReadLog {
-                    entries,
-                    valid_len: at as u64,
-                    torn: Some((at as u64, "incomplete frame")),
-                })
-            }
-            FrameAt::Bad(what) => {
-                let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
-                    as usize;
-                if at + 8 + len >= data.len() {
-                    // The bad frame is the file's last: a write torn inside.
-                    return Ok(ReadLog {
-                        entries,
-                        valid_len: at as u64,
-                        torn: Some((at as u64, what)),
-                    });
-                }
-                return Err(RmError::Corrupt {
-                    path: path.into(),
-                    offset: at as u64,
-                    what: what.to_string(),
-                });
-            }
+            FrameAt::Torn => "incomplete frame",
+            FrameAt::Bad(what) => what,
+        };
+        // Appends are acknowledged only after their fdatasync, so an append torn by a
+        // crash can only be followed by garbage (or zeros the file system left): with
+        // no valid frame after it, it is a torn tail. A valid frame after it means
+        // damage in the middle of the log: refused, never skipped.
+        if crate::codec::valid_frame_after(&data, at) {
+            return Err(RmError::Corrupt {
+                path: path.into(),
+                offset: at as u64,
+                what: format!("{what}, followed by valid records"),
+            });
         }
+        return Ok(ReadLog {
+            entries,
+            valid_len: at as u64,
+            torn: Some((at as u64, what)),
+        });
     }
 }
 

@@ -56,8 +56,11 @@ pub struct Record {
     pub after: Vec<u8>,
     /// Undecided, commit or abort.
     pub status: Status,
-    /// The transaction's global checkpoint number (0 while undecided or aborted).
+    /// The transaction's GCPN (0 while undecided or aborted).
     pub gcpn: u64,
+    /// The checkpoint number this site voted with at prepare (kept so that a branch
+    /// in doubt after a restart is committed with a GCPN no lower than its vote).
+    pub vote: u64,
 }
 
 /// One operation of a branch, as logged at prepare.
@@ -82,6 +85,8 @@ pub enum LogEntry {
         first_lsn: u64,
         /// The branch.
         tid: String,
+        /// The checkpoint number of the site's vote.
+        vote: u64,
         /// Its operations, in order.
         ops: Vec<OpImage>,
     },
@@ -130,9 +135,14 @@ impl LogEntry {
             LogEntry::Ops {
                 first_lsn,
                 tid,
+                vote,
                 ops,
             } => {
-                w.u8(TAG_OPS).u64(*first_lsn).str(tid).u32(ops.len() as u32);
+                w.u8(TAG_OPS)
+                    .u64(*first_lsn)
+                    .str(tid)
+                    .u64(*vote)
+                    .u32(ops.len() as u32);
                 for o in ops {
                     w.str(&o.table)
                         .bytes(&o.key)
@@ -165,6 +175,7 @@ impl LogEntry {
             TAG_OPS => {
                 let first_lsn = r.u64()?;
                 let tid = r.str()?;
+                let vote = r.u64()?;
                 let n = r.u32()? as usize;
                 let mut ops = Vec::with_capacity(n.min(4096));
                 for _ in 0..n {
@@ -183,6 +194,7 @@ impl LogEntry {
                 Ok(LogEntry::Ops {
                     first_lsn,
                     tid,
+                    vote,
                     ops,
                 })
             }
@@ -234,7 +246,8 @@ impl Record {
             .u8(op_code(self.op))
             .bytes(&self.after)
             .u8(status)
-            .u64(self.gcpn);
+            .u64(self.gcpn)
+            .u64(self.vote);
         w.buf
     }
 
@@ -263,7 +276,9 @@ impl Record {
             _ => return Err(CodecError::Invalid { what: "status", at }),
         };
         let gcpn = r.u64()?;
+        let vote = r.u64()?;
         Ok(Record {
+            vote,
             lsn,
             tid,
             origin,
@@ -309,10 +324,12 @@ impl Merger {
             LogEntry::Ops {
                 first_lsn,
                 tid,
+                vote,
                 ops,
             } => {
                 for (i, o) in ops.into_iter().enumerate() {
                     self.add_record(Record {
+                        vote,
                         lsn: first_lsn + i as u64,
                         tid: tid.clone(),
                         origin: NO_ORIGIN,
@@ -378,7 +395,7 @@ mod tests {
     proptest! {
         #[test]
         fn entries_round_trip(lsn in any::<u64>(), tid in "[a-z0-9:|]{1,20}", ops in proptest::collection::vec(op(), 0..5), commit in any::<bool>(), gcpn in any::<u64>(), origin in any::<u16>()) {
-            let a = LogEntry::Ops { first_lsn: lsn, tid: tid.clone(), ops };
+            let a = LogEntry::Ops { first_lsn: lsn, tid: tid.clone(), vote: gcpn, ops };
             prop_assert_eq!(LogEntry::decode(&a.encode()), Ok(a));
             let d = LogEntry::Decision { lsn, tid, commit, gcpn, origin };
             prop_assert_eq!(LogEntry::decode(&d.encode()), Ok(d));
@@ -397,6 +414,7 @@ mod tests {
         m.add_entry(LogEntry::Ops {
             first_lsn: 7,
             tid: "g|1".into(),
+            vote: 5,
             ops: vec![OpImage {
                 table: "t".into(),
                 key: b"k".to_vec(),

@@ -20,7 +20,9 @@ use crate::error::{ErrorKind, RmError};
 use crate::site::{Rows, Site};
 
 /// Most sessions one site serves at a time.
-pub const SESSIONS_MAX: usize = 4096;
+pub const SESSIONS_MAX: usize = 1024;
+/// Most branches one session may have begun and not yet prepared or rolled back.
+pub const SESSION_BRANCHES_MAX: usize = 64;
 
 /// One request of the session protocol. Fields: `xid` is the branch (`GTRID|BQUAL`,
 /// empty outside a branch), `table`, `key` and `value` are the row's.
@@ -412,8 +414,16 @@ fn read_frame(s: &mut UnixStream) -> std::io::Result<Option<Vec<u8>>> {
             format!("frame of {n} bytes is over the limit of {FRAME_BYTES_MAX}"),
         ));
     }
-    let mut buf = vec![0u8; n];
-    s.read_exact(&mut buf)?;
+    // Grown as the bytes arrive: a peer that announces a large frame and sends
+    // nothing holds no memory for it.
+    let mut buf = Vec::new();
+    s.take(n as u64).read_to_end(&mut buf)?;
+    if buf.len() < n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the session closed inside a frame",
+        ));
+    }
     Ok(Some(buf))
 }
 
@@ -436,7 +446,15 @@ pub fn serve(site: Arc<Site>, path: &Path) -> Result<(), RmError> {
         .name(name)
         .spawn(move || {
             for conn in listener.incoming() {
-                let Ok(stream) = conn else { continue };
+                let stream = match conn {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Out of descriptors or memory: back off instead of spinning.
+                        tracing::warn!(site = site.id(), error = %e, "cannot accept a site session");
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        continue;
+                    }
+                };
                 if let Err(why) = check_peer(&stream) {
                     tracing::warn!(site = site.id(), "refusing a site session: {why}");
                     continue;
@@ -480,6 +498,44 @@ fn check_peer(s: &UnixStream) -> Result<(), String> {
     Ok(())
 }
 
+/// What a server's session may ask: its own branches only (those it began and has
+/// not ended), a bounded number of them, and never a decision - commit, recover and
+/// forget belong to the transaction manager, which calls the site directly.
+fn session_check(req: &Request, open: &HashSet<String>) -> Result<(), RmError> {
+    let own = |x: &str| {
+        if x.is_empty() || open.contains(x) {
+            Ok(())
+        } else {
+            Err(RmError::Protocol(format!(
+                "branch {x} was not begun on this session"
+            )))
+        }
+    };
+    match req {
+        Request::Begin(_) if open.len() >= SESSION_BRANCHES_MAX => Err(RmError::Invalid(format!(
+            "a session may have at most {SESSION_BRANCHES_MAX} branches open"
+        ))),
+        Request::Begin(_) => Ok(()),
+        Request::Get { xid, .. }
+        | Request::GetForUpdate { xid, .. }
+        | Request::Put { xid, .. }
+        | Request::Insert { xid, .. }
+        | Request::Delete { xid, .. }
+        | Request::Scan { xid, .. } => own(xid),
+        Request::Prepare(x) | Request::Rollback(x) => {
+            if x.is_empty() {
+                return Err(RmError::Invalid("no branch named".into()));
+            }
+            own(x)
+        }
+        Request::Commit { .. } | Request::Recover(_) | Request::Forget(_) => {
+            Err(RmError::Protocol(
+                "commit, recover and forget are the transaction manager's, not a session's".into(),
+            ))
+        }
+    }
+}
+
 fn session(site: &Site, mut stream: UnixStream) {
     // Branches this session began and has not ended: rolled back if it breaks (the
     // server died inside a service), unless they were prepared (then the
@@ -495,34 +551,35 @@ fn session(site: &Site, mut stream: UnixStream) {
             }
         };
         let answer = match Request::decode(&frame) {
-            Ok(req) => {
-                match &req {
-                    Request::Begin(x) => {
-                        open.insert(x.clone());
+            Ok(req) => match session_check(&req, &open) {
+                Err(e) => error_bytes(&e),
+                Ok(()) => {
+                    let result = req.run(site);
+                    match &req {
+                        Request::Begin(x) if result.is_ok() => {
+                            open.insert(x.clone());
+                        }
+                        Request::Prepare(x) | Request::Rollback(x) => {
+                            open.remove(x);
+                        }
+                        _ => {}
                     }
-                    Request::Prepare(x) | Request::Rollback(x) => {
-                        open.remove(x);
-                    }
-                    Request::Commit { xid, .. } => {
-                        open.remove(xid);
-                    }
-                    _ => {}
-                }
-                match req.run(site) {
-                    Ok(a) => {
-                        let bytes = a.encode();
-                        if bytes.len() > FRAME_BYTES_MAX {
-                            error_bytes(&RmError::Invalid(format!(
+                    match result {
+                        Ok(a) => {
+                            let bytes = a.encode();
+                            if bytes.len() > FRAME_BYTES_MAX {
+                                error_bytes(&RmError::Invalid(format!(
                                 "the answer has {} bytes, over the limit of {FRAME_BYTES_MAX}; scan a smaller range or with a lower limit",
                                 bytes.len()
                             )))
-                        } else {
-                            bytes
+                            } else {
+                                bytes
+                            }
                         }
+                        Err(e) => error_bytes(&e),
                     }
-                    Err(e) => error_bytes(&e),
                 }
-            }
+            },
             Err(e) => {
                 tracing::warn!(site = site.id(), error = %e, "malformed site request; closing the session");
                 let _ = write_frame(

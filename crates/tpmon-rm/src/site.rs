@@ -69,11 +69,17 @@ pub struct SiteConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BranchState {
     Active,
+    /// Its operations are being made durable (claimed by `prepare`).
+    Preparing,
     Prepared,
+    /// Its commit decision is being made durable (claimed by `commit`).
+    Committing,
 }
 
 struct Branch {
     state: BranchState,
+    /// The checkpoint number of its yes vote (0 before prepare).
+    vote: u64,
     /// Bytes its operations take in the log (bounded by [`BRANCH_BYTES_MAX`]).
     bytes: usize,
     /// Deferred writes: `None` deletes.
@@ -86,6 +92,7 @@ impl Branch {
     fn new() -> Branch {
         Branch {
             state: BranchState::Active,
+            vote: 0,
             bytes: 0,
             writes: BTreeMap::new(),
             held: Held::default(),
@@ -436,21 +443,31 @@ impl Site {
                 let mut b = Branch::new();
                 b.state = BranchState::Prepared;
                 for r in recs {
-                    site.locks.lock_table(
-                        &tid,
-                        &mut b.held,
-                        &r.table,
-                        TableMode::IntentExclusive,
-                        Duration::ZERO,
-                    )?;
-                    site.locks.lock_key(
-                        &tid,
-                        &mut b.held,
-                        &r.table,
-                        &r.key,
-                        Mode::Exclusive,
-                        Duration::ZERO,
-                    )?;
+                    b.vote = b.vote.max(r.vote);
+                    // Two branches in doubt never hold the same key (2PL); if the
+                    // files say otherwise, the restart goes on and says so.
+                    let locked = site
+                        .locks
+                        .lock_table(
+                            &tid,
+                            &mut b.held,
+                            &r.table,
+                            TableMode::IntentExclusive,
+                            Duration::ZERO,
+                        )
+                        .and_then(|_| {
+                            site.locks.lock_key(
+                                &tid,
+                                &mut b.held,
+                                &r.table,
+                                &r.key,
+                                Mode::Exclusive,
+                                Duration::ZERO,
+                            )
+                        });
+                    if let Err(e) = locked {
+                        tracing::warn!(site = site.cfg.site, tid, error = %e, "two branches in doubt hold the same row; both are kept");
+                    }
                     let v = match r.op {
                         Op::Put => Some(r.after),
                         Op::Delete => None,
@@ -664,6 +681,14 @@ impl Site {
         let b = bs
             .get_mut(xid)
             .ok_or_else(|| RmError::UnknownBranch(xid.to_string()))?;
+        if b.state != BranchState::Active {
+            return Err(RmError::Protocol(format!(
+                "branch {xid} is not active; no more writes"
+            )));
+        }
+        if let Some(d) = &b.doom {
+            return Err(RmError::Doomed(d.clone()));
+        }
         let cost = table.len() + key.len() + value.as_ref().map_or(0, Vec::len) + 16;
         if b.bytes + cost > BRANCH_BYTES_MAX {
             let why = format!(
@@ -798,6 +823,7 @@ impl Site {
             return Ok(out);
         }
         let mut own = own.into_iter().peekable();
+        let mut bytes = 0usize;
         let d = self.data.read().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = d.tables.get(table) {
             let upper = match to {
@@ -813,7 +839,7 @@ impl Site {
                     if let Some((ok, Some(ov))) = own.next() {
                         out.push((ok, ov));
                         if out.len() >= limit {
-                            return Ok(out);
+                            return Self::bounded(out);
                         }
                     }
                 }
@@ -823,10 +849,21 @@ impl Site {
                             out.push((ok, ov));
                         }
                     }
-                    _ => out.push((k.clone(), v.clone())),
+                    _ => {
+                        bytes += k.len() + v.len() + 8;
+                        if bytes > BRANCH_BYTES_MAX {
+                            // Stop copying now (commits wait for this read lock).
+                            return Self::bounded(
+                                out.into_iter()
+                                    .chain(std::iter::once((k.clone(), v.clone())))
+                                    .collect(),
+                            );
+                        }
+                        out.push((k.clone(), v.clone()));
+                    }
                 }
                 if out.len() >= limit {
-                    return Ok(out);
+                    return Self::bounded(out);
                 }
             }
         }
@@ -838,7 +875,18 @@ impl Site {
                 }
             }
         }
-        Ok(out)
+        Self::bounded(out)
+    }
+
+    /// Refuses a scan answer that could not travel in one frame.
+    fn bounded(rows: Rows) -> Result<Rows, RmError> {
+        let bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        if bytes > BRANCH_BYTES_MAX {
+            return Err(RmError::Invalid(format!(
+                "the scan's rows take more than {BRANCH_BYTES_MAX} bytes; scan a smaller range or with a lower limit"
+            )));
+        }
+        Ok(rows)
     }
 
     /// The vote's checkpoint number: LCPN+1 (Algorithm 1), raised to the highest
@@ -853,14 +901,18 @@ impl Site {
     /// 0)` for a read-only branch (already ended: nothing to commit).
     pub fn prepare(&self, xid: &str) -> Result<(bool, u64), RmError> {
         self.stats.prepares.fetch_add(1, Ordering::Relaxed);
+        // The vote's number is taken before the branch is claimed, so that it is
+        // never below a GCPN committed before this prepare began.
+        let cpn = self.vote_cpn();
         let ops: Vec<OpImage> = {
             let mut bs = self.lock_branches();
             let b = bs
                 .get_mut(xid)
                 .ok_or_else(|| RmError::UnknownBranch(xid.to_string()))?;
-            if b.state == BranchState::Prepared {
+            if b.state != BranchState::Active {
                 return Err(RmError::Protocol(format!(
-                    "branch {xid} is prepared already"
+                    "branch {xid} is not active (it is {:?})",
+                    b.state
                 )));
             }
             if let Some(d) = b.doom.clone() {
@@ -879,7 +931,10 @@ impl Site {
                 }
                 return Ok((false, 0));
             }
-            b.state = BranchState::Prepared;
+            // Claimed: no write, rollback or second prepare gets in until the
+            // operations are durable.
+            b.state = BranchState::Preparing;
+            b.vote = cpn;
             b.writes
                 .iter()
                 .map(|((t, k), v)| OpImage {
@@ -890,7 +945,6 @@ impl Site {
                 })
                 .collect()
         };
-        let cpn = self.vote_cpn();
         let n = ops.len() as u64;
         let tid = xid.to_string();
         let seq = self.log.append(move |lsn| {
@@ -898,63 +952,111 @@ impl Site {
                 LogEntry::Ops {
                     first_lsn: lsn,
                     tid,
+                    vote: cpn,
                     ops,
                 },
                 n,
             )
         });
         let synced = seq.and_then(|s| self.log.sync_to(s));
+        let mut bs = self.lock_branches();
         if let Err(e) = synced {
-            // Not durable: the branch cannot be prepared.
-            if let Some(b) = self.lock_branches().remove(xid) {
+            // Not durable (the log is poisoned from now on): the branch cannot be
+            // prepared.
+            if let Some(b) = bs.remove(xid) {
+                drop(bs);
                 self.locks.release(xid, b.held);
             }
             return Err(e);
+        }
+        if let Some(b) = bs.get_mut(xid) {
+            b.state = BranchState::Prepared;
         }
         Ok((true, cpn))
     }
 
     fn commit_one_phase(&self, xid: &str) -> Result<(), RmError> {
-        let gcpn = self.vote_cpn();
         match self.prepare(xid)? {
             (false, _) => Ok(()),
-            (true, _) => self.commit(xid, gcpn, self.cfg.site),
+            (true, cpn) => self.commit(xid, cpn, self.cfg.site),
         }
     }
 
     /// Commits branch `xid` with the transaction's GCPN and originating site: the
     /// decision is made durable, then applied. An active branch is committed in one
     /// phase (prepared first). Unknown: [`RmError::UnknownBranch`].
+    ///
+    /// The GCPN used is never below this site's own vote (Algorithm 1 makes the GCPN
+    /// the largest vote, so an honest decision is unchanged) and never more than two
+    /// above it (Theorem 2's bound); a decision outside that range is corrected and
+    /// logged, so that no caller can place a transaction before work it followed, or
+    /// push the site's numbers out of range.
     pub fn commit(&self, xid: &str, gcpn: u64, origin: u16) -> Result<(), RmError> {
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        let state = self.lock_branches().get(xid).map(|b| b.state);
-        match state {
-            None => return Err(RmError::UnknownBranch(xid.to_string())),
-            Some(BranchState::Active) => {
-                return match self.prepare(xid)? {
-                    (false, _) => Ok(()),
-                    (true, cpn) => self.commit(xid, gcpn.max(cpn), origin),
+        let claimed = {
+            let mut bs = self.lock_branches();
+            match bs.get_mut(xid) {
+                None => return Err(RmError::UnknownBranch(xid.to_string())),
+                Some(b) if b.state == BranchState::Prepared => {
+                    b.state = BranchState::Committing;
+                    Some(b.vote)
+                }
+                Some(b) if b.state == BranchState::Active => None,
+                Some(b) => {
+                    return Err(RmError::Protocol(format!(
+                        "branch {xid} is {:?}; it cannot be committed now",
+                        b.state
+                    )))
                 }
             }
-            Some(BranchState::Prepared) => {}
+        };
+        let Some(vote) = claimed else {
+            return match self.prepare(xid)? {
+                (false, _) => Ok(()),
+                (true, cpn) => self.commit(xid, gcpn.max(cpn), origin),
+            };
+        };
+        let bounded = gcpn.clamp(vote, vote.saturating_add(2));
+        if bounded != gcpn {
+            tracing::warn!(
+                site = self.cfg.site,
+                xid,
+                gcpn,
+                vote,
+                used = bounded,
+                "a commit decision's GCPN is outside what this site's vote allows; corrected"
+            );
         }
+        let gcpn = bounded;
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let tid = xid.to_string();
-        let seq = self.log.append(move |lsn| {
-            (
-                LogEntry::Decision {
-                    lsn,
-                    tid,
-                    commit: true,
-                    gcpn,
-                    origin,
-                },
-                1,
-            )
-        })?;
-        self.log.sync_to(seq)?;
+        let logged = self
+            .log
+            .append(move |lsn| {
+                (
+                    LogEntry::Decision {
+                        lsn,
+                        tid,
+                        commit: true,
+                        gcpn,
+                        origin,
+                    },
+                    1,
+                )
+            })
+            .and_then(|seq| self.log.sync_to(seq));
+        if let Err(e) = logged {
+            // Not durable: the branch stays prepared (the log refuses everything
+            // from now on; the restart finishes it through the TM's recovery).
+            if let Some(b) = self.lock_branches().get_mut(xid) {
+                b.state = BranchState::Prepared;
+            }
+            return Err(e);
+        }
         let Some(b) = self.lock_branches().remove(xid) else {
-            return Ok(());
+            return Err(RmError::Protocol(format!(
+                "branch {xid} vanished while it was being committed"
+            )));
         };
         {
             let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
@@ -964,17 +1066,31 @@ impl Site {
         }
         self.max_gcpn.fetch_max(gcpn, Ordering::AcqRel);
         self.locks.release(xid, b.held);
-        if gcpn > self.lcpn() + 2 {
+        if gcpn > self.lcpn().saturating_add(2) {
             // Another site is ahead: catch up now rather than at the next tick.
             self.wake_checkpointer();
         }
         Ok(())
     }
 
-    /// Rolls branch `xid` back (active or prepared).
+    /// Rolls branch `xid` back (active or prepared). A branch that is being prepared
+    /// or committed right now cannot be: [`RmError::Protocol`] (the caller retries;
+    /// the transaction manager's recovery does).
     pub fn rollback(&self, xid: &str) -> Result<(), RmError> {
         self.stats.rollbacks.fetch_add(1, Ordering::Relaxed);
-        let Some(b) = self.lock_branches().remove(xid) else {
+        let b = {
+            let mut bs = self.lock_branches();
+            match bs.get(xid).map(|b| b.state) {
+                None => return Err(RmError::UnknownBranch(xid.to_string())),
+                Some(BranchState::Preparing | BranchState::Committing) => {
+                    return Err(RmError::Protocol(format!(
+                        "branch {xid} is being prepared or committed; roll it back later"
+                    )))
+                }
+                Some(_) => bs.remove(xid),
+            }
+        };
+        let Some(b) = b else {
             return Err(RmError::UnknownBranch(xid.to_string()));
         };
         if b.state == BranchState::Prepared {
@@ -1188,7 +1304,7 @@ impl Site {
                     next.delta.push((r, false));
                 }
                 Status::Commit if r.gcpn < target => {
-                    if r.gcpn + 1 < target {
+                    if r.gcpn.saturating_add(1) < target {
                         self.stats.late_records.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(site = self.cfg.site, lsn = r.lsn, gcpn = r.gcpn, checkpoint = target,
                             "a commit decided later than the checkpoint interval allows; stored with the compensation records");
@@ -1316,7 +1432,8 @@ impl Site {
         let mut targets = Vec::new();
         {
             let mut redo = self.lock_redo();
-            let list = redo.lists.entry(n).or_default();
+            // Worked out on a copy: REDO_x(n) only records requests actually sent.
+            let mut list = redo.lists.get(&n).cloned().unwrap_or_default();
             for r in &records {
                 if r.status == Status::Commit && r.gcpn < n {
                     return Err(RmError::InconsistencyCheckpoint {
@@ -1331,6 +1448,7 @@ impl Site {
                     targets.push(k);
                 }
             }
+            redo.lists.insert(n, list);
         }
         self.install(image, &records);
         self.stats
@@ -1358,17 +1476,35 @@ impl Site {
         let lcpn = self.ccp.load(Ordering::Acquire);
         let restored = if lcpn < n { n.saturating_sub(1) } else { n };
         let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        let (image, records) = self.restore_point(restored)?;
+        let forget_request = || {
+            // Not acted on: a later request from the same site must not be ignored.
+            if let Some(l) = self.lock_redo().lists.get_mut(&n) {
+                l.remove(&from);
+            }
+        };
+        let (image, records) = match self.restore_point(restored) {
+            Ok(x) => x,
+            Err(e) => {
+                forget_request();
+                return Err(e);
+            }
+        };
         let mut targets = Vec::new();
         {
             let mut redo = self.lock_redo();
-            let list = redo.lists.entry(n).or_default();
+            let mut list = redo.lists.get(&n).cloned().unwrap_or_default();
             for r in &records {
                 if r.status != Status::Commit {
                     continue;
                 }
-                let too_old = if lcpn < n { r.gcpn + 1 < n } else { r.gcpn < n };
+                let too_old = if lcpn < n {
+                    r.gcpn.saturating_add(1) < n
+                } else {
+                    r.gcpn < n
+                };
                 if too_old {
+                    drop(redo);
+                    forget_request();
                     return Err(RmError::InconsistencyCheckpoint {
                         site: me,
                         lsn: r.lsn,
@@ -1382,6 +1518,7 @@ impl Site {
                     targets.push(i);
                 }
             }
+            redo.lists.insert(n, list);
             redo.events.push(RedoEvent::Acted { n, from, restored });
         }
         self.install(image, &records);

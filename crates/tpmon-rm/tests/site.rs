@@ -328,6 +328,7 @@ fn a_write_outside_transactions_cut_by_a_crash_is_rolled_back_at_restart() {
     let entry = tpmon_rm::record::LogEntry::Ops {
         first_lsn: 1000,
         tid: format!("{}1:999:0", tpmon_rm::site::LOCAL_PREFIX),
+        vote: 1,
         ops: vec![tpmon_rm::record::OpImage {
             table: "t".into(),
             key: b"cut".to_vec(),
@@ -440,4 +441,131 @@ mod scan_model {
             prop_assert_eq!(got, want);
         }
     }
+}
+
+#[test]
+fn zeros_after_the_last_record_are_a_torn_tail_and_a_bad_length_in_the_middle_is_refused() {
+    let d = dir("zeros");
+    {
+        let s = open(&d);
+        s.put(None, "t", b"a", b"1").expect("put");
+        s.put(None, "t", b"b", b"2").expect("put");
+    }
+    let log = d.0.join(log_name(0));
+    let good = std::fs::read(&log).expect("log");
+    // What a file system may leave after a crash during an unsynced append: the
+    // file's new size, filled with zeros.
+    let mut zeros = good.clone();
+    zeros.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&log, &zeros).expect("write");
+    let (s, report) = Site::open(cfg(&d)).expect("zeros at the tail are cut");
+    assert_eq!(report.torn.len(), 1);
+    assert_eq!(s.get(None, "t", b"b").expect("get"), Some(b"2".to_vec()));
+    drop(s);
+    // A length field damaged so that it points past the end, with valid records
+    // after it: refused, never cut (that would drop acknowledged records).
+    let mut bad = good.clone();
+    bad[2] = 0x7f;
+    std::fs::write(&log, &bad).expect("write");
+    assert!(matches!(
+        Site::open(cfg(&d)),
+        Err(RmError::Corrupt { offset: 0, .. })
+    ));
+}
+
+#[test]
+fn a_decision_outside_what_the_vote_allows_is_corrected_and_writes_after_prepare_are_refused() {
+    let d = dir("gcpn");
+    let s = open(&d);
+    s.begin("a|1").expect("begin");
+    s.put(Some("a|1"), "t", b"k", b"1").expect("put");
+    let (_, vote) = s.prepare("a|1").expect("prepare");
+    assert_eq!(
+        s.put(Some("a|1"), "t", b"j", b"x")
+            .expect_err("after prepare")
+            .kind(),
+        ErrorKind::Protocol
+    );
+    assert_eq!(
+        s.rollback("nope|1").expect_err("unknown").kind(),
+        ErrorKind::UnknownBranch
+    );
+    // A hostile or broken decision far in the future does not poison later votes.
+    s.commit("a|1", u64::MAX, 1).expect("commit");
+    s.begin("b|1").expect("begin");
+    s.put(Some("b|1"), "t", b"k", b"2").expect("put");
+    let (_, next) = s.prepare("b|1").expect("prepare");
+    assert!(
+        next <= vote + 2,
+        "vote {next} after a decision clamped to {}",
+        vote + 2
+    );
+    // And one below the vote is raised to it: the record lands where its vote says.
+    s.commit("b|1", 0, 1).expect("commit");
+    let n = s.checkpoint_now().expect("checkpoint");
+    drop(s);
+    let ck = tpmon_rm::checkpoint::Checkpoint::read(&d.0.join(tpmon_rm::checkpoint::ccp_name(n)))
+        .expect("checkpoint");
+    let gcpns: Vec<u64> = ck
+        .delta
+        .iter()
+        .map(|(r, _)| r.gcpn)
+        .chain(ck.carry.iter().map(|r| r.gcpn))
+        .collect();
+    assert!(
+        gcpns.iter().all(|g| *g >= vote && *g <= vote + 2),
+        "{gcpns:?}"
+    );
+}
+
+#[test]
+fn a_session_acts_only_on_its_own_branches_and_never_decides() {
+    use tpmon_rm::session::{serve, Request, Session};
+    let d = dir("session");
+    let s = open(&d);
+    let sock = d.0.join("s.sock");
+    serve(s.clone(), &sock).expect("serve");
+    let mut a = Session::connect(&sock, Duration::from_secs(10)).expect("connect");
+    let mut b = Session::connect(&sock, Duration::from_secs(10)).expect("connect");
+    a.call(&Request::Begin("x|1".into())).expect("begin");
+    a.call(&Request::Put {
+        xid: "x|1".into(),
+        table: "t".into(),
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    })
+    .expect("put");
+    // Another session cannot touch it, even by beginning it again.
+    for req in [
+        Request::Put {
+            xid: "x|1".into(),
+            table: "t".into(),
+            key: b"k".to_vec(),
+            value: b"w".to_vec(),
+        },
+        Request::Prepare("x|1".into()),
+        Request::Rollback("x|1".into()),
+        Request::Begin("x|1".into()),
+    ] {
+        assert!(b.call(&req).is_err(), "{req:?} was allowed");
+    }
+    a.call(&Request::Prepare("x|1".into())).expect("prepare");
+    // Decisions are the transaction manager's.
+    for req in [
+        Request::Commit {
+            xid: "x|1".into(),
+            gcpn: 1,
+            origin: 1,
+        },
+        Request::Recover(String::new()),
+        Request::Forget("x|1".into()),
+    ] {
+        let e = a.call(&req).expect_err("a session decided");
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    }
+    // b's failed begin did not make it an owner: closing b leaves the branch alone.
+    drop(b);
+    assert_eq!(s.recover(""), vec!["x|1".to_string()]);
+    s.commit("x|1", 1, 1).expect("the TM commits");
+    assert_eq!(s.get(None, "t", b"k").expect("get"), Some(b"v".to_vec()));
 }
