@@ -1,0 +1,155 @@
+//! Three members on loopback: every pair links up, frames flow both ways, a member
+//! that stops is found dead within the heartbeat limits and comes back when it
+//! restarts, and a member with the wrong secret never joins.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tpmon_link::{Frame, Identity, Incoming, Item, Mesh, MeshConfig};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn listeners(n: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
+    let mut ls = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..n {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        addrs.push(l.local_addr().expect("addr"));
+        ls.push(l);
+    }
+    (ls, addrs)
+}
+
+fn config(me: u32, addrs: &[SocketAddr], secret: &str) -> MeshConfig {
+    let mut c = MeshConfig::new(
+        Identity {
+            domain: "it".into(),
+            secret: secret.as_bytes().to_vec(),
+            me,
+            members: addrs.len() as u32,
+        },
+        addrs.to_vec(),
+    );
+    c.heartbeat = Duration::from_millis(100);
+    c.dead_after = Duration::from_millis(600);
+    c.backoff_max = Duration::from_millis(300);
+    c
+}
+
+/// Waits (without sleeping blindly: polls the condition) until `cond` holds.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn all_up(m: &Mesh) -> bool {
+    m.peers().iter().all(|p| p.up())
+}
+
+async fn next(rx: &mut mpsc::Receiver<Incoming>) -> Incoming {
+    tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .expect("a frame in time")
+        .expect("channel open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_link_up_exchange_frames_and_survive_a_restart() {
+    let (ls, addrs) = listeners(3).await;
+    let mut meshes: Vec<Option<(Arc<Mesh>, mpsc::Receiver<Incoming>)>> = Vec::new();
+    for (i, l) in ls.into_iter().enumerate() {
+        meshes.push(Some(Mesh::start_on(config(i as u32, &addrs, "s3cret"), l)));
+    }
+    for (i, m) in meshes.iter().enumerate() {
+        let m = m.as_ref().expect("mesh").0.clone();
+        until(&format!("member {i} linked to all"), || all_up(&m)).await;
+    }
+    // Frames both ways, fields intact.
+    let mut f = Frame::request(Item::Call, 0, b"hello n2".to_vec());
+    f.session = 7;
+    f.async_seq = 9;
+    meshes[0]
+        .as_ref()
+        .expect("m0")
+        .0
+        .send(2, f.clone())
+        .expect("send 0->2");
+    let got = next(&mut meshes[2].as_mut().expect("m2").1).await;
+    assert_eq!((got.from, got.frame), (0, f));
+    let mut r = Frame::request(Item::Call, 2, b"hello n0".to_vec());
+    r.response = true;
+    meshes[2]
+        .as_ref()
+        .expect("m2")
+        .0
+        .send(0, r.clone())
+        .expect("send 2->0");
+    let got = next(&mut meshes[0].as_mut().expect("m0").1).await;
+    assert_eq!((got.from, got.frame), (2, r));
+    assert!(meshes[0]
+        .as_ref()
+        .expect("m0")
+        .0
+        .send(0, Frame::request(Item::Call, 0, vec![]))
+        .is_err());
+
+    // Member 1 stops: the others see it down (both directions), and sends fail.
+    meshes[1] = None;
+    for i in [0usize, 2] {
+        let m = meshes[i].as_ref().expect("mesh").0.clone();
+        until(&format!("member {i} sees member 1 down"), || {
+            m.peers()
+                .iter()
+                .any(|p| p.position == 1 && !p.inbound_up && !p.outbound_up)
+        })
+        .await;
+        assert!(m
+            .send(1, Frame::request(Item::Call, i as u32, vec![]))
+            .is_err());
+    }
+    // It restarts on the same address and everyone links up again.
+    let l = TcpListener::bind(addrs[1]).await.expect("rebind");
+    meshes[1] = Some(Mesh::start_on(config(1, &addrs, "s3cret"), l));
+    for (i, m) in meshes.iter().enumerate() {
+        let m = m.as_ref().expect("mesh").0.clone();
+        until(&format!("member {i} linked to all again"), || all_up(&m)).await;
+    }
+    let m0 = meshes[0].as_ref().expect("m0").0.clone();
+    assert!(m0
+        .peers()
+        .iter()
+        .any(|p| p.position == 1 && p.connects >= 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_the_wrong_secret_never_joins() {
+    let (ls, addrs) = listeners(2).await;
+    let mut it = ls.into_iter();
+    let (good, _rx0) = Mesh::start_on(config(0, &addrs, "s3cret"), it.next().expect("l0"));
+    let (bad, _rx1) = Mesh::start_on(config(1, &addrs, "guess"), it.next().expect("l1"));
+    // Both keep trying and both keep refusing; neither direction ever comes up.
+    until("the refusal is recorded", || {
+        good.peers()
+            .iter()
+            .any(|p| p.last_error.contains("authentication") || p.last_error.contains("closed"))
+            && bad.peers().iter().any(|p| !p.last_error.is_empty())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // several retry rounds
+    for m in [&good, &bad] {
+        assert!(
+            m.peers().iter().all(|p| !p.outbound_up && !p.inbound_up),
+            "{:?}",
+            m.peers()
+        );
+    }
+}
