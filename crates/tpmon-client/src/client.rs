@@ -253,12 +253,21 @@ impl Client {
         self.txn.take()
     }
 
-    /// Looks a service up in the routing table.
+    /// Looks a service up in the routing table. A service offered on another node of
+    /// the domain is TPENOENT with a detail naming that node: calls between nodes are
+    /// not built yet.
     pub fn route(&self, service: &str) -> Result<(usize, &ServiceRoute), CallError> {
         let i = *self.services.get(service).ok_or_else(|| {
             CallError::new(ErrorKind::NoEnt, format!("no service named {service}"))
         })?;
-        Ok((i, &self.welcome.services[i]))
+        let route = &self.welcome.services[i];
+        if let Some(node) = self.welcome.remote_node(route) {
+            return Err(CallError::new(
+                ErrorKind::NoEnt,
+                tpmon_proto::remote_service_detail(service, node),
+            ));
+        }
+        Ok((i, route))
     }
 
     /// Synchronous call (`tpcall`).

@@ -5,9 +5,10 @@
 //! every reference is an index that is in range, every path that the file gives relative
 //! to its directory is absolute, and every `${VAR}` is expanded. Code that receives a
 //! `DomainConfig` can therefore index `servers[service.server]` without checking. The
-//! only ways to change a loaded configuration are the override setters, which keep these
-//! invariants. Nothing here reads the file system except [`DomainConfig::resolve_executable`],
-//! which looks for the server program.
+//! only ways to change a loaded configuration are the override setters and
+//! [`DomainConfig::select_node`], which keep these invariants. Nothing here reads the
+//! file system except [`DomainConfig::resolve_executable`], which looks for the server
+//! program.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,6 +53,9 @@ pub struct DomainConfig {
     pub servers: Vec<Server>,
     /// The services, in file order.
     pub services: Vec<Service>,
+    /// The node whose daemon this configuration was narrowed to by
+    /// [`DomainConfig::select_node`] (an index into `nodes`), if any.
+    pub selected_node: Option<usize>,
 }
 
 /// Longest domain name plus node name: every global transaction id starts with both
@@ -69,6 +73,9 @@ pub struct Domain {
     pub run_dir: PathBuf,
     /// The domain password clients must present (system access control), if any.
     pub password: Option<Password>,
+    /// The secret the nodes' daemons authenticate one another's links with (16 to
+    /// 1024 bytes); present whenever the domain has more than one node.
+    pub link_secret: Option<Password>,
     /// Absolute paths of the field table files.
     pub field_tables: Vec<PathBuf>,
     /// The daemon's log file as written (after `${VAR}` expansion); relative to
@@ -483,12 +490,106 @@ impl DomainConfig {
                 Some(e),
             )
         })?;
+        // A node selected already keeps its own directory inside the new one.
+        let absolute = match self.selected_node_name() {
+            Some(node) => absolute.join(node),
+            None => absolute,
+        };
         // The transaction log follows the run directory unless placed explicitly.
         if self.domain.tx.log_dir == self.domain.run_dir.join("txlog") {
             self.domain.tx.log_dir = absolute.join("txlog");
         }
         self.domain.run_dir = absolute;
         Ok(())
+    }
+
+    /// The name of the node selected by [`DomainConfig::select_node`] when the domain
+    /// has more than one node (in a single-node domain selecting changes nothing).
+    fn selected_node_name(&self) -> Option<String> {
+        let index = self.selected_node?;
+        if self.nodes.len() < 2 {
+            return None;
+        }
+        self.nodes.get(index).map(|n| n.name.clone())
+    }
+
+    /// Narrows the configuration to the daemon of node `name` (`None`: the node
+    /// selected already, else the first node) and returns the node's index.
+    ///
+    /// In a multi-node domain each node's daemon keeps files of its own, so that the
+    /// daemons of several nodes can share a machine and one configuration file: its
+    /// run directory becomes `run_dir/<node name>`; its transaction log follows it
+    /// (`txlog/` in the node's run directory) or, when `[domain.tx] log_dir` is set,
+    /// becomes `log_dir/<node name>`; and the domain's client address becomes the
+    /// node's `listen`. A single-node domain is left as it is.
+    ///
+    /// Selecting the node that is selected already changes nothing. A name that no node
+    /// has, or another node than the one selected, is an error. Apply the command
+    /// line's overrides ([`DomainConfig::with_overrides`]) after this: `set_run_dir`
+    /// then keeps the node's subdirectory and `set_listen` moves the node's address.
+    pub fn select_node(&mut self, name: Option<&str>) -> Result<usize, ConfigError> {
+        let names = || {
+            self.nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let index = match name {
+            None => self.selected_node.unwrap_or(0),
+            Some(n) => self.node_index(n).ok_or_else(|| {
+                ConfigError::whole_file(
+                    ErrorKind::UnknownReference,
+                    &self.source,
+                    None,
+                    format!(
+                        "node {n:?} is not in the configuration (nodes: {})",
+                        names()
+                    ),
+                    None,
+                )
+            })?,
+        };
+        match self.selected_node {
+            Some(done) if done == index => return Ok(index),
+            Some(done) => {
+                return Err(ConfigError::whole_file(
+                    ErrorKind::InvalidValue,
+                    &self.source,
+                    None,
+                    format!(
+                        "the configuration is node {:?}'s already; it cannot become node \
+                         {:?}'s",
+                        self.nodes.get(done).map_or("?", |n| n.name.as_str()),
+                        self.nodes.get(index).map_or("?", |n| n.name.as_str()),
+                    ),
+                    None,
+                ))
+            }
+            None => {}
+        }
+        let Some(node) = self.nodes.get(index).cloned() else {
+            return Err(ConfigError::whole_file(
+                ErrorKind::UnknownReference,
+                &self.source,
+                None,
+                "the configuration has no node",
+                None,
+            ));
+        };
+        self.selected_node = Some(index);
+        if self.nodes.len() > 1 {
+            let run_dir = self.domain.run_dir.join(&node.name);
+            self.domain.tx.log_dir = if self.domain.tx.log_dir == self.domain.run_dir.join("txlog")
+            {
+                run_dir.join("txlog")
+            } else {
+                self.domain.tx.log_dir.join(&node.name)
+            };
+            self.domain.run_dir = run_dir;
+            self.domain.listen = node.listen;
+        }
+        Ok(index)
     }
 
     /// Applies the overrides a command line may give: `listen` as [`set_listen`], and

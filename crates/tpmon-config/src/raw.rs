@@ -41,6 +41,7 @@ pub(crate) struct RawDomain {
     pub listen: Option<Str>,
     pub run_dir: Option<Str>,
     pub password: Option<Str>,
+    pub link_secret: Option<Str>,
     #[serde(default)]
     pub field_tables: Vec<Str>,
     pub log_file: Option<Str>,

@@ -379,6 +379,7 @@ fn multi_node_domain() {
         "[domain]",
         "name = \"qs\"",
         "listen = \"0.0.0.0:7480\"",
+        "link_secret = \"0123456789abcdef\"",
         "[[node]]",
         "name = \"a\"",
         "link = \"10.0.0.1:7490\"",
@@ -1262,6 +1263,7 @@ fn missing_keys() {
 
     // With several nodes a group must name its node and every node needs a link.
     let v = with_domain(&[
+        "link_secret = \"0123456789abcdef\"",
         "[[node]]",
         "name = \"a\"",
         "link = \"127.0.0.1:7491\"",
@@ -1276,7 +1278,7 @@ fn missing_keys() {
     check(
         &e,
         ErrorKind::MissingKey,
-        11,
+        12,
         Some("group \"G\""),
         Some("node"),
     );
@@ -1605,6 +1607,173 @@ fn documented_examples_are_valid() {
         full.servers[0].env.get("TEMPLATE").map(String::as_str),
         Some("${NOT_EXPANDED}")
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The node-link secret and the selection of one node
+
+/// Three nodes on loopback; `secret` is the `link_secret` line (or nothing).
+fn three_nodes(secret: Option<&str>, extra_domain: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = DOMAIN.iter().map(|s| s.to_string()).collect();
+    if let Some(line) = secret {
+        v.push(line.to_string());
+    }
+    v.extend(extra_domain.iter().map(|s| s.to_string()));
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        v.push("[[node]]".into());
+        v.push(format!("name = \"{name}\""));
+        v.push(format!("listen = \"127.0.0.1:{}\"", 7481 + i));
+        v.push(format!("link = \"127.0.0.1:{}\"", 7491 + i));
+    }
+    v.extend(
+        ["[[group]]", "name = \"G\"", "node = \"n2\""]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    v
+}
+
+#[test]
+fn link_secret_is_expanded_and_hidden() {
+    let c = parse_ok(&lines(&three_nodes(
+        Some("link_secret = \"${TPMON_DOMAIN_PASSWORD}-and-more-bytes\""),
+        &[],
+    )));
+    let secret = c.domain.link_secret.as_ref().expect("a link secret");
+    assert_eq!(secret.expose(), "s3cret-and-more-bytes");
+    let printed = format!("{c:?}");
+    assert!(!printed.contains("s3cret"), "{printed}");
+    // A single-node domain may have one too (it is not used there).
+    let c = parse_ok(&lines(&with_domain(&[
+        "link_secret = \"0123456789abcdef\"",
+    ])));
+    assert!(c.domain.link_secret.is_some());
+    assert!(parse_ok(&DOMAIN).domain.link_secret.is_none());
+}
+
+#[test]
+fn link_secret_is_required_with_several_nodes() {
+    let e = parse_err(&lines(&three_nodes(None, &[])));
+    check(
+        &e,
+        ErrorKind::MissingKey,
+        1,
+        None,
+        Some("domain.link_secret"),
+    );
+    assert!(e.message().contains("required key is missing"), "{e}");
+}
+
+#[test]
+fn link_secret_length_is_checked() {
+    // 15 bytes: too short.
+    let e = parse_err(&lines(&three_nodes(
+        Some("link_secret = \"0123456789abcde\""),
+        &[],
+    )));
+    check(
+        &e,
+        ErrorKind::InvalidValue,
+        4,
+        None,
+        Some("domain.link_secret"),
+    );
+    assert_eq!(e.message(), "must be at least 16 bytes long (is 15)");
+    // 16 and 1024 bytes are accepted, 1025 are not.
+    for (n, ok) in [(16, true), (1024, true), (1025, false)] {
+        let line = format!("link_secret = \"{}\"", "x".repeat(n));
+        let v = three_nodes(Some(&line), &[]);
+        let r = parse_with_env(&doc(&lines(&v)), Path::new(SOURCE), &env);
+        assert_eq!(r.is_ok(), ok, "{n} bytes: {r:?}");
+        if let Err(e) = r {
+            check(
+                &e,
+                ErrorKind::InvalidValue,
+                4,
+                None,
+                Some("domain.link_secret"),
+            );
+            assert_eq!(e.message(), "must be at most 1024 bytes long (is 1025)");
+        }
+    }
+    // An unset variable is named.
+    let e = parse_err(&lines(&three_nodes(
+        Some("link_secret = \"${NO_SUCH_SECRET}\""),
+        &[],
+    )));
+    check(
+        &e,
+        ErrorKind::UnsetVariable,
+        4,
+        None,
+        Some("domain.link_secret"),
+    );
+}
+
+#[test]
+fn selecting_a_node_gives_it_its_own_run_directory_log_and_address() {
+    let secret = Some("link_secret = \"0123456789abcdef\"");
+    let mut c = parse_ok(&lines(&three_nodes(secret, &[])));
+    let run = PathBuf::from("/etc/tpmon/run");
+    assert_eq!(c.select_node(Some("n2")).expect("n2"), 1);
+    assert_eq!(c.domain.run_dir, run.join("n2"));
+    assert_eq!(c.domain.tx.log_dir, run.join("n2").join("txlog"));
+    assert_eq!(
+        c.domain.listen,
+        "127.0.0.1:7482".parse::<SocketAddr>().unwrap()
+    );
+    // Again: nothing changes; another node or an unknown one is refused.
+    assert_eq!(c.select_node(Some("n2")).expect("n2 again"), 1);
+    assert_eq!(c.select_node(None).expect("the selected one"), 1);
+    assert_eq!(c.domain.run_dir, run.join("n2"));
+    let e = c.select_node(Some("n1")).expect_err("another node");
+    assert!(e.message().contains("\"n2\"'s already"), "{e}");
+    // The command line's overrides keep the node's own directory and move its address.
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let c = c
+        .with_overrides(Some(listen), Some(PathBuf::from("/srv/tp")))
+        .expect("overrides");
+    assert_eq!(c.domain.run_dir, Path::new("/srv/tp/n2"));
+    assert_eq!(c.domain.tx.log_dir, Path::new("/srv/tp/n2/txlog"));
+    assert_eq!((c.domain.listen, c.nodes[1].listen), (listen, listen));
+    assert_eq!(c.nodes[0].listen.port(), 7481);
+
+    // Without a name: the first node.
+    let mut c = parse_ok(&lines(&three_nodes(secret, &[])));
+    assert_eq!(c.select_node(None).expect("first"), 0);
+    assert_eq!(c.domain.run_dir, run.join("n1"));
+
+    // An explicit log directory gets the node's name too (the setting is the domain's,
+    // the log is each node's).
+    let mut c = parse_ok(&lines(&three_nodes(
+        secret,
+        &["[domain.tx]", "log_dir = \"/var/lib/tpmon/txlog\""],
+    )));
+    c.select_node(Some("n3")).expect("n3");
+    assert_eq!(c.domain.tx.log_dir, Path::new("/var/lib/tpmon/txlog/n3"));
+    assert_eq!(c.domain.run_dir, run.join("n3"));
+
+    let mut c = parse_ok(&lines(&three_nodes(secret, &[])));
+    let e = c.select_node(Some("n9")).expect_err("unknown");
+    assert_eq!(e.kind(), ErrorKind::UnknownReference);
+    assert_eq!(
+        e.to_string(),
+        "/etc/tpmon/domain.toml: node \"n9\" is not in the configuration (nodes: n1, n2, n3)"
+    );
+    assert_eq!(c.selected_node, None);
+}
+
+#[test]
+fn selecting_the_node_of_a_single_node_domain_changes_nothing() {
+    let c0 = parse_ok(&DOMAIN);
+    let mut c = c0.clone();
+    assert_eq!(c.select_node(Some("qs")).expect("the implicit node"), 0);
+    assert_eq!(c.domain, c0.domain);
+    let c = c
+        .with_overrides(None, Some(PathBuf::from("/srv/tp")))
+        .expect("override");
+    assert_eq!(c.domain.run_dir, Path::new("/srv/tp"));
+    assert_eq!(c.domain.tx.log_dir, Path::new("/srv/tp/txlog"));
 }
 
 #[test]

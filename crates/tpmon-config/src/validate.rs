@@ -68,6 +68,10 @@ const SERVICE_TIMEOUT_S: Bound = bound(0, 0, 86_400);
 
 /// Longest domain password, in bytes.
 const PASSWORD_BYTES_MAX: usize = 255;
+/// Shortest node-link secret, in bytes (128 bits).
+const LINK_SECRET_BYTES_MIN: usize = 16;
+/// Longest node-link secret, in bytes.
+const LINK_SECRET_BYTES_MAX: usize = 1024;
 /// Longest node host name (the DNS limit).
 const HOST_LEN_MAX: usize = 253;
 
@@ -354,6 +358,22 @@ pub(crate) fn build(
     let domain = domain(&ctx, raw_domain)?;
     let limits = limits(&ctx, raw_domain.get_ref().limits.as_ref())?;
     let (nodes, node_names) = nodes(&ctx, &raw.node, &domain)?;
+    if nodes.len() > 1 && domain.link_secret.is_none() {
+        return Err(ctx.err(
+            &Scope {
+                item: None,
+                prefix: "domain.",
+            },
+            "link_secret",
+            raw_domain.span().start,
+            ErrorKind::MissingKey,
+            format!(
+                "required key is missing (the {} nodes' daemons authenticate their links \
+                 with it)",
+                nodes.len()
+            ),
+        ));
+    }
     let (groups, group_names) = groups(&ctx, &raw.group, &nodes, &node_names)?;
     if groups.iter().any(|g| g.rm.xa().is_some()) {
         for node in &nodes {
@@ -432,6 +452,7 @@ pub(crate) fn build(
         groups,
         servers,
         services,
+        selected_node: None,
     })
 }
 
@@ -492,6 +513,34 @@ fn domain(ctx: &Ctx<'_>, raw: &Spanned<RawDomain>) -> Result<Domain, ConfigError
         }
         None => None,
     };
+    let link_secret = match &raw.link_secret {
+        Some(value) => {
+            let secret = ctx.expanded(&scope, "link_secret", value)?;
+            let fail = |message: String| {
+                ctx.err(
+                    &scope,
+                    "link_secret",
+                    value.span().start,
+                    ErrorKind::InvalidValue,
+                    message,
+                )
+            };
+            if secret.len() < LINK_SECRET_BYTES_MIN {
+                return Err(fail(format!(
+                    "must be at least {LINK_SECRET_BYTES_MIN} bytes long (is {})",
+                    secret.len()
+                )));
+            }
+            if secret.len() > LINK_SECRET_BYTES_MAX {
+                return Err(fail(format!(
+                    "must be at most {LINK_SECRET_BYTES_MAX} bytes long (is {})",
+                    secret.len()
+                )));
+            }
+            Some(Password::new(secret))
+        }
+        None => None,
+    };
     let mut field_tables = Vec::with_capacity(raw.field_tables.len());
     for (index, value) in raw.field_tables.iter().enumerate() {
         field_tables.push(ctx.path(&scope, &format!("field_tables[{index}]"), value)?);
@@ -506,6 +555,7 @@ fn domain(ctx: &Ctx<'_>, raw: &Spanned<RawDomain>) -> Result<Domain, ConfigError
         listen,
         run_dir,
         password,
+        link_secret,
         field_tables,
         log_file,
         tx,

@@ -1,5 +1,5 @@
-//! The daemon's shared state: configuration, routing table, queues, status table and
-//! the per-server supervision records.
+//! The daemon's shared state: configuration, routing table, queues, status table, the
+//! per-server supervision records and the node-link mesh.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -44,15 +44,20 @@ pub struct ServerRecord {
     pub recent_restarts: VecDeque<Instant>,
 }
 
-/// One server's runtime parts.
+/// One server's runtime parts. Every server of the configuration has one, so that
+/// indices match the configuration, the status table and the routing table; a server
+/// of another node has no queue and is never started here.
 pub struct ServerRt {
     /// Index in the configuration.
     pub index: usize,
     /// The queue socket (the daemon keeps it so queued requests survive instance
-    /// restarts and can be answered if the server fails).
-    pub queue: Endpoint,
-    /// Its path.
+    /// restarts and can be answered if the server fails); `None` for a server of
+    /// another node.
+    pub queue: Option<Endpoint>,
+    /// Its path (empty for a server of another node).
     pub queue_path: PathBuf,
+    /// The node that runs this server when it is not this daemon's node.
+    pub remote: Option<String>,
     /// First slot number in the status table.
     pub slot_base: usize,
     /// Supervision state.
@@ -65,6 +70,11 @@ pub struct Domain {
     pub config: DomainConfig,
     /// The node this daemon runs.
     pub node: String,
+    /// Its index in the configuration's nodes (its position in the mesh).
+    pub node_index: usize,
+    /// The node-link mesh with the domain's other nodes (`None` in a single-node
+    /// domain).
+    pub mesh: Option<Arc<tpmon_link::Mesh>>,
     /// The status table.
     pub table: Arc<StatusTable>,
     /// Routing table template (client id filled per client).

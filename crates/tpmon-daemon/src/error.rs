@@ -42,9 +42,19 @@ pub enum DaemonError {
     /// The transaction manager could not start (its log is damaged or unreadable).
     #[error("{0}")]
     Tm(#[from] tpmon_tm::TmError),
-    /// The configuration asks for something this daemon cannot do.
+    /// The configuration cannot be run as given: the node to run is not one of its
+    /// nodes (or it was narrowed to another node already), or a multi-node domain
+    /// lacks what its links need.
     #[error("{0}")]
-    Unsupported(String),
+    Config(String),
+    /// The node-link address could not be opened (multi-node domains).
+    #[error("cannot listen for node links on {addr}: {source}")]
+    Link {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// An embedded site could not be opened (its files are damaged or unreadable).
     #[error("embedded site of group {group:?}: {error}")]
     Site {

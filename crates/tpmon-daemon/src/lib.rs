@@ -4,7 +4,11 @@
 //! directory (pid lock, host token, status table, one request queue per server),
 //! starts and supervises server instances, authenticates clients on the TCP port,
 //! relays the calls of clients that cannot use the local fast path, and answers
-//! administrative requests (status, down) on a Unix socket in the run directory.
+//! administrative requests (status, down) on a Unix socket in the run directory. In a
+//! multi-node domain it runs its own node only (its own run directory, the servers of
+//! its node's groups, its node's embedded sites) and keeps the node links
+//! (`tpmon-link`) with the other nodes' daemons; a call to a service of another node
+//! is refused with TPENOENT naming that node until remote calls exist.
 //!
 //! The daemon routes and supervises; it does not carry the bytes of local calls, which
 //! go straight from caller to server queue and back. It owns: the processes, the

@@ -132,6 +132,12 @@ impl RelayHub {
                 format!("no service named {}", req.service),
             );
         };
+        if let Some(node) = dom.welcome.remote_node(route) {
+            return fail(
+                ErrorKind::NoEnt,
+                tpmon_proto::remote_service_detail(&req.service, node),
+            );
+        }
         if route.conversational {
             return fail(
                 ErrorKind::NoEnt,

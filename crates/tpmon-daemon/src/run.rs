@@ -1,4 +1,10 @@
 //! Boot, run and shut down one node daemon.
+//!
+//! Owns the order of boot (node selection, run directory lock, sites, transaction
+//! manager, queues of this node's servers, client port, node links) and of shutdown.
+//! In a multi-node domain the daemon runs its own node only: the servers of groups on
+//! other nodes get no queue and no instance here, and the mesh of node links keeps this
+//! node connected to the others. It must not start anything of another node.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -31,7 +37,8 @@ impl ReadyNotice {
 /// Options of one boot.
 #[derive(Default)]
 pub struct BootOptions {
-    /// Node to run (multi-node domains); default the first.
+    /// Node to run (multi-node domains); default the node the configuration was
+    /// narrowed to ([`tpmon_config::DomainConfig::select_node`]), else the first.
     pub node: Option<String>,
     /// Directory searched first for bare executable names.
     pub exe_dir: Option<PathBuf>,
@@ -42,12 +49,30 @@ pub struct BootOptions {
 /// Kernel datagram queue length the daemon asks for when it may set it.
 const KERNEL_QUEUE_LEN_WANTED: usize = 1024;
 
-/// Boots the domain and serves until it is shut down (admin `down`, SIGTERM or SIGINT).
+/// Boots the domain's node `opts.node` and serves until it is shut down (admin `down`,
+/// SIGTERM or SIGINT). In a multi-node domain the run directory, transaction log and
+/// client address are the node's own ([`tpmon_config::DomainConfig::select_node`]).
 pub fn run(config: DomainConfig, mut opts: BootOptions) -> Result<(), DaemonError> {
     let ready = opts.ready.take();
     match boot(config, opts) {
-        Ok((rt, dom, listener, admin_listener, tm_listener, lock)) => {
-            let r = rt.block_on(serve(dom, listener, admin_listener, tm_listener, ready));
+        Ok(b) => {
+            let Booted {
+                rt,
+                dom,
+                listener,
+                admin_listener,
+                tm_listener,
+                links,
+                lock,
+            } = b;
+            let r = rt.block_on(serve(
+                dom,
+                listener,
+                admin_listener,
+                tm_listener,
+                links,
+                ready,
+            ));
             drop(lock);
             r
         }
@@ -60,16 +85,24 @@ pub fn run(config: DomainConfig, mut opts: BootOptions) -> Result<(), DaemonErro
     }
 }
 
-type Booted = (
-    tokio::runtime::Runtime,
-    Arc<Domain>,
-    tokio::net::TcpListener,
-    tokio::net::UnixListener,
-    tokio::net::UnixListener,
-    File,
-);
+/// What a successful boot hands to [`serve`].
+struct Booted {
+    rt: tokio::runtime::Runtime,
+    dom: Arc<Domain>,
+    listener: tokio::net::TcpListener,
+    admin_listener: tokio::net::UnixListener,
+    tm_listener: tokio::net::UnixListener,
+    /// Frames from the other nodes (multi-node domains).
+    links: Option<mpsc::Receiver<tpmon_link::Incoming>>,
+    lock: File,
+}
 
 fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> {
+    // The node first: in a multi-node domain it decides the run directory.
+    let node_index = config
+        .select_node(opts.node.as_deref())
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
+    let node = config.nodes[node_index].name.clone();
     let run_dir = config.domain.run_dir.clone();
     let rd_err = |source| DaemonError::RunDir {
         path: run_dir.clone(),
@@ -78,36 +111,7 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
     std::fs::create_dir_all(run_dir.join("q")).map_err(rd_err)?;
     std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).map_err(rd_err)?;
     let lock = lock_pid_file(&config, &run_dir)?;
-
-    let node = match &opts.node {
-        Some(n) => n.clone(),
-        None => config
-            .nodes
-            .first()
-            .map(|n| n.name.clone())
-            .unwrap_or_default(),
-    };
-    if !config.nodes.iter().any(|n| n.name == node) {
-        return Err(DaemonError::Unsupported(format!(
-            "node {node:?} is not in the configuration (nodes: {})",
-            config
-                .nodes
-                .iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    if config.nodes.len() > 1 {
-        // Until node links exist, a daemon would run every node's servers by itself:
-        // refuse rather than pretend.
-        return Err(DaemonError::Unsupported(format!(
-            "not supported yet: multi-node domains (the configuration has {} nodes; node \
-             links, remote services and cross-node transactions are not built yet); \
-             describe one node",
-            config.nodes.len()
-        )));
-    }
+    let link_plan = link_plan(&config, node_index)?;
     // The run directory's lock is held: no other daemon has these files open. The
     // sites first: their groups' open strings become the sites' sockets, which the
     // transaction manager and the servers use.
@@ -148,13 +152,22 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
     let mut servers = Vec::new();
     let mut slot_base = 0usize;
     for (i, s) in config.servers.iter().enumerate() {
-        let queue_path = run_dir.join("q").join(format!("{}.sock", s.name));
-        let queue = Endpoint::bind_path(&queue_path, frame_max)
-            .map_err(|e| DaemonError::Ipc(format!("queue of server {}: {e}", s.name)))?;
+        let server_node = config.groups[s.group].node;
+        let remote = (server_node != node_index).then(|| config.nodes[server_node].name.clone());
+        // A server of another node gets no queue here: nobody may send to it.
+        let (queue, queue_path) = if remote.is_some() {
+            (None, PathBuf::new())
+        } else {
+            let queue_path = run_dir.join("q").join(format!("{}.sock", s.name));
+            let queue = Endpoint::bind_path(&queue_path, frame_max)
+                .map_err(|e| DaemonError::Ipc(format!("queue of server {}: {e}", s.name)))?;
+            (Some(queue), queue_path)
+        };
         servers.push(ServerRt {
             index: i,
             queue,
             queue_path,
+            remote,
             slot_base,
             record: Mutex::new(ServerRecord {
                 slots: vec![SlotRecord::default(); s.max_instances as usize],
@@ -195,6 +208,7 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
                 name: config.servers[s.index].name.clone(),
                 queue_path: s.queue_path.display().to_string(),
                 queue_max: config.servers[s.index].queue_max,
+                node: s.remote.clone().unwrap_or_else(|| node.clone()),
             })
             .collect(),
         services: config
@@ -239,12 +253,24 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
             .map_err(rd_err)?;
         (listener, admin_listener, tm_listener)
     };
+    let (mesh, links) = match link_plan {
+        Some(mesh_config) => {
+            let addr = mesh_config.addrs[node_index];
+            let (mesh, links) = rt
+                .block_on(tpmon_link::Mesh::start(mesh_config))
+                .map_err(|source| DaemonError::Link { addr, source })?;
+            (Some(mesh), Some(links))
+        }
+        None => (None, None),
+    };
     let (shutdown_tx, _) = watch::channel(false);
     let mut config = config;
     config.domain.listen = listen_addr;
     let dom = Arc::new(Domain {
         config,
         node,
+        node_index,
+        mesh,
         table,
         welcome,
         servers,
@@ -258,7 +284,69 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
         tm,
         sites,
     });
-    Ok((rt, dom, listener, admin_listener, tm_listener, lock))
+    Ok(Booted {
+        rt,
+        dom,
+        listener,
+        admin_listener,
+        tm_listener,
+        links,
+        lock,
+    })
+}
+
+/// The mesh this node joins, in a multi-node domain: positions are the indices of the
+/// configuration's nodes.
+fn link_plan(
+    config: &DomainConfig,
+    node_index: usize,
+) -> Result<Option<tpmon_link::MeshConfig>, DaemonError> {
+    if config.nodes.len() < 2 {
+        return Ok(None);
+    }
+    // Validation makes both present in a multi-node domain; a configuration built
+    // otherwise is refused rather than run without authenticated links.
+    let secret = config.domain.link_secret.as_ref().ok_or_else(|| {
+        DaemonError::Config(format!(
+            "{}: a multi-node domain needs [domain] link_secret",
+            config.source.display()
+        ))
+    })?;
+    let addrs = config
+        .nodes
+        .iter()
+        .map(|n| {
+            n.link.ok_or_else(|| {
+                DaemonError::Config(format!(
+                    "{}: node {:?} has no link address",
+                    config.source.display(),
+                    n.name
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let identity = tpmon_link::Identity {
+        domain: config.domain.name.clone(),
+        secret: secret.expose().as_bytes().to_vec(),
+        me: node_index as u32,
+        members: config.nodes.len() as u32,
+    };
+    Ok(Some(tpmon_link::MeshConfig::new(identity, addrs)))
+}
+
+/// Drains the frames other nodes send: nothing handles them yet (remote calls and
+/// cross-node transactions are issue 5's next steps), but the channel must never fill,
+/// or the links would stop reading.
+async fn drain_links(mut links: mpsc::Receiver<tpmon_link::Incoming>) {
+    while let Some(incoming) = links.recv().await {
+        tracing::debug!(
+            from = incoming.from,
+            item = ?incoming.frame.item,
+            response = incoming.frame.response,
+            bytes = incoming.frame.body.len(),
+            "node link: frame dropped (nothing handles it yet)"
+        );
+    }
 }
 
 async fn serve(
@@ -266,6 +354,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     admin_listener: tokio::net::UnixListener,
     tm_listener: tokio::net::UnixListener,
+    links: Option<mpsc::Receiver<tpmon_link::Incoming>>,
     ready: Option<ReadyNotice>,
 ) -> Result<(), DaemonError> {
     tracing::info!(
@@ -275,6 +364,18 @@ async fn serve(
         run_dir = %dom.config.domain.run_dir.display(),
         "booting"
     );
+    if let Some(links) = links {
+        let link = dom.config.nodes[dom.node_index]
+            .link
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::info!(
+            position = dom.node_index,
+            %link,
+            nodes = dom.config.nodes.len(),
+            "node links: joined the mesh"
+        );
+        tokio::spawn(drain_links(links));
+    }
     RelayHub::start_reader(dom.clone());
     tokio::spawn(tm_port::serve(dom.clone(), tm_listener));
     {
@@ -301,6 +402,9 @@ async fn serve(
         });
     }
     for (i, s) in dom.config.servers.iter().enumerate() {
+        if dom.servers[i].remote.is_some() {
+            continue; // another node runs it
+        }
         for k in 0..s.min_instances as usize {
             supervise::start_slot(&dom, i, k);
         }
@@ -317,13 +421,14 @@ async fn serve(
         + Duration::from_secs(1);
     loop {
         let settled = dom.servers.iter().enumerate().all(|(i, s)| {
-            s.record.lock().map_or(true, |r| {
-                r.failed.is_some()
-                    || r.slots
-                        .iter()
-                        .take(dom.config.servers[i].min_instances as usize)
-                        .all(|x| x.state == "running" || x.state == "stopped")
-            })
+            s.remote.is_some()
+                || s.record.lock().map_or(true, |r| {
+                    r.failed.is_some()
+                        || r.slots
+                            .iter()
+                            .take(dom.config.servers[i].min_instances as usize)
+                            .all(|x| x.state == "running" || x.state == "stopped")
+                })
         });
         if settled || Instant::now() > boot_deadline {
             break;
@@ -374,7 +479,7 @@ async fn serve(
         waiting_admins.push(s);
     }
     let run_dir = &dom.config.domain.run_dir;
-    for s in &dom.servers {
+    for s in dom.servers.iter().filter(|s| s.queue.is_some()) {
         let _ = std::fs::remove_file(&s.queue_path);
     }
     let _ = std::fs::remove_file(run_dir.join(ADMIN_SOCKET));

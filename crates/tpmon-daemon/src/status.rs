@@ -1,4 +1,8 @@
 //! The status report (`tpmon status`) and the client side of the admin socket.
+//!
+//! Owns the JSON shape of the report: the daemon, the domain's nodes with the state of
+//! the links to the others, the servers (those of other nodes marked `remote`), the
+//! services and the embedded sites. It reads state and must not change any.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -48,11 +52,67 @@ fn sites(dom: &Domain) -> Vec<Value> {
     out
 }
 
+/// Every node of the domain: this one, and the others with the state of the links to
+/// them (multi-node domains).
+fn nodes(dom: &Domain) -> Vec<Value> {
+    let cfg = &dom.config;
+    let peers = dom.mesh.as_ref().map(|m| m.peers()).unwrap_or_default();
+    cfg.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let this = i == dom.node_index;
+            let mut v = json!({
+                "name": n.name,
+                "this": this,
+                "host": n.host,
+                // This node's real address (it may have been booted with --listen).
+                "listen": if this { cfg.domain.listen } else { n.listen }.to_string(),
+                "link": n.link.map(|a| a.to_string()),
+            });
+            if let Some(p) = peers.iter().find(|p| p.position as usize == i) {
+                v["link_up"] = json!(p.up());
+                v["outbound_up"] = json!(p.outbound_up);
+                v["inbound_up"] = json!(p.inbound_up);
+                v["connects"] = json!(p.connects);
+                v["last_error"] = if p.last_error.is_empty() {
+                    Value::Null
+                } else {
+                    json!(p.last_error)
+                };
+            }
+            v
+        })
+        .collect()
+}
+
+/// The status entry of a server that another node runs: nothing of it lives here.
+fn remote_server(scfg: &tpmon_config::Server, node: &str) -> Value {
+    json!({
+        "name": scfg.name,
+        "node": node,
+        "state": "remote",
+        "failure": null,
+        "executable": scfg.executable,
+        "min_instances": scfg.min_instances,
+        "max_instances": scfg.max_instances,
+        "running": 0,
+        "restarts": 0,
+        "served": 0,
+        "queued": 0,
+        "instances": [],
+    })
+}
+
 pub fn report(dom: &Domain) -> Value {
     let cfg = &dom.config;
     let mut servers = Vec::new();
     for (i, srv) in dom.servers.iter().enumerate() {
         let scfg = &cfg.servers[i];
+        if let Some(node) = &srv.remote {
+            servers.push(remote_server(scfg, node));
+            continue;
+        }
         let Ok(rec) = srv.record.lock() else { continue };
         let mut instances = Vec::new();
         let mut served_total = 0;
@@ -87,6 +147,7 @@ pub fn report(dom: &Domain) -> Value {
         };
         servers.push(json!({
             "name": scfg.name,
+            "node": dom.node,
             "state": state,
             "failure": rec.failed,
             "executable": scfg.executable,
@@ -105,9 +166,11 @@ pub fn report(dom: &Domain) -> Value {
         .enumerate()
         .map(|(i, s)| {
             let st = dom.table.service_stats(i);
+            let node = cfg.groups[cfg.servers[s.server].group].node;
             json!({
                 "name": s.name,
                 "server": cfg.servers[s.server].name,
+                "node": cfg.nodes[node].name,
                 "queued": dom.table.queued(s.server),
                 "calls": st.calls,
                 "failures": st.failures,
@@ -128,6 +191,7 @@ pub fn report(dom: &Domain) -> Value {
             "clients": dom.clients.load(std::sync::atomic::Ordering::Relaxed),
             "stopping": dom.is_stopping(),
         },
+        "nodes": nodes(dom),
         "servers": servers,
         "services": services,
         "sites": sites(dom),

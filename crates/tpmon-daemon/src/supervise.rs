@@ -5,7 +5,8 @@
 //! Owns every decision about a server process's life. Fault model: an instance may
 //! fail to start (missing binary, tpsvrinit error, start timeout), crash at any moment
 //! (a caller it was serving gets TPESVCERR at once from the daemon), hang (killed when
-//! its service time limit passes) or ask to be restarted (TPEXIT).
+//! its service time limit passes) or ask to be restarted (TPEXIT). It must never start
+//! a server of another node (such a server has no queue here).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -29,8 +30,11 @@ const WATCHDOG_PERIOD: Duration = Duration::from_millis(20);
 const RECONCILE_TICKS: u64 = 50;
 
 /// Claims slot `k` of `server` and starts a supervision task for it; false when the
-/// slot already has one or the server has failed.
+/// slot already has one, the server has failed or runs on another node.
 pub fn start_slot(dom: &Arc<Domain>, server: usize, k: usize) -> bool {
+    if dom.servers[server].remote.is_some() {
+        return false;
+    }
     {
         let Ok(mut rec) = dom.servers[server].record.lock() else {
             return false;
@@ -269,7 +273,13 @@ async fn start_instance(
     let exe = dom.config.resolve_executable(cfg, dom.exe_dir.as_deref());
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|e| format!("control socket pair: {e}"))?;
-    let queue_fd = dom.servers[server].queue.as_raw_fd();
+    let Some(queue) = dom.servers[server].queue.as_ref() else {
+        return Err(format!(
+            "server {} runs on another node; it has no queue here",
+            cfg.name
+        ));
+    };
+    let queue_fd = queue.as_raw_fd();
     let control_fd = theirs.as_raw_fd();
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.args(&cfg.args)
@@ -491,6 +501,9 @@ pub async fn watchdog(dom: Arc<Domain>) {
         }
         let now = monotonic_us();
         for (i, srv) in dom.servers.iter().enumerate() {
+            if srv.remote.is_some() {
+                continue; // another node supervises it
+            }
             let cfg = &dom.config.servers[i];
             let mut idle = 0;
             let mut first_free = None;
@@ -583,7 +596,10 @@ fn maybe_drain(dom: &Arc<Domain>, server: usize) {
             _ => return,
         }
     };
-    let fd = match dom.servers[server].queue.try_clone_fd() {
+    let Some(queue) = dom.servers[server].queue.as_ref() else {
+        return; // a server of another node: nothing queued here
+    };
+    let fd = match queue.try_clone_fd() {
         Ok(fd) => fd,
         Err(e) => {
             tracing::error!(error = %e, "cannot drain the queue of a failed server");
@@ -633,6 +649,9 @@ fn maybe_drain(dom: &Arc<Domain>, server: usize) {
 /// after their server's shutdown timeout are killed.
 pub async fn stop_all(dom: &Arc<Domain>) {
     for (i, srv) in dom.servers.iter().enumerate() {
+        if srv.queue.is_none() {
+            continue; // a server of another node: no instance here
+        }
         let n = srv
             .record
             .lock()

@@ -45,6 +45,17 @@ pub enum HandshakeError {
     /// The peer does not know the domain secret (or belongs to another domain).
     #[error("authentication failed: the peer does not know this domain's secret")]
     Auth,
+    /// The connector closed the handshake after our proof instead of sending its own:
+    /// it found our proof wrong, so the two sides hold different secrets (or domain
+    /// names).
+    #[error(
+        "authentication failed: member {from} closed the handshake instead of proving it \
+         knows this domain's secret (different secrets?)"
+    )]
+    Abandoned {
+        /// The position the connector claimed.
+        from: u32,
+    },
     /// The socket failed or closed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -175,7 +186,13 @@ where
     answer.extend_from_slice(&proof);
     s.write_all(&answer).await?;
     let mut their_mac = [0u8; MAC_BYTES];
-    s.read_exact(&mut their_mac).await?;
+    s.read_exact(&mut their_mac).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            HandshakeError::Abandoned { from }
+        } else {
+            HandshakeError::Io(e)
+        }
+    })?;
     let want = mac(
         &id.secret,
         "tpmon-link/connect",
@@ -255,8 +272,10 @@ mod tests {
         let (a, b) = ids("other");
         let (c, r) = run(a, b, 2).await;
         assert!(matches!(c, Err(HandshakeError::Auth)), "{c:?}");
+        // The connector found the acceptor's proof wrong and hung up: the acceptor
+        // says so, naming the member.
         assert!(
-            matches!(r, Err(HandshakeError::Auth | HandshakeError::Io(_))),
+            matches!(r, Err(HandshakeError::Abandoned { from: 0 })),
             "{r:?}"
         );
     }

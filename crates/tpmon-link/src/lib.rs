@@ -8,10 +8,10 @@
 //! * [`mesh`]: one active and one passive connection per pair of members,
 //!   heartbeats, failure detection, reconnection with back-off, per-peer state.
 //!
-//! Status: the links are built and tested on their own; the daemon does not use them
-//! yet (remote services, cross-node transactions and the recovery commands are
-//! issue 5's next steps, and `tpmon boot` refuses multi-node configurations until
-//! then). This crate must not interpret frame bodies.
+//! Status: each node daemon of a multi-node domain joins the mesh at boot and shows
+//! the links in `tpmon status`; nothing sends frames over them yet (remote services,
+//! cross-node transactions and the recovery commands are issue 5's next steps, and the
+//! daemon drops what arrives). This crate must not interpret frame bodies.
 
 pub mod frame;
 pub mod handshake;

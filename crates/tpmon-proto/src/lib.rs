@@ -22,6 +22,7 @@ pub use codec::{DecodeError, Reader, Writer};
 pub use flags::Flags;
 pub use frame::{encode_frame, FrameDecoder, FrameError, FRAME_HEADER_BYTES};
 pub use kind::ErrorKind;
+pub use message::remote_service_detail;
 pub use message::{
     AdminRequest, BufferWire, ClientId, ControlMessage, Hello, Message, Reply, ReplyStatus,
     Request, ServerRoute, ServiceRoute, TxContext, UnsolMode, Welcome,
@@ -32,7 +33,7 @@ pub use tx::{
 };
 
 /// The protocol version spoken by this build; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Longest service name, in bytes (XATMI allows 31 characters plus the terminating NUL).
 pub const SERVICE_NAME_BYTES_MAX: usize = 31;

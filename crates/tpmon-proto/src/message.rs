@@ -93,6 +93,10 @@ pub struct ServerRoute {
     pub queue_path: String,
     /// Requests allowed to wait in the queue.
     pub queue_max: u32,
+    /// v4: the node the server runs on. A server of another node than the Welcome's
+    /// `node` has no queue here (`queue_path` is empty) and its services cannot be
+    /// called through this daemon yet.
+    pub node: String,
 }
 
 /// One service in the routing table.
@@ -140,6 +144,27 @@ pub struct Welcome {
     pub servers: Vec<ServerRoute>,
     /// Services.
     pub services: Vec<ServiceRoute>,
+}
+
+impl Welcome {
+    /// The node that offers `route`'s service when it is not this daemon's node
+    /// (`None`: a local service, or a server index out of range).
+    pub fn remote_node(&self, route: &ServiceRoute) -> Option<&str> {
+        self.servers
+            .get(usize::from(route.server))
+            .map(|s| s.node.as_str())
+            .filter(|n| *n != self.node)
+    }
+}
+
+/// The detail of the TPENOENT that a call to a service of another node gets, the same
+/// from the client library and from the daemon's relay: calls between nodes are not
+/// built yet.
+pub fn remote_service_detail(service: &str, node: &str) -> String {
+    format!(
+        "service {service:?} is offered on node {node:?}; calls to other nodes are not \
+         supported yet"
+    )
 }
 
 /// A service request.
@@ -636,7 +661,10 @@ fn encode_welcome(w: &mut Writer, wl: &Welcome) {
         .u32(wl.message_bytes_max)
         .u16(wl.servers.len().min(ROUTES_MAX) as u16);
     for s in wl.servers.iter().take(ROUTES_MAX) {
-        w.str16(&s.name).str16(&s.queue_path).u32(s.queue_max);
+        w.str16(&s.name)
+            .str16(&s.queue_path)
+            .u32(s.queue_max)
+            .str16(&s.node);
     }
     w.u16(wl.services.len().min(ROUTES_MAX) as u16);
     for s in wl.services.iter().take(ROUTES_MAX) {
@@ -667,6 +695,7 @@ fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
             name: r.str16("server name")?,
             queue_path: r.str16("queue path")?,
             queue_max: r.u32("queue max")?,
+            node: r.str16("server node")?,
         });
     }
     let n = r.u16("service count")? as usize;
@@ -727,6 +756,7 @@ mod tests {
                 name: "s".into(),
                 queue_path: "/tmp/r/q/s".into(),
                 queue_max: 10,
+                node: "n1".into(),
             }],
             services: vec![ServiceRoute {
                 name: "ECHO".into(),
@@ -870,6 +900,26 @@ mod tests {
         assert_eq!(e.offset, 1);
         let e = Message::decode(&[9, 1]).expect_err("bad version");
         assert!(e.what.contains("version 9"));
+    }
+
+    #[test]
+    fn a_service_of_another_node_is_named_remote() {
+        let mut w = match samples().remove(1) {
+            Message::Welcome(w) => w,
+            other => panic!("the second sample is a Welcome: {other:?}"),
+        };
+        let echo = w.services[0].clone();
+        assert_eq!(w.remote_node(&echo), None);
+        w.servers[0].node = "n3".into();
+        w.servers[0].queue_path.clear();
+        assert_eq!(w.remote_node(&echo), Some("n3"));
+        let back = Message::decode(&Message::Welcome(w.clone()).encode()).expect("decodes");
+        assert_eq!(back, Message::Welcome(w));
+        assert_eq!(
+            remote_service_detail("NODEINFO", "n3"),
+            "service \"NODEINFO\" is offered on node \"n3\"; calls to other nodes are not \
+             supported yet"
+        );
     }
 
     #[test]

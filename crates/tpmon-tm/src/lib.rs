@@ -197,7 +197,8 @@ pub fn now_unix_ms() -> u64 {
 
 impl Tm {
     /// Opens (creating on first use) the node's log, advances the boot epoch durably
-    /// and prepares a pool per resource manager. `node` is this daemon's node name.
+    /// and prepares a pool per resource manager of the node's groups. `node` is this
+    /// daemon's node name.
     pub fn start(cfg: &DomainConfig, node: &str) -> Result<Arc<Tm>, TmError> {
         let settings = &cfg.domain.tx;
         let dir = &settings.log_dir;
@@ -237,12 +238,18 @@ impl Tm {
         log.put(marker).map_err(log_err)?;
         let mut pools = Vec::with_capacity(cfg.groups.len());
         let mut rm_of_group = Vec::with_capacity(cfg.groups.len());
+        let this_node = cfg.node_index(node);
         for (i, g) in cfg.groups.iter().enumerate() {
-            let res = g.rm.xa().cloned();
+            // Only this node's groups: the resource managers of another node's groups
+            // are that node's TM's (its embedded sites are not even in this process).
+            let ours = this_node.is_none_or(|n| n == g.node);
+            let res = g.rm.xa().filter(|_| ours).cloned();
             let same = res.as_ref().and_then(|r| {
                 cfg.groups[..i].iter().position(|o| {
-                    o.rm.xa()
-                        .is_some_and(|x| x.kind == r.kind && x.open == r.open)
+                    this_node.is_none_or(|n| n == o.node)
+                        && o.rm
+                            .xa()
+                            .is_some_and(|x| x.kind == r.kind && x.open == r.open)
                 })
             });
             rm_of_group.push(same.unwrap_or(i));

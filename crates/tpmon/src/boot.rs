@@ -20,7 +20,8 @@ pub struct BootArgs {
     /// Return once the domain is ready; the daemon keeps running in the background.
     #[arg(long)]
     pub detach: bool,
-    /// Node to run (multi-node domains).
+    /// Node to run (multi-node domains; default the first). Its run directory is
+    /// `run_dir/NODE` when the domain has more than one node.
     #[arg(long)]
     pub node: Option<String>,
     /// Override the client listen address (port 0 picks a free port).
@@ -35,7 +36,7 @@ pub struct BootArgs {
 const ENV_READY_ON_STDOUT: &str = "TPMON_READY_ON_STDOUT";
 
 pub fn boot(a: BootArgs) -> anyhow::Result<()> {
-    let cfg = crate::load_config(&a.config, a.listen, a.run_dir.clone())?;
+    let cfg = crate::load_config(&a.config, a.node.as_deref(), a.listen, a.run_dir.clone())?;
     if a.detach {
         return detach(&a, &cfg);
     }

@@ -33,7 +33,7 @@ pub struct CallArgs {
     /// Blocking timeout in seconds.
     #[arg(long)]
     timeout: Option<f64>,
-    /// Call through this node's daemon (multi-node domains).
+    /// Call through this node's daemon (multi-node domains; default the first).
     #[arg(long)]
     node: Option<String>,
     /// Run directory of the domain, when it was booted with --run-dir.
@@ -161,20 +161,12 @@ pub fn call(a: CallArgs) -> ExitCode {
 }
 
 fn run(a: &CallArgs) -> anyhow::Result<ExitCode> {
-    let cfg = crate::load_config(&a.config, None, a.run_dir.clone())?;
+    let cfg = crate::load_config(&a.config, a.node.as_deref(), None, a.run_dir.clone())?;
     let (buf, mut table) = request(a, &cfg)?;
-    let addr = match &a.node {
-        Some(n) => cfg
-            .node_by_name(n)
-            .ok_or_else(|| anyhow!("no node named {n} in {}", a.config.display()))?
-            .listen
-            .to_string(),
-        // A daemon running on this host knows its real address (it may have been
-        // booted with --listen); otherwise use the configured one.
-        None => {
-            running_address(&cfg.domain.run_dir).unwrap_or_else(|| cfg.domain.listen.to_string())
-        }
-    };
+    // The node's daemon, if it runs on this host, knows its real address (it may have
+    // been booted with --listen); otherwise use the node's configured one.
+    let addr =
+        running_address(&cfg.domain.run_dir).unwrap_or_else(|| cfg.domain.listen.to_string());
     let opts = ClientOptions {
         addr: Some(addr),
         domain_password: cfg

@@ -35,16 +35,19 @@ struct Cli {
 enum Command {
     /// Boot a domain (node daemon and its servers).
     Boot(boot::BootArgs),
-    /// Shut a domain down cleanly (servers run their shutdown routine).
+    /// Shut a domain's node down cleanly (servers run their shutdown routine).
     Down {
         /// Domain configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// The node whose daemon to stop (multi-node domains; default the first).
+        #[arg(long)]
+        node: Option<String>,
         /// Override the run directory.
         #[arg(long)]
         run_dir: Option<PathBuf>,
     },
-    /// Show the daemon, servers and services of a running domain.
+    /// Show the daemon, nodes, servers and services of a running domain's node.
     Status {
         /// Domain configuration file.
         #[arg(short, long)]
@@ -52,6 +55,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The node whose daemon to ask (multi-node domains; default the first).
+        #[arg(long)]
+        node: Option<String>,
         /// Override the run directory.
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -104,12 +110,17 @@ fn main() -> ExitCode {
             init_logging();
             boot::boot(a)
         }
-        Command::Down { config, run_dir } => status::down(&config, run_dir),
+        Command::Down {
+            config,
+            node,
+            run_dir,
+        } => status::down(&config, node.as_deref(), run_dir),
         Command::Status {
             config,
             json,
+            node,
             run_dir,
-        } => status::status(&config, json, run_dir),
+        } => status::status(&config, json, node.as_deref(), run_dir),
         Command::Call(a) => return call::call(a),
         Command::Tx { which } => txcmd::run(which),
         Command::Rm { which } => rmcmd::run(which),
@@ -143,13 +154,17 @@ pub(crate) fn error_text(e: &anyhow::Error) -> String {
     out
 }
 
-/// Loads a configuration with the common overrides applied.
+/// Loads a configuration as the daemon of `node` (default: the first node) sees it,
+/// with the common overrides applied: in a multi-node domain the node's own run
+/// directory (`run_dir/<node>`), transaction log and client address.
 pub(crate) fn load_config(
     path: &std::path::Path,
+    node: Option<&str>,
     listen: Option<std::net::SocketAddr>,
     run_dir: Option<PathBuf>,
 ) -> anyhow::Result<tpmon_config::DomainConfig> {
-    let cfg = tpmon_config::load(path)?;
+    let mut cfg = tpmon_config::load(path)?;
+    cfg.select_node(node)?;
     Ok(cfg.with_overrides(listen, run_dir)?)
 }
 

@@ -26,6 +26,9 @@ pub enum RmCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The node whose daemon to ask (multi-node domains; default the first).
+        #[arg(long)]
+        node: Option<String>,
         /// Override the run directory.
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -40,6 +43,9 @@ pub enum RmCommand {
         /// The site (its group's name).
         #[arg(long)]
         site: String,
+        /// The node whose daemon to ask (multi-node domains; default the first).
+        #[arg(long)]
+        node: Option<String>,
         /// Override the run directory.
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -52,16 +58,21 @@ pub enum RmCommand {
         /// The site (its group's name).
         #[arg(long)]
         site: String,
+        /// The node whose daemon to ask (multi-node domains; default the first).
+        #[arg(long)]
+        node: Option<String>,
         /// Override the run directory.
         #[arg(long)]
         run_dir: Option<PathBuf>,
     },
 }
 
-/// The directory of each embedded site: (group name, directory).
+/// The directory of each embedded site: (group name, directory). In a multi-node
+/// domain, only the sites of the node the configuration was narrowed to.
 pub fn site_dirs(cfg: &DomainConfig) -> Vec<(String, PathBuf)> {
     cfg.groups
         .iter()
+        .filter(|g| cfg.nodes.len() < 2 || cfg.selected_node.is_none_or(|n| n == g.node))
         .filter_map(|g| {
             let rm = g.rm.xa().filter(|r| r.kind == RmKind::Embedded)?;
             let dir = if rm.open.expose().is_empty() {
@@ -86,9 +97,10 @@ pub fn run(cmd: RmCommand) -> anyhow::Result<()> {
             config,
             site,
             json,
+            node,
             run_dir,
         } => {
-            let cfg = crate::load_config(&config, None, run_dir)?;
+            let cfg = crate::load_config(&config, node.as_deref(), None, run_dir)?;
             let mut sites = site_dirs(&cfg);
             if sites.is_empty() {
                 bail!("the domain has no embedded site (rm = \"embedded\")");
@@ -136,18 +148,35 @@ pub fn run(cmd: RmCommand) -> anyhow::Result<()> {
         RmCommand::Recover {
             config,
             site,
+            node,
             run_dir,
-        } => admin(&config, run_dir, AdminRequest::RmRecover { site }),
+        } => admin(
+            &config,
+            node.as_deref(),
+            run_dir,
+            AdminRequest::RmRecover { site },
+        ),
         RmCommand::Checkpoint {
             config,
             site,
+            node,
             run_dir,
-        } => admin(&config, run_dir, AdminRequest::RmCheckpoint { site }),
+        } => admin(
+            &config,
+            node.as_deref(),
+            run_dir,
+            AdminRequest::RmCheckpoint { site },
+        ),
     }
 }
 
-fn admin(config: &Path, run_dir: Option<PathBuf>, req: AdminRequest) -> anyhow::Result<()> {
-    let cfg = crate::load_config(config, None, run_dir)?;
+fn admin(
+    config: &Path,
+    node: Option<&str>,
+    run_dir: Option<PathBuf>,
+    req: AdminRequest,
+) -> anyhow::Result<()> {
+    let cfg = crate::load_config(config, node, None, run_dir)?;
     let text = admin_request(&cfg.domain.run_dir, req, Duration::from_secs(300))?;
     println!("{text}");
     Ok(())

@@ -1,4 +1,6 @@
-//! `tpmon status` and `tpmon down`.
+//! `tpmon status` and `tpmon down`: ask the daemon of one node (in a multi-node domain
+//! `--node` picks it, default the first) on its admin socket, and render the status as
+//! text. Holds no protocol logic.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,8 +10,8 @@ use serde_json::Value;
 use tpmon_daemon::admin_request;
 use tpmon_proto::AdminRequest;
 
-pub fn down(config: &Path, run_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg = crate::load_config(config, None, run_dir)?;
+pub fn down(config: &Path, node: Option<&str>, run_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = crate::load_config(config, node, None, run_dir)?;
     let grace = cfg
         .servers
         .iter()
@@ -25,8 +27,13 @@ pub fn down(config: &Path, run_dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(config: &Path, json: bool, run_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg = crate::load_config(config, None, run_dir)?;
+pub fn status(
+    config: &Path,
+    json: bool,
+    node: Option<&str>,
+    run_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let cfg = crate::load_config(config, node, None, run_dir)?;
     let text = admin_request(
         &cfg.domain.run_dir,
         AdminRequest::Status,
@@ -62,6 +69,43 @@ pub fn render(v: &Value) -> String {
         n(&d["uptime_s"]),
         n(&d["clients"]),
     );
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    if nodes.len() > 1 {
+        let _ = writeln!(
+            out,
+            "\nNODE              LINK                   STATE  OUT   IN    CONNECTS  LAST ERROR"
+        );
+        for nd in &nodes {
+            let name = nd["name"].as_str().unwrap_or("?");
+            let link = nd["link"].as_str().unwrap_or("-");
+            if nd["this"].as_bool() == Some(true) {
+                let _ = writeln!(out, "{:<17} {:<22} this", name, link);
+                continue;
+            }
+            let updown = |x: &Value| match x.as_bool() {
+                Some(true) => "up",
+                Some(false) => "down",
+                None => "?",
+            };
+            // The last error is history once the link is up again (JSON keeps it).
+            let error = if nd["link_up"].as_bool() == Some(true) {
+                "-"
+            } else {
+                nd["last_error"].as_str().unwrap_or("-")
+            };
+            let _ = writeln!(
+                out,
+                "{:<17} {:<22} {:<5}  {:<4}  {:<4}  {:>8}  {}",
+                name,
+                link,
+                updown(&nd["link_up"]),
+                updown(&nd["outbound_up"]),
+                updown(&nd["inbound_up"]),
+                n(&nd["connects"]),
+                error,
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "\nSERVER            STATE     RUN/MIN/MAX  RESTARTS  SERVED    QUEUED  PIDS"
@@ -83,6 +127,15 @@ pub fn render(v: &Value) -> String {
             n(&s["min_instances"]),
             n(&s["max_instances"])
         );
+        if s["state"] == "remote" {
+            let _ = writeln!(
+                out,
+                "{:<17} remote (node {})",
+                s["name"].as_str().unwrap_or("?"),
+                s["node"].as_str().unwrap_or("?"),
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "{:<17} {:<9} {:<11}  {:>8}  {:<9} {:>6}  {}",

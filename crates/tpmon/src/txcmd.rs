@@ -21,6 +21,9 @@ pub enum TxCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The node whose daemon to ask (multi-node domains; default the first).
+        #[arg(long)]
+        node: Option<String>,
         /// Override the run directory.
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -32,6 +35,9 @@ pub enum TxCommand {
         config: PathBuf,
         /// The transaction's gtrid (as `tpmon tx list` shows it).
         xid: String,
+        /// The node whose daemon to ask (multi-node domains; default the first).
+        #[arg(long)]
+        node: Option<String>,
         /// Override the run directory.
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -43,6 +49,9 @@ pub enum TxCommand {
         config: PathBuf,
         /// The transaction's gtrid.
         xid: String,
+        /// The node whose daemon to ask (multi-node domains; default the first).
+        #[arg(long)]
+        node: Option<String>,
         /// Override the run directory.
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -55,9 +64,10 @@ pub fn run(cmd: TxCommand) -> anyhow::Result<()> {
         TxCommand::List {
             config,
             json,
+            node,
             run_dir,
         } => {
-            let cfg = crate::load_config(&config, None, run_dir)?;
+            let cfg = crate::load_config(&config, node.as_deref(), None, run_dir)?;
             let text = admin_request(
                 &cfg.domain.run_dir,
                 AdminRequest::TxList,
@@ -98,23 +108,26 @@ pub fn run(cmd: TxCommand) -> anyhow::Result<()> {
         TxCommand::Commit {
             config,
             xid,
+            node,
             run_dir,
-        } => resolve(&config, run_dir, xid, true),
+        } => resolve(&config, node.as_deref(), run_dir, xid, true),
         TxCommand::Rollback {
             config,
             xid,
+            node,
             run_dir,
-        } => resolve(&config, run_dir, xid, false),
+        } => resolve(&config, node.as_deref(), run_dir, xid, false),
     }
 }
 
 fn resolve(
     config: &std::path::Path,
+    node: Option<&str>,
     run_dir: Option<PathBuf>,
     xid: String,
     commit: bool,
 ) -> anyhow::Result<()> {
-    let cfg = crate::load_config(config, None, run_dir)?;
+    let cfg = crate::load_config(config, node, None, run_dir)?;
     // `tpmon tx list` shows gtrids; a full gid (GTRID|BQUAL) names the same one.
     let gtrid = xid.split('|').next().unwrap_or_default().to_string();
     if gtrid.is_empty() {

@@ -202,20 +202,63 @@ fn a_second_boot_of_the_same_run_directory_is_refused() {
     }
 }
 
-#[test]
-fn a_multi_node_domain_is_refused_until_node_links_exist() {
-    let tmp = TempDir::new("multinode");
-    let toml = format!(
-        "[domain]\nname = \"mn\"\nlisten = \"127.0.0.1:7611\"\nrun_dir = \"run\"\n\n\
+/// Two nodes; `secret` is the `[domain]` line of the link secret (or nothing).
+fn two_nodes(secret: &str) -> String {
+    format!(
+        "[domain]\nname = \"mn\"\nlisten = \"127.0.0.1:7611\"\nrun_dir = \"run\"\n{secret}\n\
          [[node]]\nname = \"n1\"\nlisten = \"127.0.0.1:7612\"\nlink = \"127.0.0.1:7701\"\n\n\
          [[node]]\nname = \"n2\"\nlisten = \"127.0.0.1:7613\"\nlink = \"127.0.0.1:7702\"\n\n\
          [[group]]\nname = \"g\"\nnode = \"n1\"\n\n{}",
         server_block().replace("[[server]]\n", "[[server]]\ngroup = \"g\"\n")
+    )
+}
+
+#[test]
+fn a_multi_node_domain_without_a_link_secret_is_refused_with_file_and_line() {
+    let tmp = TempDir::new("nosecret");
+    let (file, run) = boot_file(&tmp, &two_nodes(""));
+    assert_refused_at(
+        &tmp,
+        &file,
+        &run,
+        1,
+        "key `domain.link_secret`: required key is missing",
     );
-    let (_file, run) = boot_file(&tmp, &toml);
-    assert!(!run.ok(), "{run:?}");
+}
+
+#[test]
+fn an_unknown_node_is_refused() {
+    let tmp = TempDir::new("unknownnode");
+    let file = tmp.path.join("two.toml");
+    std::fs::write(&file, two_nodes("link_secret = \"0123456789abcdef\"")).unwrap();
+    let run = tpmon([
+        OsStr::new("boot"),
+        OsStr::new("--detach"),
+        OsStr::new("-c"),
+        file.as_os_str(),
+        OsStr::new("--node"),
+        OsStr::new("n9"),
+        OsStr::new("--run-dir"),
+        tmp.path.join("run").as_os_str(),
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
     assert!(
-        run.stderr.contains("not supported yet: multi-node domains"),
+        run.stderr
+            .contains("node \"n9\" is not in the configuration (nodes: n1, n2)"),
         "{run:?}"
     );
+    assert!(
+        !tmp.path.join("run").join("n9").exists(),
+        "nothing was created"
+    );
+    // The other commands refuse it the same way.
+    let run = tpmon([
+        OsStr::new("status"),
+        OsStr::new("-c"),
+        file.as_os_str(),
+        OsStr::new("--node"),
+        OsStr::new("n9"),
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("node \"n9\""), "{run:?}");
 }
