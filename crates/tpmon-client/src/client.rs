@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use tpmon_buffer::Buffer;
 use tpmon_ipc::{Endpoint, StatusTable};
 use tpmon_proto::{
-    ClientId, ErrorKind, Flags, Hello, Message, Reply, ReplyStatus, Request, ServiceRoute,
-    TxContext, Welcome,
+    ClientId, ErrorKind, Flags, Hello, Message, RemoteCall, Reply, ReplyStatus, Request,
+    ServiceRoute, TxContext, Welcome,
 };
 
 use crate::convert::{from_wire, to_wire};
 use crate::options::CONNECT_TIMEOUT_DEFAULT;
-use crate::transport::{handshake, Local, RecvFailure, Relay, Transport};
+use crate::transport::{handshake, Local, RecvFailure, Relay, RemoteSocket, Transport};
 use crate::{CallError, ClientOptions};
 
 /// A call descriptor returned by [`Client::acall`]; `Cd(0)` for TPNOREPLY calls.
@@ -38,6 +38,32 @@ struct Pending {
     in_tx: bool,
 }
 
+/// Where a call to a service goes (see [`Client::route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// A server of this client's node offers it: the request goes straight to that
+    /// server's queue (or, relayed, the daemon puts it there).
+    Local {
+        /// The service's index in the routing table.
+        index: usize,
+        /// Its entry.
+        route: &'a ServiceRoute,
+    },
+    /// Only other nodes offer it: the request goes to this node's daemon as a
+    /// [`RemoteCall`], and the daemon routes it to one of them over the node links.
+    Remote {
+        /// The first entry of the service in the routing table.
+        route: &'a ServiceRoute,
+    },
+}
+
+/// Where a service name leads, from the routing table.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Local(usize),
+    Remote(usize),
+}
+
 /// Largest message a client accepts or sends when the daemon does not say otherwise.
 const MESSAGE_BYTES_MAX: usize = 64 << 20;
 
@@ -46,7 +72,7 @@ const MESSAGE_BYTES_MAX: usize = 64 << 20;
 pub struct Client {
     pub(crate) transport: Transport,
     pub(crate) welcome: Welcome,
-    services: HashMap<String, usize>,
+    services: HashMap<String, Target>,
     blocking_timeout: Duration,
     next_call_id: u64,
     pending: HashMap<u64, Pending>,
@@ -148,12 +174,24 @@ impl Client {
     }
 
     fn with_transport(welcome: Welcome, transport: Transport) -> Client {
-        let services = welcome
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), i))
-            .collect();
+        // A service may appear once per node that offers it: this node's entry wins,
+        // else the first entry stands for "another node" (the daemon picks which).
+        let mut services: HashMap<String, Target> = HashMap::new();
+        for (i, s) in welcome.services.iter().enumerate() {
+            let here = welcome.remote_node(s).is_none();
+            match services.get(&s.name) {
+                Some(Target::Local(_)) => {}
+                Some(Target::Remote(_)) if !here => {}
+                _ => {
+                    let t = if here {
+                        Target::Local(i)
+                    } else {
+                        Target::Remote(i)
+                    };
+                    services.insert(s.name.clone(), t);
+                }
+            }
+        }
         // Replies to one client share its kernel queue; never have more outstanding
         // than that queue holds, or servers would block replying to us.
         let pending_max = match transport {
@@ -253,21 +291,41 @@ impl Client {
         self.txn.take()
     }
 
-    /// Looks a service up in the routing table. A service offered on another node of
-    /// the domain is TPENOENT with a detail naming that node: calls between nodes are
-    /// not built yet.
-    pub fn route(&self, service: &str) -> Result<(usize, &ServiceRoute), CallError> {
-        let i = *self.services.get(service).ok_or_else(|| {
+    /// Looks a service up in the routing table: a server of this node offers it
+    /// (preferred), or only other nodes do. Unknown: TPENOENT.
+    pub fn route(&self, service: &str) -> Result<Route<'_>, CallError> {
+        let target = *self.services.get(service).ok_or_else(|| {
             CallError::new(ErrorKind::NoEnt, format!("no service named {service}"))
         })?;
-        let route = &self.welcome.services[i];
-        if let Some(node) = self.welcome.remote_node(route) {
-            return Err(CallError::new(
-                ErrorKind::NoEnt,
-                tpmon_proto::remote_service_detail(service, node),
-            ));
-        }
-        Ok((i, route))
+        Ok(match target {
+            Target::Local(index) => Route::Local {
+                index,
+                route: &self.welcome.services[index],
+            },
+            Target::Remote(index) => Route::Remote {
+                route: &self.welcome.services[index],
+            },
+        })
+    }
+
+    /// TPETRAN for a call to another node inside a global transaction (not built yet).
+    fn refuse_remote_in_tx(&self, service: &str) -> CallError {
+        CallError::new(
+            ErrorKind::Tran,
+            tpmon_proto::remote_call_in_transaction_detail(
+                service,
+                &self.welcome.remote_nodes(service),
+            ),
+        )
+    }
+
+    /// The timeout a [`RemoteCall`] carries: what is left until `deadline`, at least
+    /// 1 ms; 0 for no deadline.
+    fn remote_timeout_ms(deadline: Option<Instant>) -> u32 {
+        deadline.map_or(0, |d| {
+            let left = d.saturating_duration_since(Instant::now()).as_millis();
+            left.clamp(1, u128::from(u32::MAX)) as u32
+        })
     }
 
     /// Synchronous call (`tpcall`).
@@ -368,7 +426,10 @@ impl Client {
     }
 
     /// Sends a request prepared by a server (a forward): its call id, reply address and
-    /// client id are the original caller's. Only on the local fast path.
+    /// client id are the original caller's. Only on the local fast path. A service
+    /// that only other nodes offer is forwarded through this node's daemon, which
+    /// routes it as any remote call (the reply goes to the original caller); inside a
+    /// global transaction that is refused with TPETRAN.
     pub fn forward(&mut self, request: &Request) -> Result<(), CallError> {
         if !matches!(self.transport, Transport::Local(_)) {
             return Err(CallError::new(
@@ -376,22 +437,33 @@ impl Client {
                 "tpforward needs the local transport",
             ));
         }
-        let (_, route) = self.route(&request.service)?;
+        let deadline = Some(Instant::now() + self.blocking_timeout);
+        let target = self.route(&request.service)?;
+        let (Route::Local { route, .. } | Route::Remote { route }) = target;
         if route.conversational {
             return Err(CallError::new(
                 ErrorKind::NoEnt,
                 format!("{} is conversational", request.service),
             ));
         }
-        let server = route.server as usize;
-        let body = Message::Request(request.clone()).encode();
+        if let Route::Local { route, .. } = target {
+            let server = route.server as usize;
+            let body = Message::Request(request.clone()).encode();
+            self.check_size(&body)?;
+            return self.transport.send(server, &body, false, deadline);
+        }
+        // Forwarded to another node: the daemon routes it, and the reply goes from
+        // there to the original caller.
+        if request.tx.is_some() {
+            return Err(self.refuse_remote_in_tx(&request.service));
+        }
+        let body = Message::Call(RemoteCall {
+            timeout_ms: Self::remote_timeout_ms(deadline),
+            request: request.clone(),
+        })
+        .encode();
         self.check_size(&body)?;
-        self.transport.send(
-            server,
-            &body,
-            false,
-            Some(Instant::now() + self.blocking_timeout),
-        )
+        self.transport.send_remote(&body, false, deadline)
     }
 
     /// Refuses a message the domain would not accept, before anything is sent.
@@ -459,14 +531,18 @@ impl Client {
                 format!("{} calls are already outstanding", self.pending.len()),
             ));
         }
-        let (_, route) = self.route(service)?;
+        let target = self.route(service)?;
+        let (Route::Local { route, .. } | Route::Remote { route }) = target;
         if route.conversational {
             return Err(CallError::new(
                 ErrorKind::NoEnt,
                 format!("{service} is conversational: use tpconnect"),
             ));
         }
-        let server = route.server as usize;
+        let server = match target {
+            Route::Local { route, .. } => Some(route.server as usize),
+            Route::Remote { .. } => None,
+        };
         let call_id = self.next_call_id;
         self.next_call_id += 1;
         let tx = if flags.contains(Flags::NOTRAN) {
@@ -492,10 +568,26 @@ impl Client {
             tx,
             buffer: Some(to_wire(data)),
         };
-        let body = Message::Request(req).encode();
-        self.check_size(&body)?;
-        self.transport
-            .send(server, &body, flags.contains(Flags::NOBLOCK), deadline)?;
+        let nonblock = flags.contains(Flags::NOBLOCK);
+        match server {
+            Some(server) => {
+                let body = Message::Request(req).encode();
+                self.check_size(&body)?;
+                self.transport.send(server, &body, nonblock, deadline)?;
+            }
+            None => {
+                if in_tx {
+                    return Err(self.refuse_remote_in_tx(service));
+                }
+                let body = Message::Call(RemoteCall {
+                    timeout_ms: Self::remote_timeout_ms(deadline),
+                    request: req,
+                })
+                .encode();
+                self.check_size(&body)?;
+                self.transport.send_remote(&body, nonblock, deadline)?;
+            }
+        }
         if noreply {
             return Ok(Cd(0));
         }
@@ -613,6 +705,10 @@ fn local_parts(welcome: &Welcome, endpoint: Endpoint, table: Arc<StatusTable>) -
     Local {
         endpoint,
         table,
+        remote: Box::new(RemoteSocket {
+            path: Path::new(&welcome.run_dir).join(tpmon_proto::REMOTE_SOCKET),
+            sock: None,
+        }),
         queues: welcome
             .servers
             .iter()

@@ -26,6 +26,9 @@ pub(crate) enum RecvFailure {
 pub(crate) struct Local {
     pub endpoint: Endpoint,
     pub table: Arc<StatusTable>,
+    /// The daemon's socket for calls to other nodes (boxed: rarely used, and the
+    /// transport stays small).
+    pub remote: Box<RemoteSocket>,
     pub queues: Vec<PathBuf>,
     pub queue_max: Vec<u64>,
     /// Sockets connected to each server's queue, made on first use.
@@ -36,6 +39,14 @@ pub(crate) struct Local {
     pub _session: Option<TcpStream>,
     /// Connection to the transaction manager's socket, made at the first commit.
     pub tm: Option<(std::os::unix::net::UnixStream, FrameDecoder)>,
+}
+
+/// The way to the daemon's socket for calls to other nodes.
+pub(crate) struct RemoteSocket {
+    /// `run_dir/remote.sock`.
+    pub path: PathBuf,
+    /// A socket connected to it, made on first use.
+    pub sock: Option<Endpoint>,
 }
 
 /// Relay: every message goes over the TCP session.
@@ -152,6 +163,51 @@ impl Transport {
                 r.stream.write_all(&frame).map_err(|e| {
                     CallError::new(ErrorKind::System, format!("daemon connection: {e}"))
                 })
+            }
+        }
+    }
+
+    /// Sends an encoded [`tpmon_proto::RemoteCall`] to this node's daemon, which routes
+    /// it to another node: on the fast path to the daemon's remote-call socket (a full
+    /// socket is waited on within the deadline, or TPEBLOCK with `nonblock`), relayed
+    /// on the TCP session like any request.
+    pub fn send_remote(
+        &mut self,
+        body: &[u8],
+        nonblock: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), CallError> {
+        let l = match self {
+            Transport::Relay(_) => return self.send(0, body, nonblock, deadline),
+            Transport::Local(l) => l,
+        };
+        let remote = &mut *l.remote;
+        if remote.sock.is_none() {
+            remote.sock =
+                Some(Endpoint::connect_path(&remote.path, usize::MAX).map_err(ipc_error)?);
+        }
+        let Some(sock) = &remote.sock else {
+            return Err(CallError::new(ErrorKind::System, "no remote-call socket"));
+        };
+        loop {
+            match sock.send_connected(body, true) {
+                Ok(()) => return Ok(()),
+                Err(IpcError::WouldBlock) if !nonblock => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(CallError::new(
+                            ErrorKind::Time,
+                            "timed out waiting for the daemon to take a call to another node",
+                        ));
+                    }
+                    std::thread::sleep(QUEUE_FULL_POLL);
+                }
+                Err(IpcError::WouldBlock) => {
+                    return Err(CallError::new(
+                        ErrorKind::Block,
+                        "the daemon's socket for calls to other nodes is full",
+                    ))
+                }
+                Err(e) => return Err(ipc_error(e)),
             }
         }
     }

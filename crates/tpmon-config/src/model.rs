@@ -141,8 +141,13 @@ pub struct Limits {
     pub frame_bytes_max: u32,
     /// Largest message accepted from a connection that has not authenticated yet.
     pub unauthenticated_frame_bytes_max: u32,
-    /// Most outstanding asynchronous calls per client.
+    /// Most outstanding asynchronous calls per client (also per caller for the calls a
+    /// daemon routes to other nodes).
     pub pending_calls_max: u32,
+    /// Most calls in flight over each node link, in each direction (multi-node
+    /// domains): calls this node sent to that node and awaits, and calls that node
+    /// sent here and this node is serving.
+    pub link_calls_max: u32,
     /// Time a new connection has to authenticate.
     pub handshake_timeout: Duration,
     /// Default blocking timeout of client calls.
@@ -159,6 +164,7 @@ impl Default for Limits {
             frame_bytes_max: 4 * 1024 * 1024,
             unauthenticated_frame_bytes_max: 4096,
             pending_calls_max: 128,
+            link_calls_max: 4096,
             handshake_timeout: Duration::from_millis(5000),
             blocking_timeout: Duration::from_secs(60),
             spin: Duration::from_micros(20),
@@ -404,12 +410,13 @@ impl DomainConfig {
         self.servers.iter().find(|s| s.name == name)
     }
 
-    /// The index of the service named `name`.
+    /// The index of the first service named `name` (in a multi-node domain a service
+    /// may be offered once per node, so there may be more).
     pub fn service_index(&self, name: &str) -> Option<usize> {
         self.services.iter().position(|s| s.name == name)
     }
 
-    /// The service named `name`.
+    /// The first service named `name` (see [`DomainConfig::service_index`]).
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }

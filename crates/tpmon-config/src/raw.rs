@@ -69,6 +69,7 @@ pub(crate) struct RawLimits {
     pub frame_bytes_max: Option<Int>,
     pub unauthenticated_frame_bytes_max: Option<Int>,
     pub pending_calls_max: Option<Int>,
+    pub link_calls_max: Option<Int>,
     pub handshake_timeout_ms: Option<Int>,
     pub blocking_timeout_s: Option<Int>,
     pub spin_us: Option<Int>,

@@ -86,6 +86,7 @@ const FULL: &[&str] = &[
     "frame_bytes_max = 65536",
     "unauthenticated_frame_bytes_max = 1024",
     "pending_calls_max = 16",
+    "link_calls_max = 64",
     "handshake_timeout_ms = 2500",
     "blocking_timeout_s = 30",
     "",
@@ -170,6 +171,7 @@ fn full_file_round_trip() {
             frame_bytes_max: 65536,
             unauthenticated_frame_bytes_max: 1024,
             pending_calls_max: 16,
+            link_calls_max: 64,
             handshake_timeout: Duration::from_millis(2500),
             blocking_timeout: Duration::from_secs(30),
             spin: Duration::from_micros(20),
@@ -274,6 +276,7 @@ fn minimal_file_gets_defaults() {
     assert_eq!(c.limits.frame_bytes_max, 4_194_304);
     assert_eq!(c.limits.unauthenticated_frame_bytes_max, 4096);
     assert_eq!(c.limits.pending_calls_max, 128);
+    assert_eq!(c.limits.link_calls_max, 4096);
     assert_eq!(c.limits.handshake_timeout, Duration::from_millis(5000));
     assert_eq!(c.limits.blocking_timeout, Duration::from_secs(60));
 
@@ -1631,6 +1634,73 @@ fn three_nodes(secret: Option<&str>, extra_domain: &[&str]) -> Vec<String> {
             .map(|s| s.to_string()),
     );
     v
+}
+
+/// A server `name` in group `group`, offering `services`.
+fn server_with(name: &str, group: &str, services: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "[[server]]".to_string(),
+        format!("name = \"{name}\""),
+        format!("group = \"{group}\""),
+        "executable = \"x\"".to_string(),
+    ];
+    for svc in services {
+        v.push("[[service]]".into());
+        v.push(format!("name = \"{svc}\""));
+        v.push(format!("server = \"{name}\""));
+    }
+    v
+}
+
+#[test]
+fn a_service_may_be_offered_once_per_node() {
+    let mut v = three_nodes(Some("link_secret = \"0123456789abcdef\""), &[]);
+    v.extend(["[[group]]", "name = \"G3\"", "node = \"n3\""].map(String::from));
+    v.extend(server_with("s2", "G", &["SHARED", "ONLY2"]));
+    v.extend(server_with("s3", "G3", &["SHARED"]));
+    let c = parse_ok(&lines(&v));
+    let shared: Vec<usize> = c
+        .services
+        .iter()
+        .filter(|s| s.name == "SHARED")
+        .map(|s| s.server)
+        .collect();
+    assert_eq!(shared, vec![0, 1]);
+    assert_eq!(c.service_index("SHARED"), Some(0));
+
+    // Twice on one node (two servers of the same node) is still a duplicate.
+    let mut v = three_nodes(Some("link_secret = \"0123456789abcdef\""), &[]);
+    v.extend(server_with("s2", "G", &["SHARED"]));
+    let first_line = v.len() - 1;
+    v.extend(server_with("t2", "G", &["SHARED"]));
+    let e = parse_err(&lines(&v));
+    check(
+        &e,
+        ErrorKind::DuplicateName,
+        v.len() - 1,
+        Some("service \"SHARED\""),
+        Some("name"),
+    );
+    assert!(
+        e.message().contains(&format!(
+            "duplicate service name on node \"n2\" (first defined at line {first_line}, \
+             server \"s2\"); a service may be offered once per node"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn link_calls_max_is_bounded() {
+    let v = with_domain(&["[domain.limits]", "link_calls_max = 0"]);
+    let e = parse_err(&lines(&v));
+    check(
+        &e,
+        ErrorKind::InvalidValue,
+        5,
+        None,
+        Some("domain.limits.link_calls_max"),
+    );
 }
 
 #[test]

@@ -48,6 +48,7 @@ const FRAME_BYTES: Bound = bound(4 * 1024 * 1024, 1, 1 << 30);
 // The default is capped at frame_bytes_max (see `limits`).
 const UNAUTHENTICATED_FRAME_BYTES: Bound = bound(4096, 1, 1 << 30);
 const PENDING_CALLS: Bound = bound(128, 1, 65_536);
+const LINK_CALLS: Bound = bound(4096, 1, 65_536);
 const HANDSHAKE_TIMEOUT_MS: Bound = bound(5000, 1, 600_000);
 const BLOCKING_TIMEOUT_S: Bound = bound(60, 1, 86_400);
 const SPIN_US: Bound = bound(20, 0, 1_000);
@@ -423,8 +424,10 @@ pub(crate) fn build(
         }
         servers.push(server);
     }
-    let mut services = Vec::with_capacity(raw.service.len());
-    let mut service_names = Names::default();
+    let mut services: Vec<Service> = Vec::with_capacity(raw.service.len());
+    // A service may be offered once per node: by several servers only when they run
+    // on different nodes (calls are routed to one of them, the caller's node first).
+    let mut service_lines: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
     for (index, raw_service) in raw.service.iter().enumerate() {
         let service = service(&ctx, index, raw_service, &server_names)?;
         let name_span = raw_service
@@ -432,15 +435,34 @@ pub(crate) fn build(
             .name
             .as_ref()
             .map_or(raw_service.span(), |n| n.span());
-        if let Err(first) = service_names.insert(&service.name, index, ctx.line(name_span.start)) {
-            return Err(duplicate(
-                &ctx,
-                "service",
-                &service.name,
+        let node_of = |s: &Service| groups[servers[s.server].group].node;
+        let node = node_of(&service);
+        let seen = service_lines.entry(service.name.clone()).or_default();
+        if let Some(&(first, first_line)) =
+            seen.iter().find(|&&(i, _)| node_of(&services[i]) == node)
+        {
+            let message = if nodes.len() > 1 {
+                format!(
+                    "duplicate service name on node \"{}\" (first defined at line {first_line}, \
+                     server \"{}\"); a service may be offered once per node",
+                    nodes[node].name, servers[services[first].server].name
+                )
+            } else {
+                format!("duplicate service name (first defined at line {first_line})")
+            };
+            let scope = Scope {
+                item: Some(format!("service \"{}\"", service.name)),
+                prefix: "",
+            };
+            return Err(ctx.err(
+                &scope,
+                "name",
                 name_span.start,
-                first,
+                ErrorKind::DuplicateName,
+                message,
             ));
         }
+        seen.push((index, ctx.line(name_span.start)));
         services.push(service);
     }
     Ok(DomainConfig {
@@ -656,6 +678,12 @@ fn limits(ctx: &Ctx<'_>, raw: Option<&Spanned<RawLimits>>) -> Result<Limits, Con
         raw.pending_calls_max.as_ref(),
         PENDING_CALLS,
     )?;
+    let link_calls_max = ctx.int(
+        &scope,
+        "link_calls_max",
+        raw.link_calls_max.as_ref(),
+        LINK_CALLS,
+    )?;
     let handshake_timeout_ms = ctx.int(
         &scope,
         "handshake_timeout_ms",
@@ -675,6 +703,7 @@ fn limits(ctx: &Ctx<'_>, raw: Option<&Spanned<RawLimits>>) -> Result<Limits, Con
         frame_bytes_max: narrow(frame_bytes_max),
         unauthenticated_frame_bytes_max: narrow(unauthenticated_frame_bytes_max),
         pending_calls_max: narrow(pending_calls_max),
+        link_calls_max: narrow(link_calls_max),
         handshake_timeout: Duration::from_millis(handshake_timeout_ms),
         blocking_timeout: Duration::from_secs(blocking_timeout_s),
     })

@@ -1,5 +1,6 @@
 //! The client port: authentication, then either a fast-path session (the client calls
-//! the queues itself) or relayed calls.
+//! the queues itself) or relayed calls (to this node's queues, or through the node
+//! links to a service only other nodes offer).
 //!
 //! Owns the per-connection protocol state and its limits: nothing but a Hello is
 //! accepted before authentication, frames are bounded (small before authentication),
@@ -110,6 +111,7 @@ fn message_name(m: &Message) -> &'static str {
         Message::Shutdown => "a shutdown message",
         Message::TxEnd(_) => "a transaction end",
         Message::TxDone(_) => "a transaction outcome",
+        Message::Call(_) => "a call",
     }
 }
 
@@ -183,7 +185,28 @@ async fn connection(dom: &Arc<Domain>, mut stream: TcpStream, peer: SocketAddr) 
             match decoder.next_frame() {
                 Ok(Some(body)) => match Message::decode(&body) {
                     Ok(Message::Request(req)) => {
-                        if let Err(reply) = dom.relay.relay(dom, conn, &tx, &outstanding, req).await
+                        if let Err(reply) = dom
+                            .relay
+                            .relay(dom, conn, &tx, &outstanding, req, None)
+                            .await
+                        {
+                            let _ = tx.send(Message::Reply(reply).encode());
+                        }
+                    }
+                    Ok(Message::Call(call)) => {
+                        // A call for a service of another node (v5): routed like a
+                        // request, with the caller's timeout.
+                        if let Err(reply) = dom
+                            .relay
+                            .relay(
+                                dom,
+                                conn,
+                                &tx,
+                                &outstanding,
+                                call.request,
+                                Some(call.timeout_ms),
+                            )
+                            .await
                         {
                             let _ = tx.send(Message::Reply(reply).encode());
                         }
@@ -233,6 +256,9 @@ async fn connection(dom: &Arc<Domain>, mut stream: TcpStream, peer: SocketAddr) 
         tracing::warn!(%peer, "closing client connection: {why}");
     }
     dom.relay.forget_connection(conn);
+    if let Some(remote) = &dom.remote {
+        remote.forget_connection(conn);
+    }
     drop(tx);
     writer.abort();
 }

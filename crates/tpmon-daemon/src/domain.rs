@@ -1,5 +1,5 @@
 //! The daemon's shared state: configuration, routing table, queues, status table, the
-//! per-server supervision records and the node-link mesh.
+//! per-server supervision records, the node-link mesh and the calls between nodes.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -75,6 +75,8 @@ pub struct Domain {
     /// The node-link mesh with the domain's other nodes (`None` in a single-node
     /// domain).
     pub mesh: Option<Arc<tpmon_link::Mesh>>,
+    /// Calls to and from the other nodes (`None` in a single-node domain).
+    pub remote: Option<Arc<crate::remote::Remote>>,
     /// The status table.
     pub table: Arc<StatusTable>,
     /// Routing table template (client id filled per client).
@@ -89,6 +91,8 @@ pub struct Domain {
     pub clients: AtomicUsize,
     /// Set once shutdown began.
     pub stopping: AtomicBool,
+    /// Set once shutdown ended (every instance is gone).
+    pub finished: AtomicBool,
     /// Broadcasts shutdown to tasks.
     pub shutdown_tx: watch::Sender<bool>,
     /// The relay for TCP clients.
@@ -112,6 +116,11 @@ impl Domain {
     /// True once shutdown began.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// True once shutdown ended: no instance is left to reply.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// A receiver that turns true at shutdown.

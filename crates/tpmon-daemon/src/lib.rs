@@ -7,13 +7,13 @@
 //! administrative requests (status, down) on a Unix socket in the run directory. In a
 //! multi-node domain it runs its own node only (its own run directory, the servers of
 //! its node's groups, its node's embedded sites) and keeps the node links
-//! (`tpmon-link`) with the other nodes' daemons; a call to a service of another node
-//! is refused with TPENOENT naming that node until remote calls exist.
+//! (`tpmon-link`) with the other nodes' daemons, over which it routes the calls of its
+//! callers to services that only other nodes offer, and serves theirs.
 //!
 //! The daemon routes and supervises; it does not carry the bytes of local calls, which
 //! go straight from caller to server queue and back. It owns: the processes, the
-//! restart decisions, the answer a caller gets when the instance serving it dies, and
-//! the relay state of TCP clients. Fault model: any client or server may send garbage
+//! restart decisions, the answer a caller gets when the instance serving it dies, the
+//! relay state of TCP clients and the calls in flight between nodes. Fault model: any client or server may send garbage
 //! or die at any moment; the daemon logs the offender, closes that one connection or
 //! restarts that one instance, and keeps serving everyone else.
 
@@ -22,6 +22,7 @@ mod clients;
 mod domain;
 mod error;
 mod relay;
+mod remote;
 mod run;
 mod sites;
 mod status;

@@ -1,8 +1,14 @@
-//! The relay for clients that cannot reach the service queues themselves (remote TCP
-//! clients): one extra hop, client → daemon → server queue, and the reply back.
+//! The relay: requests that the daemon itself puts into a server queue of this node,
+//! with the daemon's own reply address, and whose replies it hands on. They come from
+//! remote TCP clients (one extra hop: client → daemon → server queue, and the reply
+//! back) and from other nodes (a node link's Call frame: the reply goes back as the
+//! Call response, see `remote`).
 //!
-//! Owns the map from the daemon's call ids to (connection, client call id). A reply
-//! whose connection is gone is dropped; a connection that closes forgets its calls.
+//! Owns the map from the daemon's call ids to where each reply goes (a connection and
+//! the client's call id, or a peer node and the link's call id), and the counters that
+//! bound them. A reply whose destination is gone is dropped; a connection that closes,
+//! and a node whose link goes down, forget their calls. It must not route between
+//! nodes (the `remote` module does).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,23 +18,48 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tpmon_ipc::{Endpoint, IpcError};
-use tpmon_proto::{ErrorKind, Flags, Message, Reply, ReplyStatus, Request};
+use tpmon_proto::{ErrorKind, Flags, Message, RemoteCall, Reply, ReplyStatus, Request};
 
 use crate::domain::Domain;
 
 /// Frames queued for one client connection.
 pub type ConnSender = mpsc::UnboundedSender<Vec<u8>>;
 
+/// Where the reply to a relayed request goes.
+pub enum ReplyTo {
+    /// A relayed client's TCP connection.
+    Conn {
+        /// The connection.
+        conn: u64,
+        /// The client's call id.
+        client_call: u64,
+        /// The connection's outgoing frames.
+        tx: ConnSender,
+    },
+    /// Another node, which sent the call over its link: a Call response frame.
+    Peer {
+        /// Its position.
+        peer: u32,
+        /// The link's call id (the frame's async sequence).
+        link_call: u64,
+        /// The link's `downs` count when the call arrived: once it changes, the
+        /// caller's node has failed the call, and the reply is not sent.
+        downs: u64,
+    },
+}
+
 struct PendingRelay {
-    conn: u64,
-    client_call: u64,
-    tx: ConnSender,
-    outstanding: Arc<AtomicUsize>,
+    to: ReplyTo,
+    /// Calls in flight of the connection or peer; decremented when the entry goes.
+    counter: Arc<AtomicUsize>,
+    /// When to forget the call if no reply came (the caller stopped waiting).
+    expires: Option<Instant>,
 }
 
 /// The daemon's reply address and the calls relayed through it.
 pub struct RelayHub {
-    /// Sending socket (also used to answer callers of dead instances).
+    /// Sending socket (also used to answer callers of dead instances and local
+    /// callers of other nodes' services).
     pub tx: Endpoint,
     rx_name: Vec<u8>,
     rx: Mutex<Option<Endpoint>>,
@@ -48,6 +79,9 @@ pub fn error_reply(call_id: u64, kind: ErrorKind, detail: impl Into<String>) -> 
     }
 }
 
+/// Why a request could not be put into a queue: the kind the caller gets, and why.
+pub type InjectError = (ErrorKind, String);
+
 impl RelayHub {
     /// Binds the daemon's reply and send sockets.
     pub fn new(domain: &str, message_bytes_max: usize) -> Result<RelayHub, IpcError> {
@@ -66,7 +100,12 @@ impl RelayHub {
         })
     }
 
-    /// Starts the thread that receives replies and hands them to connections.
+    /// The daemon's reply address (the `reply_to` of the requests it relays).
+    pub fn reply_address(&self) -> &[u8] {
+        &self.rx_name
+    }
+
+    /// Starts the thread that receives replies and hands them on.
     pub fn start_reader(dom: Arc<Domain>) {
         let Some(mut rx) = dom.relay.rx.lock().ok().and_then(|mut g| g.take()) else {
             return;
@@ -75,7 +114,9 @@ impl RelayHub {
             .name("tpmon-relay".into())
             .spawn(move || {
                 let _ = rx.set_recv_timeout(Some(Duration::from_millis(200)));
-                while !dom.is_stopping() {
+                // Until the daemon is down: the requests still queued at a shutdown
+                // are served, and their replies go to the nodes that sent them.
+                while !dom.is_finished() {
                     let got = match rx.recv(false) {
                         Ok(g) => g,
                         Err(IpcError::TimedOut) => continue,
@@ -94,10 +135,22 @@ impl RelayHub {
                         .lock()
                         .ok()
                         .and_then(|mut p| p.remove(&reply.call_id));
-                    if let Some(p) = entry {
-                        p.outstanding.fetch_sub(1, Ordering::AcqRel);
-                        reply.call_id = p.client_call;
-                        let _ = p.tx.send(Message::Reply(reply).encode());
+                    let Some(p) = entry else { continue };
+                    p.counter.fetch_sub(1, Ordering::AcqRel);
+                    match p.to {
+                        ReplyTo::Conn {
+                            client_call, tx, ..
+                        } => {
+                            reply.call_id = client_call;
+                            let _ = tx.send(Message::Reply(reply).encode());
+                        }
+                        ReplyTo::Peer {
+                            peer, link_call, ..
+                        } => {
+                            if let Some(remote) = &dom.remote {
+                                remote.respond(peer, link_call, reply);
+                            }
+                        }
                     }
                 }
             });
@@ -106,15 +159,38 @@ impl RelayHub {
         }
     }
 
-    /// Forgets every call of a closed connection.
-    pub fn forget_connection(&self, conn: u64) {
+    /// Forgets the calls whose destination is gone or stopped waiting: those of
+    /// connection `conn` (when given), those of peers for which `peer_gone(peer,
+    /// downs)` holds (their link went down), and those past their expiry.
+    pub fn forget(
+        &self,
+        conn: Option<u64>,
+        mut peer_gone: impl FnMut(u32, u64) -> bool,
+        now: Instant,
+    ) {
         if let Ok(mut p) = self.pending.lock() {
-            p.retain(|_, v| v.conn != conn);
+            p.retain(|_, v| {
+                let gone = match &v.to {
+                    ReplyTo::Conn { conn: c, .. } => Some(*c) == conn,
+                    ReplyTo::Peer { peer, downs, .. } => peer_gone(*peer, *downs),
+                } || v.expires.is_some_and(|e| e <= now);
+                if gone {
+                    v.counter.fetch_sub(1, Ordering::AcqRel);
+                }
+                !gone
+            });
         }
     }
 
-    /// Relays one request of connection `conn`. On failure returns the error reply
-    /// the client should get (built once per failed call, so its size does not matter).
+    /// Forgets every call of a closed connection.
+    pub fn forget_connection(&self, conn: u64) {
+        self.forget(Some(conn), |_, _| false, Instant::now());
+    }
+
+    /// Relays one request of connection `conn`: into a queue of this node, or, for a
+    /// service only other nodes offer, to one of them (`timeout_ms` is the caller's,
+    /// when it sent a [`RemoteCall`]). On failure returns the error reply the client
+    /// should get (built once per failed call, so its size does not matter).
     #[allow(clippy::result_large_err)]
     pub async fn relay(
         &self,
@@ -122,50 +198,105 @@ impl RelayHub {
         conn: u64,
         tx: &ConnSender,
         outstanding: &Arc<AtomicUsize>,
-        mut req: Request,
+        req: Request,
+        timeout_ms: Option<u32>,
     ) -> Result<(), Reply> {
         let client_call = req.call_id;
-        let fail = |kind, detail: String| Err(error_reply(client_call, kind, detail));
-        let Some(route) = dom.welcome.services.iter().find(|s| s.name == req.service) else {
-            return fail(
-                ErrorKind::NoEnt,
-                format!("no service named {}", req.service),
-            );
-        };
-        if let Some(node) = dom.welcome.remote_node(route) {
-            return fail(
-                ErrorKind::NoEnt,
-                tpmon_proto::remote_service_detail(&req.service, node),
-            );
-        }
-        if route.conversational {
-            return fail(
-                ErrorKind::NoEnt,
-                format!("{} is conversational", req.service),
-            );
-        }
+        let fail = |(kind, detail): InjectError| Err(error_reply(client_call, kind, detail));
         let noreply = req.flags.contains(Flags::NOREPLY);
         let limit = dom.config.limits.pending_calls_max as usize;
         if !noreply && outstanding.load(Ordering::Acquire) >= limit {
-            return fail(
+            return fail((
                 ErrorKind::Limit,
-                format!("{limit} calls are already outstanding"),
-            );
+                format!("{limit} calls are already outstanding (pending_calls_max)"),
+            ));
+        }
+        let Some((_, route)) = dom.welcome.local_route(&req.service) else {
+            if let (Some(remote), false) = (
+                &dom.remote,
+                dom.welcome.remote_nodes(&req.service).is_empty(),
+            ) {
+                let blocking = dom.config.limits.blocking_timeout.as_millis();
+                let call = RemoteCall {
+                    timeout_ms: timeout_ms.unwrap_or(blocking.min(u128::from(u32::MAX)) as u32),
+                    request: req,
+                };
+                let origin = crate::remote::Origin::Conn {
+                    conn,
+                    client_call,
+                    tx: tx.clone(),
+                    outstanding: outstanding.clone(),
+                };
+                return remote.start(call, origin).or_else(fail);
+            }
+            return fail((
+                ErrorKind::NoEnt,
+                format!("no service named {}", req.service),
+            ));
+        };
+        if route.conversational {
+            return fail((
+                ErrorKind::NoEnt,
+                format!("{} is conversational", req.service),
+            ));
         }
         let server = route.server as usize;
-        let srv = &dom.servers[server];
+        let to = ReplyTo::Conn {
+            conn,
+            client_call,
+            tx: tx.clone(),
+        };
+        let give_up = Instant::now() + dom.config.limits.blocking_timeout;
+        if !noreply {
+            outstanding.fetch_add(1, Ordering::AcqRel);
+        }
+        self.inject(dom, server, req, to, outstanding.clone(), None, give_up)
+            .await
+            .or_else(fail)
+    }
+
+    /// Puts `req` into the queue of this node's `server` with the daemon's reply
+    /// address; the reply will go to `to` (unless the request is TPNOREPLY). Unless it
+    /// is TPNOREPLY the caller has already counted the call in `counter` (so that a
+    /// burst cannot pass the bound before any call is counted); it is uncounted when
+    /// the reply comes, when the call is forgotten, or here when it fails. A full
+    /// queue is waited on until `give_up` (TPETIME), or refused at once with
+    /// TPNOBLOCK (TPEBLOCK).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn inject(
+        &self,
+        dom: &Domain,
+        server: usize,
+        mut req: Request,
+        to: ReplyTo,
+        counter: Arc<AtomicUsize>,
+        expires: Option<Instant>,
+        give_up: Instant,
+    ) -> Result<(), InjectError> {
+        let noreply = req.flags.contains(Flags::NOREPLY);
+        let uncount = |e: InjectError| {
+            if !noreply {
+                counter.fetch_sub(1, Ordering::AcqRel);
+            }
+            Err(e)
+        };
+        let Some(srv) = dom.servers.get(server).filter(|s| s.queue.is_some()) else {
+            return uncount((
+                ErrorKind::System,
+                format!("server {server} has no queue on this node"),
+            ));
+        };
         let max = u64::from(dom.config.servers[server].queue_max);
         let nonblock = req.flags.contains(Flags::NOBLOCK);
-        let give_up = Instant::now() + dom.config.limits.blocking_timeout;
         while !dom.table.queue_reserve(server, max) {
             if nonblock {
-                return fail(ErrorKind::Block, "the service queue is full".into());
+                return uncount((ErrorKind::Block, "the service queue is full".into()));
             }
             if Instant::now() >= give_up {
-                return fail(
+                return uncount((
                     ErrorKind::Time,
                     "timed out waiting for room in the queue".into(),
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
@@ -173,15 +304,13 @@ impl RelayHub {
         req.call_id = id;
         req.reply_to = self.rx_name.clone();
         if !noreply {
-            outstanding.fetch_add(1, Ordering::AcqRel);
             if let Ok(mut p) = self.pending.lock() {
                 p.insert(
                     id,
                     PendingRelay {
-                        conn,
-                        client_call,
-                        tx: tx.clone(),
-                        outstanding: outstanding.clone(),
+                        to,
+                        counter: counter.clone(),
+                        expires,
                     },
                 );
             }
@@ -204,9 +333,10 @@ impl RelayHub {
         if let Err(e) = result {
             dom.table.queue_release(server);
             if !noreply {
-                outstanding.fetch_sub(1, Ordering::AcqRel);
-                if let Ok(mut p) = self.pending.lock() {
-                    p.remove(&id);
+                // Unless the entry went already (a forget counted it off).
+                let removed = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
+                if removed.is_some() {
+                    counter.fetch_sub(1, Ordering::AcqRel);
                 }
             }
             let kind = match e {
@@ -214,7 +344,7 @@ impl RelayHub {
                 IpcError::TooLarge { .. } => ErrorKind::Limit,
                 _ => ErrorKind::System,
             };
-            return fail(kind, e.to_string());
+            return Err((kind, e.to_string()));
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! Boot, run and shut down one node daemon.
 //!
 //! Owns the order of boot (node selection, run directory lock, sites, transaction
-//! manager, queues of this node's servers, client port, node links) and of shutdown.
+//! manager, queues of this node's servers, client port, node links and the remote-call
+//! socket) and of shutdown (which first tells the other nodes to route nothing more
+//! here).
 //! In a multi-node domain the daemon runs its own node only: the servers of groups on
 //! other nodes get no queue and no instance here, and the mesh of node links keeps this
 //! node connected to the others. It must not start anything of another node.
@@ -263,6 +265,13 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
         }
         None => (None, None),
     };
+    let remote = match &mesh {
+        Some(mesh) => Some(Arc::new(
+            crate::remote::Remote::new(&config, node_index, mesh.clone(), relay.reply_address())
+                .map_err(|e| DaemonError::Ipc(format!("the remote-call socket: {e}")))?,
+        )),
+        None => None,
+    };
     let (shutdown_tx, _) = watch::channel(false);
     let mut config = config;
     config.domain.listen = listen_addr;
@@ -271,6 +280,7 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
         node,
         node_index,
         mesh,
+        remote,
         table,
         welcome,
         servers,
@@ -278,6 +288,7 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
         next_client: AtomicU64::new(1),
         clients: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
+        finished: AtomicBool::new(false),
         shutdown_tx,
         relay,
         started: Instant::now(),
@@ -334,18 +345,26 @@ fn link_plan(
     Ok(Some(tpmon_link::MeshConfig::new(identity, addrs)))
 }
 
-/// Drains the frames other nodes send: nothing handles them yet (remote calls and
-/// cross-node transactions are issue 5's next steps), but the channel must never fill,
-/// or the links would stop reading.
-async fn drain_links(mut links: mpsc::Receiver<tpmon_link::Incoming>) {
+/// Hands the frames other nodes send to their owners: calls (requests and responses)
+/// and INVALIDATE_SHARD_TARGET to the remote-call state; anything else is logged at
+/// debug level and dropped (cross-node transactions and the recovery commands are
+/// not built yet). The channel is always drained, or the links would stop reading.
+async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::Incoming>) {
+    use tpmon_link::Item;
     while let Some(incoming) = links.recv().await {
-        tracing::debug!(
-            from = incoming.from,
-            item = ?incoming.frame.item,
-            response = incoming.frame.response,
-            bytes = incoming.frame.body.len(),
-            "node link: frame dropped (nothing handles it yet)"
-        );
+        let (from, frame) = (incoming.from, incoming.frame);
+        match (&dom.remote, frame.item, frame.response) {
+            (Some(remote), Item::Call, false) => remote.on_request(&dom, from, frame),
+            (Some(remote), Item::Call, true) => remote.on_response(&dom, from, frame),
+            (Some(remote), Item::InvalidateTarget, false) => remote.on_leaving(from),
+            _ => tracing::debug!(
+                from,
+                item = ?frame.item,
+                response = frame.response,
+                bytes = frame.body.len(),
+                "node link: frame dropped (nothing handles it yet)"
+            ),
+        }
     }
 }
 
@@ -374,7 +393,10 @@ async fn serve(
             nodes = dom.config.nodes.len(),
             "node links: joined the mesh"
         );
-        tokio::spawn(drain_links(links));
+        tokio::spawn(dispatch_links(dom.clone(), links));
+    }
+    if let Some(remote) = &dom.remote {
+        remote.start_tasks(dom.clone());
     }
     RelayHub::start_reader(dom.clone());
     tokio::spawn(tm_port::serve(dom.clone(), tm_listener));
@@ -473,14 +495,23 @@ async fn serve(
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     dom.stopping.store(true, Ordering::Release);
+    if let Some(remote) = &dom.remote {
+        // The other nodes stop routing new calls here at once; the calls already
+        // queued are served before the instances stop.
+        remote.announce_leaving();
+    }
     let _ = dom.shutdown_tx.send(true);
     supervise::stop_all(&dom).await;
+    dom.finished.store(true, Ordering::Release);
     while let Ok(s) = down_rx.try_recv() {
         waiting_admins.push(s);
     }
     let run_dir = &dom.config.domain.run_dir;
     for s in dom.servers.iter().filter(|s| s.queue.is_some()) {
         let _ = std::fs::remove_file(&s.queue_path);
+    }
+    if let Some(remote) = &dom.remote {
+        let _ = std::fs::remove_file(remote.socket_path());
     }
     let _ = std::fs::remove_file(run_dir.join(ADMIN_SOCKET));
     let _ = std::fs::remove_file(run_dir.join(tm_port::TM_SOCKET));

@@ -81,6 +81,14 @@ fn nodes(dom: &Domain) -> Vec<Value> {
                     json!(p.last_error)
                 };
             }
+            if let Some(c) = dom.remote.as_ref().and_then(|r| r.counters(i as u32)) {
+                v["routable"] = json!(c.routable);
+                v["calls_sent"] = json!(c.sent);
+                v["calls_received"] = json!(c.received);
+                v["calls_in_flight"] = json!(c.in_flight);
+                v["calls_serving"] = json!(c.serving);
+                v["calls_failed_link_down"] = json!(c.failed_link);
+            }
             v
         })
         .collect()

@@ -285,6 +285,7 @@ async fn start_instance(
     cmd.args(&cfg.args)
         .envs(&cfg.env)
         .env(tpmon_server_env::SERVER_NAME, &cfg.name)
+        .env(tpmon_server_env::NODE, &dom.node)
         .env(
             tpmon_server_env::MESSAGE_BYTES_MAX,
             dom.config.limits.frame_bytes_max.to_string(),
@@ -474,6 +475,7 @@ async fn watch_instance(mut r: Running) -> Ended {
 /// of the daemon on the server crate).
 mod tpmon_server_env {
     pub const SERVER_NAME: &str = "TPMON_SERVER_NAME";
+    pub const NODE: &str = "TPMON_NODE";
     pub const MESSAGE_BYTES_MAX: &str = "TPMON_MESSAGE_BYTES_MAX";
     pub const RM_KIND: &str = "TPMON_RM_KIND";
     pub const RM_OPEN: &str = "TPMON_RM_OPEN";

@@ -8,10 +8,12 @@
 //! * [`mesh`]: one active and one passive connection per pair of members,
 //!   heartbeats, failure detection, reconnection with back-off, per-peer state.
 //!
-//! Status: each node daemon of a multi-node domain joins the mesh at boot and shows
-//! the links in `tpmon status`; nothing sends frames over them yet (remote services,
-//! cross-node transactions and the recovery commands are issue 5's next steps, and the
-//! daemon drops what arrives). This crate must not interpret frame bodies.
+//! Status: each node daemon of a multi-node domain joins the mesh at boot, shows the
+//! links in `tpmon status`, and sends its remote calls (Call) and its shutdown notice
+//! (INVALIDATE_SHARD_TARGET) over them; it learns of link failures from
+//! [`Mesh::changes`] and [`Mesh::link_state`]. Cross-node transactions and the
+//! recovery commands are issue 5's next steps. This crate must not interpret frame
+//! bodies (the daemon does).
 
 pub mod frame;
 pub mod handshake;

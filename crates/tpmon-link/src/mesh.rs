@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::frame::{check_size, Frame, Item};
@@ -85,6 +85,10 @@ pub struct PeerStatus {
     pub connects: u64,
     /// The last failure, if any (connect, handshake, read or write).
     pub last_error: String,
+    /// Times a direction of this link went down or was replaced by a new connection.
+    /// A value that changed since a frame was sent means that the frame, or its
+    /// response, may have been lost.
+    pub downs: u64,
 }
 
 impl PeerStatus {
@@ -131,6 +135,8 @@ pub struct Mesh {
     gens: AtomicU64,
     /// Inbound connections open (authenticated or not), bounded.
     inbound: std::sync::atomic::AtomicUsize,
+    /// Counts every change of any peer's state (a direction up or down).
+    changes: watch::Sender<u64>,
 }
 
 impl Drop for Mesh {
@@ -178,6 +184,7 @@ impl Mesh {
                         inbound_up: false,
                         connects: 0,
                         last_error: String::new(),
+                        downs: 0,
                     },
                     inbound_gen: 0,
                 })
@@ -189,6 +196,7 @@ impl Mesh {
             tasks: Mutex::new(Vec::new()),
             gens: AtomicU64::new(1),
             inbound: std::sync::atomic::AtomicUsize::new(0),
+            changes: watch::channel(0).0,
         });
         let mut handles = vec![tokio::spawn(accept_loop(
             Arc::downgrade(&mesh),
@@ -243,9 +251,27 @@ impl Mesh {
             .collect()
     }
 
+    /// Whether the link to the member at `p` is up in both directions, and its
+    /// [`PeerStatus::downs`] count (`None` for ourselves or no such member). Cheaper
+    /// than [`Mesh::peers`]: made for routing each call.
+    pub fn link_state(&self, p: u32) -> Option<(bool, u64)> {
+        self.slot(p).map(|s| (s.status.up(), s.status.downs))
+    }
+
     /// Our position.
     pub fn me(&self) -> u32 {
         self.cfg.identity.me
+    }
+
+    /// A receiver that is marked changed whenever a direction of any link goes up or
+    /// down, so that the owner can react at once (fail the calls in flight to a peer
+    /// that went down) instead of polling [`Mesh::peers`].
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn note_error(&self, p: u32, what: String) {
@@ -308,6 +334,7 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
             s.status.connects += 1;
             tracing::info!(peer, %addr, "node link up (outbound)");
         }
+        m.changed();
         let me = cfg.identity.me;
         drop(m);
         let (mut rd, mut wr) = stream.into_split();
@@ -346,7 +373,9 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
         if let Some(mut s) = m.slot(peer) {
             s.out = None;
             s.status.outbound_up = false;
+            s.status.downs += 1;
         }
+        m.changed();
         m.note_error(peer, why);
         drop(m);
         tokio::time::sleep(backoff).await;
@@ -415,8 +444,14 @@ async fn passive(
         let g = m.gens.fetch_add(1, Ordering::Relaxed);
         if let Some(mut s) = m.slot(from) {
             s.inbound_gen = g;
+            if s.status.inbound_up {
+                // A new connection replaces one that looked alive: what the peer sent
+                // on the old one may be lost.
+                s.status.downs += 1;
+            }
             s.status.inbound_up = true;
         }
+        m.changed();
         tracing::info!(peer = from, %addr, "node link up (inbound)");
         g
     };
@@ -473,7 +508,9 @@ async fn passive(
     if current {
         if let Some(mut s) = m.slot(from) {
             s.status.inbound_up = false;
+            s.status.downs += 1;
         }
+        m.changed();
         m.note_error(from, why);
     }
 }

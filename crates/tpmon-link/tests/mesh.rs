@@ -102,8 +102,19 @@ async fn three_members_link_up_exchange_frames_and_survive_a_restart() {
         .send(0, Frame::request(Item::Call, 0, vec![]))
         .is_err());
 
-    // Member 1 stops: the others see it down (both directions), and sends fail.
+    // Member 1 stops: the others see it down (both directions), are told at once
+    // (the change notification), count the failure in `downs`, and sends fail.
+    let m0 = meshes[0].as_ref().expect("m0").0.clone();
+    let (up, downs_before) = m0.link_state(1).expect("member 1");
+    assert!(up);
+    assert_eq!(m0.link_state(0), None, "no link to ourselves");
+    let mut changes = m0.changes();
+    changes.mark_unchanged();
     meshes[1] = None;
+    tokio::time::timeout(LIMIT, changes.changed())
+        .await
+        .expect("a change in time")
+        .expect("the mesh is alive");
     for i in [0usize, 2] {
         let m = meshes[i].as_ref().expect("mesh").0.clone();
         until(&format!("member {i} sees member 1 down"), || {
@@ -116,6 +127,13 @@ async fn three_members_link_up_exchange_frames_and_survive_a_restart() {
             .send(1, Frame::request(Item::Call, i as u32, vec![]))
             .is_err());
     }
+    let (up, downs_after) = m0.link_state(1).expect("member 1");
+    assert!(!up);
+    assert!(
+        downs_after >= downs_before + 2,
+        "{downs_before} -> {downs_after}"
+    );
+    drop(m0);
     // It restarts on the same address and everyone links up again.
     let l = TcpListener::bind(addrs[1]).await.expect("rebind");
     meshes[1] = Some(Mesh::start_on(config(1, &addrs, "s3cret"), l));

@@ -22,10 +22,9 @@ pub use codec::{DecodeError, Reader, Writer};
 pub use flags::Flags;
 pub use frame::{encode_frame, FrameDecoder, FrameError, FRAME_HEADER_BYTES};
 pub use kind::ErrorKind;
-pub use message::remote_service_detail;
 pub use message::{
-    AdminRequest, BufferWire, ClientId, ControlMessage, Hello, Message, Reply, ReplyStatus,
-    Request, ServerRoute, ServiceRoute, TxContext, UnsolMode, Welcome,
+    AdminRequest, BufferWire, ClientId, ControlMessage, Hello, Message, RemoteCall, Reply,
+    ReplyStatus, Request, ServerRoute, ServiceRoute, TxContext, UnsolMode, Welcome,
 };
 pub use tx::{
     Branch, Gtrid, TxDone, TxEnd, TxOutcome, Vote, BRANCHES_MAX, FORMAT_ID, NAMES_BYTES_MAX,
@@ -33,7 +32,32 @@ pub use tx::{
 };
 
 /// The protocol version spoken by this build; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
+
+/// v5: the Unix datagram socket in a node's run directory on which local callers
+/// (clients and server instances on the daemon's host) send their [`RemoteCall`]s:
+/// calls for services that only other nodes offer.
+pub const REMOTE_SOCKET: &str = "remote.sock";
+
+/// v5: why a call to another node inside a global transaction is refused (TPETRAN),
+/// the same from the client library and from the daemon: transactions spanning nodes
+/// are not built yet. `nodes` lists the nodes that offer `service`.
+pub fn remote_call_in_transaction_detail(service: &str, nodes: &[&str]) -> String {
+    format!(
+        "calls to other nodes inside a global transaction are not supported yet: service \
+         {service:?} is offered on {}; call it with TPNOTRAN to leave the transaction out",
+        node_list(nodes)
+    )
+}
+
+/// `node "a"` or `nodes "a", "b"`, for error details.
+pub fn node_list(nodes: &[&str]) -> String {
+    let quoted: Vec<String> = nodes.iter().map(|n| format!("{n:?}")).collect();
+    match quoted.len() {
+        1 => format!("node {}", quoted[0]),
+        _ => format!("nodes {}", quoted.join(", ")),
+    }
+}
 
 /// Longest service name, in bytes (XATMI allows 31 characters plus the terminating NUL).
 pub const SERVICE_NAME_BYTES_MAX: usize = 31;

@@ -94,8 +94,8 @@ pub struct ServerRoute {
     /// Requests allowed to wait in the queue.
     pub queue_max: u32,
     /// v4: the node the server runs on. A server of another node than the Welcome's
-    /// `node` has no queue here (`queue_path` is empty) and its services cannot be
-    /// called through this daemon yet.
+    /// `node` has no queue here (`queue_path` is empty); its services are reached
+    /// through this node's daemon, which routes them over the node links (v5).
     pub node: String,
 }
 
@@ -155,16 +155,43 @@ impl Welcome {
             .map(|s| s.node.as_str())
             .filter(|n| *n != self.node)
     }
+
+    /// v5: the entry of `service` that this node runs, if any (a service may appear
+    /// once per node that offers it; at most once per node).
+    pub fn local_route(&self, service: &str) -> Option<(usize, &ServiceRoute)> {
+        self.services
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == service && self.remote_node(s).is_none())
+    }
+
+    /// v5: the other nodes that offer `service`, in configuration order, each once.
+    pub fn remote_nodes(&self, service: &str) -> Vec<&str> {
+        let mut nodes: Vec<&str> = Vec::new();
+        for s in self.services.iter().filter(|s| s.name == service) {
+            if let Some(n) = self.remote_node(s) {
+                if !nodes.contains(&n) {
+                    nodes.push(n);
+                }
+            }
+        }
+        nodes
+    }
 }
 
-/// The detail of the TPENOENT that a call to a service of another node gets, the same
-/// from the client library and from the daemon's relay: calls between nodes are not
-/// built yet.
-pub fn remote_service_detail(service: &str, node: &str) -> String {
-    format!(
-        "service {service:?} is offered on node {node:?}; calls to other nodes are not \
-         supported yet"
-    )
+/// v5: a call for a service that the caller's node does not run. The caller sends it
+/// to its own node's daemon (a local caller on `run_dir/remote.sock`, a relayed one on
+/// its TCP session), which routes it to a node offering the service over the node
+/// links, where it is the body of a `Call` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCall {
+    /// How long the caller still waits for the reply, in milliseconds; 0: no limit
+    /// (TPNOTIME). Bounds how long the daemons keep the call's state.
+    pub timeout_ms: u32,
+    /// The request, as it would go to a local queue (its `call_id` and `reply_to` are
+    /// the caller's; on a node link, `call_id` is the link's call id and `reply_to` is
+    /// empty).
+    pub request: Request,
 }
 
 /// A service request.
@@ -309,6 +336,9 @@ pub enum Message {
     TxEnd(TxEnd),
     /// Transaction manager → originator: the outcome.
     TxDone(TxDone),
+    /// v5: a call for a service of another node (caller → its daemon, and the body
+    /// of a node link's Call frame).
+    Call(RemoteCall),
 }
 
 mod tag {
@@ -323,6 +353,7 @@ mod tag {
     pub const SHUTDOWN: u8 = 9;
     pub const TX_END: u8 = 10;
     pub const TX_DONE: u8 = 11;
+    pub const CALL: u8 = 12;
 }
 
 /// Largest buffer body accepted by the decoder; the sockets enforce smaller limits.
@@ -352,25 +383,12 @@ impl Message {
                 w.u8(tag::REFUSED).u8(kind.code()).str16(reason);
             }
             Message::Request(r) => {
-                w.u8(tag::REQUEST)
-                    .u64(r.call_id)
-                    .u32(r.flags.0)
-                    .str16(&r.service)
-                    .bytes16(&r.reply_to)
-                    .u64(r.client.0);
-                match &r.tx {
-                    None => {
-                        w.u8(0);
-                    }
-                    Some(tx) => {
-                        w.u8(1)
-                            .i32(tx.format_id)
-                            .bytes16(&tx.gtrid)
-                            .u64(tx.deadline_ms);
-                        encode_branches(&mut w, &tx.branches);
-                    }
-                }
-                encode_buffer(&mut w, r.buffer.as_ref());
+                w.u8(tag::REQUEST);
+                encode_request(&mut w, r);
+            }
+            Message::Call(c) => {
+                w.u8(tag::CALL).u32(c.timeout_ms);
+                encode_request(&mut w, &c.request);
             }
             Message::Reply(r) => {
                 w.u8(tag::REPLY).u64(r.call_id);
@@ -451,6 +469,7 @@ impl Message {
     fn payload_hint(&self) -> usize {
         match self {
             Message::Request(r) => r.buffer.as_ref().map_or(0, |b| b.body.len()),
+            Message::Call(c) => c.request.buffer.as_ref().map_or(0, |b| b.body.len()),
             Message::Reply(r) => r.buffer.as_ref().map_or(0, |b| b.body.len()),
             _ => 0,
         }
@@ -482,31 +501,12 @@ impl Message {
                 kind: kind_from(&mut r)?,
                 reason: r.str16("reason")?,
             },
-            tag::REQUEST => {
-                let call_id = r.u64("call id")?;
-                let flags = Flags(r.u32("flags")?);
-                let service = r.str16("service name")?;
-                let reply_to = r.bytes16("reply address")?.to_vec();
-                let client = ClientId(r.u64("client id")?);
-                let tx = match r.u8("transaction marker")? {
-                    0 => None,
-                    1 => Some(TxContext {
-                        format_id: r.i32("xid format")?,
-                        gtrid: xid_part(&mut r, "gtrid")?,
-                        deadline_ms: r.u64("transaction deadline")?,
-                        branches: decode_branches(&mut r)?,
-                    }),
-                    v => return Err(r.error(format!("transaction marker {v} is not 0 or 1"))),
-                };
-                let buffer = decode_buffer(&mut r)?;
-                Message::Request(Request {
-                    call_id,
-                    flags,
-                    service,
-                    reply_to,
-                    client,
-                    tx,
-                    buffer,
+            tag::REQUEST => Message::Request(decode_request(&mut r)?),
+            tag::CALL => {
+                let timeout_ms = r.u32("call timeout")?;
+                Message::Call(RemoteCall {
+                    timeout_ms,
+                    request: decode_request(&mut r)?,
                 })
             }
             tag::REPLY => {
@@ -601,6 +601,55 @@ impl Message {
         r.finish()?;
         Ok(m)
     }
+}
+
+fn encode_request(w: &mut Writer, r: &Request) {
+    w.u64(r.call_id)
+        .u32(r.flags.0)
+        .str16(&r.service)
+        .bytes16(&r.reply_to)
+        .u64(r.client.0);
+    match &r.tx {
+        None => {
+            w.u8(0);
+        }
+        Some(tx) => {
+            w.u8(1)
+                .i32(tx.format_id)
+                .bytes16(&tx.gtrid)
+                .u64(tx.deadline_ms);
+            encode_branches(w, &tx.branches);
+        }
+    }
+    encode_buffer(w, r.buffer.as_ref());
+}
+
+fn decode_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
+    let call_id = r.u64("call id")?;
+    let flags = Flags(r.u32("flags")?);
+    let service = r.str16("service name")?;
+    let reply_to = r.bytes16("reply address")?.to_vec();
+    let client = ClientId(r.u64("client id")?);
+    let tx = match r.u8("transaction marker")? {
+        0 => None,
+        1 => Some(TxContext {
+            format_id: r.i32("xid format")?,
+            gtrid: xid_part(r, "gtrid")?,
+            deadline_ms: r.u64("transaction deadline")?,
+            branches: decode_branches(r)?,
+        }),
+        v => return Err(r.error(format!("transaction marker {v} is not 0 or 1"))),
+    };
+    let buffer = decode_buffer(r)?;
+    Ok(Request {
+        call_id,
+        flags,
+        service,
+        reply_to,
+        client,
+        tx,
+        buffer,
+    })
 }
 
 fn unsol_code(u: UnsolMode) -> u8 {
@@ -867,6 +916,22 @@ mod tests {
                 outcome: crate::tx::TxOutcome::Mixed,
                 detail: "x".into(),
             }),
+            Message::Call(RemoteCall {
+                timeout_ms: 1500,
+                request: Request {
+                    call_id: 9,
+                    flags: Flags::NOREPLY,
+                    service: "FAR".into(),
+                    reply_to: Vec::new(),
+                    client: ClientId(11),
+                    tx: None,
+                    buffer: Some(BufferWire {
+                        type_code: 3,
+                        subtype: String::new(),
+                        body: vec![0, 1, 2],
+                    }),
+                },
+            }),
         ]
     }
 
@@ -903,23 +968,36 @@ mod tests {
     }
 
     #[test]
-    fn a_service_of_another_node_is_named_remote() {
+    fn services_of_other_nodes_are_told_apart() {
         let mut w = match samples().remove(1) {
             Message::Welcome(w) => w,
             other => panic!("the second sample is a Welcome: {other:?}"),
         };
         let echo = w.services[0].clone();
         assert_eq!(w.remote_node(&echo), None);
+        assert_eq!(w.local_route("ECHO").map(|(i, _)| i), Some(0));
+        assert!(w.remote_nodes("ECHO").is_empty());
         w.servers[0].node = "n3".into();
         w.servers[0].queue_path.clear();
         assert_eq!(w.remote_node(&echo), Some("n3"));
+        assert_eq!(w.local_route("ECHO"), None);
+        // The same service on a second server of another node, and on this node.
+        for (name, node) in [("s2", "n2"), ("s3", "n3"), ("s1", "n1")] {
+            w.servers.push(ServerRoute {
+                name: name.into(),
+                queue_path: String::new(),
+                queue_max: 1,
+                node: node.into(),
+            });
+            w.services.push(ServiceRoute {
+                server: (w.servers.len() - 1) as u16,
+                ..echo.clone()
+            });
+        }
+        assert_eq!(w.remote_nodes("ECHO"), vec!["n3", "n2"]);
+        assert_eq!(w.local_route("ECHO").map(|(i, _)| i), Some(3));
         let back = Message::decode(&Message::Welcome(w.clone()).encode()).expect("decodes");
         assert_eq!(back, Message::Welcome(w));
-        assert_eq!(
-            remote_service_detail("NODEINFO", "n3"),
-            "service \"NODEINFO\" is offered on node \"n3\"; calls to other nodes are not \
-             supported yet"
-        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 use tpmon_proto::{
-    Branch, BufferWire, ClientId, Flags, FrameDecoder, Message, Request, TxContext, Vote,
+    Branch, BufferWire, ClientId, Flags, FrameDecoder, Message, RemoteCall, Request, TxContext,
+    Vote,
 };
 
 fn branches() -> impl Strategy<Value = Vec<Branch>> {
@@ -68,6 +69,17 @@ fn request() -> impl Strategy<Value = Message> {
         })
 }
 
+/// A request, or the same request as a v5 remote call with a timeout.
+fn request_or_call() -> impl Strategy<Value = Message> {
+    (request(), proptest::option::of(any::<u32>())).prop_map(|(m, timeout)| match (m, timeout) {
+        (Message::Request(request), Some(timeout_ms)) => Message::Call(RemoteCall {
+            timeout_ms,
+            request,
+        }),
+        (m, _) => m,
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -79,12 +91,12 @@ proptest! {
     }
 
     #[test]
-    fn requests_round_trip(m in request()) {
+    fn requests_round_trip(m in request_or_call()) {
         prop_assert_eq!(Message::decode(&m.encode()), Ok(m));
     }
 
     #[test]
-    fn mutated_requests_fail_cleanly(m in request(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+    fn mutated_requests_fail_cleanly(m in request_or_call(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
         let mut bytes = m.encode();
         let i = at.index(bytes.len());
         bytes[i] = byte;

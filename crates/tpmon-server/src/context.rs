@@ -31,6 +31,10 @@ impl Context {
     pub fn client(&mut self) -> &mut Client {
         &mut self.client
     }
+    /// The node this instance runs on (also in the environment as `TPMON_NODE`).
+    pub fn node(&self) -> &str {
+        &self.client.welcome().node
+    }
     /// The server's name in the configuration.
     pub fn server_name(&self) -> &str {
         &self.server_name

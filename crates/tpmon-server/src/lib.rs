@@ -33,5 +33,8 @@ pub const QUEUE_FD: i32 = 3;
 pub const CONTROL_FD: i32 = 4;
 /// Environment variable naming the server (set by the daemon).
 pub const ENV_SERVER_NAME: &str = "TPMON_SERVER_NAME";
+/// Environment variable naming the node the server runs on (set by the daemon; in a
+/// single-node domain, the domain's only node).
+pub const ENV_NODE: &str = "TPMON_NODE";
 /// Environment variable with the largest message size in bytes (set by the daemon).
 pub const ENV_MESSAGE_BYTES_MAX: &str = "TPMON_MESSAGE_BYTES_MAX";

@@ -258,10 +258,13 @@ impl Instance {
             },
         )?;
         let spin_us = welcome.spin_us;
+        // This server's own entries: a service offered on several nodes appears once
+        // per node in the routing table.
         let service_index = welcome
             .services
             .iter()
             .enumerate()
+            .filter(|(_, s)| s.server as usize == server_index)
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
         let mut inst = Instance {

@@ -29,6 +29,19 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
         clients: Vec<usize>,
     },
+    /// A call to a service of another node (client on n1, service on n2, over the
+    /// node link on loopback) against the same call on n2 itself; boots both nodes.
+    Remote {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seconds measured per point.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Client counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        clients: Vec<usize>,
+    },
     /// Global transaction log: group commit against one fdatasync per change, on real
     /// files in a temporary directory.
     Log {
@@ -98,7 +111,7 @@ pub enum BenchCommand {
     },
 }
 
-const PAYLOAD_BYTES: usize = 64;
+pub(crate) const PAYLOAD_BYTES: usize = 64;
 
 /// Enduro/X on this machine type (issue figures): calls/s at 1, 2, 4, 8 clients.
 const ENDUROX: [(usize, f64); 4] = [(1, 17_700.0), (2, 37_000.0), (4, 101_000.0), (8, 104_000.0)];
@@ -128,6 +141,11 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
             seconds,
             clients,
         } => bench_call(json, seconds, &clients),
+        BenchCommand::Remote {
+            json,
+            seconds,
+            clients,
+        } => crate::bench_remote::bench_remote(json, seconds, &clients),
         BenchCommand::Log {
             json,
             seconds,
@@ -323,7 +341,12 @@ server = "echo"
     )
 }
 
-fn tpcall_point(addr: &str, clients: usize, seconds: f64, relay: bool) -> anyhow::Result<Point> {
+pub(crate) fn tpcall_point(
+    addr: &str,
+    clients: usize,
+    seconds: f64,
+    relay: bool,
+) -> anyhow::Result<Point> {
     let barrier = Arc::new(Barrier::new(clients + 1));
     let mut handles = Vec::new();
     for _ in 0..clients {
@@ -359,7 +382,7 @@ fn tpcall_point(addr: &str, clients: usize, seconds: f64, relay: bool) -> anyhow
 /// The default `spin_us` of a domain (see docs/configuration.md).
 const SPIN_US_DEFAULT: u64 = 20;
 
-fn row(label: &str, p: &Point, endurox: Option<f64>) {
+pub(crate) fn row(label: &str, p: &Point, endurox: Option<f64>) {
     println!(
         "{:<44} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>13}",
         label,
@@ -371,7 +394,7 @@ fn row(label: &str, p: &Point, endurox: Option<f64>) {
     );
 }
 
-fn point_json(p: &Point) -> serde_json::Value {
+pub(crate) fn point_json(p: &Point) -> serde_json::Value {
     json!({"clients": p.clients, "calls_per_s": p.calls_per_s, "mean_us": p.mean_us, "p50_us": p.p50_us, "p99_us": p.p99_us})
 }
 

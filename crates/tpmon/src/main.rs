@@ -5,6 +5,7 @@
 //! `-c FILE`; errors are reported with context and a non-zero exit status.
 
 mod bench;
+mod bench_remote;
 mod bench_rm;
 mod bench_tx;
 mod boot;

@@ -73,7 +73,7 @@ pub fn render(v: &Value) -> String {
     if nodes.len() > 1 {
         let _ = writeln!(
             out,
-            "\nNODE              LINK                   STATE  OUT   IN    CONNECTS  LAST ERROR"
+            "\nNODE              LINK                   STATE    OUT   IN    CONNECTS      SENT  RECEIVED  LAST ERROR"
         );
         for nd in &nodes {
             let name = nd["name"].as_str().unwrap_or("?");
@@ -93,15 +93,23 @@ pub fn render(v: &Value) -> String {
             } else {
                 nd["last_error"].as_str().unwrap_or("-")
             };
+            // Up but taking no new calls: the node announced its shutdown.
+            let state = if nd["link_up"].as_bool() == Some(true) && nd["routable"] == false {
+                "leaving"
+            } else {
+                updown(&nd["link_up"])
+            };
             let _ = writeln!(
                 out,
-                "{:<17} {:<22} {:<5}  {:<4}  {:<4}  {:>8}  {}",
+                "{:<17} {:<22} {:<7}  {:<4}  {:<4}  {:>8}  {:>8}  {:>8}  {}",
                 name,
                 link,
-                updown(&nd["link_up"]),
+                state,
                 updown(&nd["outbound_up"]),
                 updown(&nd["inbound_up"]),
                 n(&nd["connects"]),
+                n(&nd["calls_sent"]),
+                n(&nd["calls_received"]),
                 error,
             );
         }

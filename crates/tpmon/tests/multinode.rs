@@ -1,11 +1,17 @@
 //! Multi-node domains on one machine: three nodes on loopback, each daemon booted with
 //! `--node` in its own run directory (`run_dir/<node>`). Every daemon links up with the
-//! two others (authenticated node links), runs only its own node's servers, serves
-//! local calls, and answers a call to a service of another node with TPENOENT naming
-//! that node (on the fast path, through the relay, from a nested call and from the
-//! command line). A node killed with `kill -9` is seen down by the others and links up
-//! again when it is booted again; a node with the wrong `link_secret` never links up,
-//! and the others log the refusal.
+//! two others (authenticated node links) and runs only its own node's servers. A client
+//! of any node calls any service by name: its own node's servers first, otherwise one
+//! of the nodes offering it, round-robin among those whose link is up (on the fast
+//! path, through the relay, from nested calls and forwards, from the command line).
+//! Remote calls behave as local ones (asynchronous calls, TPNOREPLY, TPESVCFAIL with
+//! its urcode and data, TPENOENT from the far side); inside a global transaction they
+//! are refused. A node killed with `kill -9` leaves routing at once: its calls in
+//! flight fail with TPESVCERR, new calls go to another node or get TPENOENT; booted
+//! again it links up and serves again. A node shutting down announces it
+//! (INVALIDATE_SHARD_TARGET) and still answers the calls it has. Malformed and
+//! excessive calls from a node are answered with errors, never closing the link. A
+//! node with the wrong `link_secret` never links up.
 
 mod support;
 
@@ -17,11 +23,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{
-    alive, all_pids, kill9, s, strip_ansi, text, toml_string, tpmon, tpmon_env, wait_until,
-    TempDir, TESTSRV,
+    alive, all_pids, kill9, s, service, strip_ansi, text, toml_string, tpmon, tpmon_env,
+    wait_until, TempDir, TESTSRV,
 };
 use tpmon_client::{Client, ClientOptions, ErrorKind, Flags};
-use tpmon_proto::{encode_frame, FrameDecoder, Hello, Message, ReplyStatus, Request};
+use tpmon_link::{Frame, Item};
+use tpmon_proto::{
+    encode_frame, FrameDecoder, Hello, Message, RemoteCall, ReplyStatus, Request, TxContext,
+};
 
 /// Longest wait for a link or a process (links reconnect with back-off up to 5 s).
 const LIMIT: Duration = Duration::from_secs(30);
@@ -30,10 +39,16 @@ const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const SECRET: &str = "the-domain-link-secret";
 
 /// The server of each node and the services it offers (the test server's routines).
+/// NODE is offered on n2 and n3 (it answers the name of the node that served it);
+/// everything else on one node only.
 const SERVERS: [(&str, &str, &[&str]); 3] = [
     ("s1", "n1", &["ECHO"]),
-    ("s2", "n2", &["PID"]),
-    ("s3", "n3", &["STRONLY", "NESTED"]),
+    ("s2", "n2", &["PID", "NODE"]),
+    (
+        "s3",
+        "n3",
+        &["STRONLY", "NESTED", "FWD", "FAIL", "NODE", "SLEEP"],
+    ),
 ];
 
 /// A free TCP port on loopback (bound and released: node links need fixed addresses
@@ -43,12 +58,28 @@ fn free_port() -> u16 {
     l.local_addr().expect("local address").port()
 }
 
+/// What a test changes in the domain's file.
+#[derive(Clone, Default)]
+struct Extra {
+    /// Lines added to `[domain.limits]`.
+    limits: &'static [&'static str],
+    /// More services: (server, service).
+    services: &'static [(&'static str, &'static str)],
+}
+
 /// The domain's file with the given link secret and link ports.
-fn config_text(secret: &str, links: &[u16]) -> String {
+fn config_text(secret: &str, links: &[u16], extra: &Extra) -> String {
     let mut t = format!(
         "[domain]\nname = \"mn\"\nlisten = \"127.0.0.1:7480\"\nrun_dir = \"run\"\n\
          link_secret = \"{secret}\"\n"
     );
+    if !extra.limits.is_empty() {
+        t.push_str("\n[domain.limits]\n");
+        for l in extra.limits {
+            t.push_str(l);
+            t.push('\n');
+        }
+    }
     for (i, (node, port)) in NODES.iter().zip(links).enumerate() {
         // The client ports in the file are placeholders: each daemon is booted with
         // `--listen 127.0.0.1:0`.
@@ -68,7 +99,12 @@ fn config_text(secret: &str, links: &[u16]) -> String {
              shutdown_timeout_s = 2\n",
             toml_string(TESTSRV)
         ));
-        for svc in services {
+        let more = extra
+            .services
+            .iter()
+            .filter(|(s, _)| *s == server)
+            .map(|(_, svc)| *svc);
+        for svc in services.iter().copied().chain(more) {
             t.push_str(&format!(
                 "\n[[service]]\nname = \"{svc}\"\nserver = \"{server}\"\n"
             ));
@@ -101,20 +137,26 @@ impl Cluster {
     /// Writes the domain's file; node `bad`, if any, gets a file of its own with
     /// another link secret.
     fn new(tag: &str, bad: Option<usize>) -> Cluster {
+        Cluster::with(tag, |i| {
+            let secret = if Some(i) == bad {
+                "not-the-domain-secret"
+            } else {
+                SECRET
+            };
+            (secret, Extra::default())
+        })
+    }
+
+    /// Writes one file per node: `file(i)` gives node i's link secret and changes.
+    fn with(tag: &str, file: impl Fn(usize) -> (&'static str, Extra)) -> Cluster {
         let dir = TempDir::new(tag);
         let links: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
-        let good = dir.path.join("domain.toml");
-        std::fs::write(&good, config_text(SECRET, &links)).expect("writing domain.toml");
         let configs = (0..NODES.len())
             .map(|i| {
-                if Some(i) == bad {
-                    let f = dir.path.join("wrong-secret.toml");
-                    std::fs::write(&f, config_text("not-the-domain-secret", &links))
-                        .expect("writing wrong-secret.toml");
-                    f
-                } else {
-                    good.clone()
-                }
+                let (secret, extra) = file(i);
+                let f = dir.path.join(format!("domain-{}.toml", NODES[i]));
+                std::fs::write(&f, config_text(secret, &links, &extra)).expect("writing a file");
+                f
             })
             .collect();
         Cluster {
@@ -304,16 +346,26 @@ fn others(i: usize) -> impl Iterator<Item = usize> {
     (0..NODES.len()).filter(move |&j| j != i)
 }
 
-fn remote_detail(service: &str, node: &str) -> String {
-    format!(
-        "service \"{service}\" is offered on node \"{node}\"; calls to other nodes are not \
-         supported yet"
-    )
+/// New calls may be routed from the answering node to node `name`.
+fn routable(st: &Value, name: &str) -> bool {
+    node(st, name)["routable"] == true
 }
 
-/// A raw relayed request (the client library would refuse it before sending): the
-/// daemon's relay must answer it the same way.
-fn raw_relay_call(addr: &str, service: &str) -> tpmon_proto::Reply {
+/// A counter of the calls exchanged with node `name`, as the answering node sees it.
+fn calls(st: &Value, name: &str, field: &str) -> u64 {
+    node(st, name)[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} for node {name}: {st}"))
+}
+
+/// Calls served by service `name` (its first entry) on the answering node.
+fn served(st: &Value, name: &str) -> u64 {
+    service(st, name)["calls"].as_u64().unwrap_or(0)
+}
+
+/// Sends `msg` on a raw relayed session (what a client of another build, or a hostile
+/// one, may send) and returns the reply.
+fn raw_relay(addr: &str, msg: Message) -> tpmon_proto::Reply {
     let mut sock = TcpStream::connect(addr).expect("connecting");
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
@@ -324,15 +376,7 @@ fn raw_relay_call(addr: &str, service: &str) -> tpmon_proto::Reply {
         sock.write_all(&f).expect("sending");
     };
     send(Message::Hello(Hello::default()));
-    send(Message::Request(Request {
-        call_id: 5,
-        flags: Flags::NONE,
-        service: service.into(),
-        reply_to: Vec::new(),
-        client: tpmon_proto::ClientId(0),
-        tx: None,
-        buffer: Some(tpmon_client::to_wire(&s("raw"))),
-    }));
+    send(msg);
     let mut buf = [0u8; 65536];
     loop {
         while let Some(body) = dec.next_frame().expect("a frame") {
@@ -348,16 +392,63 @@ fn raw_relay_call(addr: &str, service: &str) -> tpmon_proto::Reply {
     }
 }
 
+fn request(call_id: u64, service: &str, data: &str, tx: Option<TxContext>) -> Request {
+    Request {
+        call_id,
+        flags: Flags::NONE,
+        service: service.into(),
+        reply_to: Vec::new(),
+        client: tpmon_proto::ClientId(0),
+        tx,
+        buffer: Some(tpmon_client::to_wire(&s(data))),
+    }
+}
+
+/// A transaction context as an originator of node `node` would send it.
+fn some_tx(node: &str) -> TxContext {
+    TxContext {
+        format_id: tpmon_proto::FORMAT_ID,
+        gtrid: format!("mn:{node}:1:2:3:ffffffff").into_bytes(),
+        deadline_ms: u64::MAX / 2,
+        branches: Vec::new(),
+    }
+}
+
+fn reply_text(r: &tpmon_proto::Reply) -> String {
+    r.buffer
+        .as_ref()
+        .map(|b| {
+            String::from_utf8_lossy(&b.body)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+const IN_TX: &str = "calls to other nodes inside a global transaction are not supported yet";
+
 #[test]
-fn three_nodes_link_up_run_their_own_servers_refuse_remote_calls_and_survive_a_crash() {
-    let mut c = Cluster::new("mesh", None);
+fn clients_of_any_node_call_services_of_the_others() {
+    // n1's file (only) says n3 also offers GHOST: n3 refuses it, and n1's caller gets
+    // n3's TPENOENT.
+    let mut c = Cluster::with("remote", |i| {
+        let extra = if i == 0 {
+            Extra {
+                services: &[("s3", "GHOST")],
+                ..Extra::default()
+            }
+        } else {
+            Extra::default()
+        };
+        (SECRET, extra)
+    });
     for i in 0..NODES.len() {
         c.boot(i);
     }
     // Every daemon sees both others linked, in both directions.
     for (i, name) in NODES.iter().enumerate() {
-        let st = c.wait_status(i, "both other nodes linked", |st| {
-            others(i).all(|j| linked(st, NODES[j]))
+        let st = c.wait_status(i, "both other nodes linked and routable", |st| {
+            others(i).all(|j| linked(st, NODES[j]) && routable(st, NODES[j]))
         });
         assert_eq!(node(&st, name)["this"], true);
         for j in others(i) {
@@ -376,6 +467,7 @@ fn three_nodes_link_up_run_their_own_servers_refuse_remote_calls_and_survive_a_c
         assert_eq!(all_pids(&st).len(), 1, "one instance in all: {st}");
         let q = c.run_dir.join(NODES[i]).join("q");
         assert!(q.join(format!("{own}.sock")).exists());
+        assert!(c.run_dir.join(NODES[i]).join("remote.sock").exists());
         for (other, other_node, _) in SERVERS.iter().filter(|(n, _, _)| n != own) {
             let theirs = server(&st, other);
             assert_eq!(theirs["state"], "remote", "{theirs}");
@@ -385,92 +477,617 @@ fn three_nodes_link_up_run_their_own_servers_refuse_remote_calls_and_survive_a_c
         }
     }
 
-    // Local calls work on every node; calls to other nodes' services are TPENOENT
-    // naming the node, on both paths.
-    let calls = [("ECHO", 0usize), ("PID", 1), ("STRONLY", 2)];
+    // From every node, on both paths, every service answers, wherever it runs.
     for (i, name) in NODES.iter().enumerate() {
         for relay in [false, true] {
             let mut client = c.client(i, relay);
             assert_eq!(client.is_local(), !relay);
-            for (svc, at) in calls {
-                let r = client.call(svc, &s("hello"), Flags::NONE);
-                if at == i {
-                    let r = r.unwrap_or_else(|e| panic!("{svc} on {}: {e}", name));
-                    if svc == "PID" {
-                        assert!(text(&r).parse::<u32>().is_ok(), "{}", text(&r));
-                    } else {
-                        assert_eq!(text(&r), "hello");
-                    }
-                } else {
-                    let e = r.expect_err("a service of another node");
-                    assert_eq!(e.kind, ErrorKind::NoEnt, "{e}");
-                    assert_eq!(e.detail, remote_detail(svc, NODES[at]));
-                }
-            }
+            let r = client
+                .call("ECHO", &s("hello"), Flags::NONE)
+                .unwrap_or_else(|e| panic!("ECHO from {name}: {e}"));
+            assert_eq!(text(&r), "hello");
+            let r = client
+                .call("STRONLY", &s("far"), Flags::NONE)
+                .unwrap_or_else(|e| panic!("STRONLY from {name}: {e}"));
+            assert_eq!(text(&r), "far");
+            let r = client
+                .call("PID", &s(""), Flags::NONE)
+                .unwrap_or_else(|e| panic!("PID from {name}: {e}"));
+            assert!(text(&r).parse::<u32>().is_ok(), "{}", text(&r));
             let e = client
                 .call("NOSUCH", &s("x"), Flags::NONE)
                 .expect_err("unknown");
             assert_eq!(e.kind, ErrorKind::NoEnt);
+            assert_eq!(e.detail, "no service named NOSUCH");
         }
-        // The daemon's relay refuses the same way a client that sends anyway.
-        let remote = calls.iter().find(|(_, at)| *at != i).expect("a remote one");
-        let r = raw_relay_call(&c.daemon(i).addr, remote.0);
-        assert_eq!(r.status, ReplyStatus::Error(ErrorKind::NoEnt));
-        assert_eq!(r.detail, remote_detail(remote.0, NODES[remote.1]));
     }
-    // A nested call from n3's server to n1's ECHO is refused in the instance.
-    let e = c
-        .client(2, false)
-        .call("NESTED", &s("x"), Flags::NONE)
-        .expect_err("NESTED calls ECHO on n1");
-    assert_eq!(e.kind, ErrorKind::SvcFail, "{e}");
-    let said = e
-        .reply
-        .as_ref()
-        .and_then(|b| b.as_str())
-        .unwrap_or_default();
-    assert!(said.contains(&remote_detail("ECHO", "n1")), "{said}");
 
-    // The command line addresses each node's daemon with --node.
-    let mut args = c.node_args(1, "call");
-    args.push(OsStr::new("PID"));
+    // A client of n1 and services offered only on n3, as for local calls.
+    for relay in [false, true] {
+        let mut client = c.client(0, relay);
+        // Asynchronous calls, collected in another order than sent.
+        let cds: Vec<_> = (0..3)
+            .map(|k| {
+                client
+                    .acall("STRONLY", &s(&format!("async {k}")), Flags::NONE)
+                    .expect("tpacall")
+            })
+            .collect();
+        for (k, cd) in cds.iter().enumerate().rev() {
+            let (got, r) = client.getrply(Some(*cd), Flags::NONE).expect("tpgetrply");
+            assert_eq!(got, *cd);
+            assert_eq!(text(&r), format!("async {k}"));
+        }
+        // A failing service: TPESVCFAIL with its urcode and data.
+        let e = client
+            .call("FAIL", &s("refused"), Flags::NONE)
+            .expect_err("FAIL fails");
+        assert_eq!(e.kind, ErrorKind::SvcFail, "{e}");
+        assert_eq!(e.urcode, 42);
+        assert_eq!(e.reply.as_ref().and_then(|b| b.as_str()), Some("refused"));
+        // A service the far side does not run: its TPENOENT.
+        let e = client
+            .call("GHOST", &s("boo"), Flags::NONE)
+            .expect_err("n3 has no GHOST");
+        assert_eq!(e.kind, ErrorKind::NoEnt, "{e}");
+        assert_eq!(e.detail, "service \"GHOST\" is not offered on node \"n3\"");
+        // TPNOREPLY: nothing comes back, and n3 serves it.
+        let before = served(&c.status(2).expect("n3's status"), "STRONLY");
+        let cd = client
+            .acall("STRONLY", &s("one way"), Flags::NOREPLY)
+            .expect("TPNOREPLY");
+        assert_eq!(cd, tpmon_client::Cd(0));
+        assert_eq!(client.outstanding(), 0);
+        c.wait_status(2, "n3 served the TPNOREPLY call", |st| {
+            served(st, "STRONLY") > before
+        });
+        // A blocking timeout: TPETIME, and the late reply is dropped.
+        client.set_blocking_timeout(Duration::from_millis(300));
+        let t = std::time::Instant::now();
+        let e = client
+            .call("SLEEP", &s("1200"), Flags::NONE)
+            .expect_err("times out");
+        assert_eq!(e.kind, ErrorKind::Time, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        client.set_blocking_timeout(Duration::from_secs(30));
+        let r = client
+            .call("SLEEP", &s("10"), Flags::NONE)
+            .expect("the next call gets its own reply, not the late one");
+        assert_eq!(text(&r), "slept 10");
+    }
+
+    // Nested calls and forwards cross nodes too: NESTED on n3 calls ECHO on n1, FWD on
+    // n3 forwards to ECHO on n1, whose reply goes to the caller on n2.
+    let mut n2 = c.client(1, false);
+    let r = n2
+        .call("NESTED", &s("nested"), Flags::NONE)
+        .expect("NESTED (n3) calls ECHO (n1)");
+    assert_eq!((text(&r).as_str(), r.urcode), ("nested", 1));
+    let r = n2
+        .call("FWD", &s("forwarded"), Flags::NONE)
+        .expect("FWD (n3) forwards to ECHO (n1)");
+    assert_eq!(text(&r), "forwarded");
+
+    // Inside a global transaction a call to another node is refused loudly (not
+    // built yet); with TPNOTRAN it leaves the transaction out and works.
+    for relay in [false, true] {
+        let mut client = c.client(0, relay);
+        client.tx_begin().expect("tx_begin");
+        let e = client
+            .call("STRONLY", &s("in tx"), Flags::NONE)
+            .expect_err("a remote call in a transaction");
+        assert_eq!(e.kind, ErrorKind::Tran, "{e}");
+        assert!(e.detail.contains(IN_TX), "{}", e.detail);
+        assert!(e.detail.contains("node \"n3\""), "{}", e.detail);
+        let e = client
+            .acall("NODE", &s(""), Flags::NONE)
+            .expect_err("tpacall too");
+        assert_eq!(e.kind, ErrorKind::Tran, "{e}");
+        assert!(e.detail.contains("nodes \"n2\", \"n3\""), "{}", e.detail);
+        let r = client
+            .call("STRONLY", &s("outside"), Flags::NOTRAN)
+            .expect("TPNOTRAN");
+        assert_eq!(text(&r), "outside");
+        let r = client
+            .call("ECHO", &s("local"), Flags::NONE)
+            .expect("local");
+        assert_eq!(text(&r), "local");
+        client.tx_rollback().expect("tx_rollback");
+    }
+    // The daemon refuses it as well, from a client that sends one anyway.
+    let r = raw_relay(
+        &c.daemon(0).addr,
+        Message::Call(RemoteCall {
+            timeout_ms: 5000,
+            request: request(5, "STRONLY", "raw", Some(some_tx("n1"))),
+        }),
+    );
+    assert_eq!(r.status, ReplyStatus::Error(ErrorKind::Tran));
+    assert!(r.detail.contains(IN_TX), "{}", r.detail);
+    // A plain relayed request for another node's service is routed.
+    let r = raw_relay(
+        &c.daemon(0).addr,
+        Message::Request(request(6, "STRONLY", "plain", None)),
+    );
+    assert_eq!(r.status, ReplyStatus::Success, "{r:?}");
+    assert_eq!((r.call_id, reply_text(&r).as_str()), (6, "plain"));
+
+    // The command line, through n1's daemon, reaches n3's service.
+    let mut args = c.node_args(0, "call");
+    args.extend([
+        OsStr::new("STRONLY"),
+        OsStr::new("--string"),
+        OsStr::new("cli"),
+    ]);
     let run = tpmon(args);
     assert!(run.ok(), "{run:?}");
+    assert_eq!(run.stdout.trim(), "cli");
     let mut args = c.node_args(0, "call");
-    args.push(OsStr::new("PID"));
+    args.extend([OsStr::new("FAIL"), OsStr::new("--string"), OsStr::new("no")]);
     let run = tpmon(args);
-    assert_eq!(run.code, Some(6), "TPENOENT: {run:?}");
-    assert!(
-        run.stderr.contains(&remote_detail("PID", "n2")),
-        "{}",
-        run.stderr
-    );
+    assert_eq!(run.code, Some(11), "TPESVCFAIL: {run:?}");
     let run = tpmon(c.node_args(0, "status"));
     assert!(run.ok(), "{run:?}");
     assert!(run.stdout.contains("remote (node n2)"), "{}", run.stdout);
     assert!(run.stdout.contains("NODE"), "{}", run.stdout);
 
-    // kill -9 of n2: the others see both directions of its link go down.
-    c.kill(1);
-    for i in [0, 2] {
-        let st = c.wait_status(i, "n2's link down", |st| unlinked(st, "n2"));
-        assert!(!node(&st, "n2")["last_error"].is_null(), "{st}");
-        assert!(linked(&st, NODES[2 - i]), "the third link stays up: {st}");
-    }
-    // Booted again (same run directory, same link address): everyone links up again.
-    c.boot(1);
+    // Both ends count the calls.
+    let st = c.status(0).expect("n1's status");
+    assert!(calls(&st, "n3", "calls_sent") >= 10, "{st}");
+    assert_eq!(calls(&st, "n3", "calls_in_flight"), 0, "{st}");
+    assert_eq!(calls(&st, "n3", "calls_failed_link_down"), 0, "{st}");
+    let st = c.status(2).expect("n3's status");
+    assert!(calls(&st, "n1", "calls_received") >= 10, "{st}");
+    assert!(calls(&st, "n2", "calls_received") >= 2, "{st}");
+}
+
+#[test]
+fn calls_spread_over_the_nodes_and_leave_a_dead_one_at_once() {
+    let mut c = Cluster::new("spread", None);
     for i in 0..NODES.len() {
-        c.wait_status(i, "both other nodes linked again", |st| {
-            others(i).all(|j| linked(st, NODES[j]))
+        c.boot(i);
+    }
+    for i in 0..NODES.len() {
+        c.wait_status(i, "both other nodes routable", |st| {
+            others(i).all(|j| routable(st, NODES[j]))
         });
     }
-    let st = c.status(0).expect("status");
-    assert!(node(&st, "n2")["connects"].as_u64() >= Some(2), "{st}");
-    let r = c
-        .client(1, false)
-        .call("PID", &s(""), Flags::NONE)
-        .expect("n2 serves again");
-    assert!(text(&r).parse::<u32>().is_ok());
+    // NODE runs on n2 and n3: n1's calls are spread over both, round-robin.
+    for relay in [false, true] {
+        let mut client = c.client(0, relay);
+        let mut count = std::collections::HashMap::<String, usize>::new();
+        for _ in 0..40 {
+            let r = client.call("NODE", &s(""), Flags::NONE).expect("NODE");
+            *count.entry(text(&r)).or_default() += 1;
+        }
+        assert_eq!(count.len(), 2, "{count:?}");
+        assert!(count["n2"] >= 15 && count["n3"] >= 15, "{count:?}");
+    }
+    // A node that offers it serves its own clients itself.
+    for relay in [false, true] {
+        let mut client = c.client(1, relay);
+        for _ in 0..10 {
+            let r = client.call("NODE", &s(""), Flags::NONE).expect("NODE");
+            assert_eq!(text(&r), "n2");
+        }
+    }
+
+    // Calls in flight to n3 when it dies: answered TPESVCERR within a second or
+    // two of the link's failure, not at their blocking timeout (60 s).
+    let mut fast = c.client(0, false);
+    let mut relayed = c.client(0, true);
+    let cd_fast = fast
+        .acall("SLEEP", &s("30000"), Flags::NONE)
+        .expect("acall");
+    let cd_relayed = relayed
+        .acall("SLEEP", &s("30000"), Flags::NONE)
+        .expect("acall");
+    c.wait_status(0, "both SLEEP calls in flight to n3", |st| {
+        calls(st, "n3", "calls_in_flight") == 2
+    });
+    let killed = std::time::Instant::now();
+    c.kill(2);
+    for (client, cd) in [(&mut fast, cd_fast), (&mut relayed, cd_relayed)] {
+        let e = client
+            .getrply(Some(cd), Flags::NONE)
+            .expect_err("n3 died while serving");
+        assert_eq!(e.kind, ErrorKind::SvcErr, "{e}");
+        assert!(
+            e.detail.contains(
+                "the link to node \"n3\" went down while the call to SLEEP was in flight"
+            ),
+            "{}",
+            e.detail
+        );
+    }
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "the failure took {took:?}");
+
+    // n3 has left routing: NODE goes to n2, STRONLY (only on n3) is TPENOENT at once.
+    for relay in [false, true] {
+        let mut client = c.client(0, relay);
+        for _ in 0..10 {
+            let r = client.call("NODE", &s(""), Flags::NONE).expect("NODE");
+            assert_eq!(text(&r), "n2");
+        }
+        let t = std::time::Instant::now();
+        let e = client
+            .call("STRONLY", &s("x"), Flags::NONE)
+            .expect_err("only n3 offers it");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(e.kind, ErrorKind::NoEnt, "{e}");
+        assert_eq!(
+            e.detail,
+            "service \"STRONLY\" is offered on node \"n3\", which cannot be reached now \
+             (its link is down or it is shutting down)"
+        );
+    }
+    let st = c.status(0).expect("n1's status");
+    assert_eq!(calls(&st, "n3", "calls_failed_link_down"), 2, "{st}");
+    assert_eq!(calls(&st, "n3", "calls_in_flight"), 0, "{st}");
+    assert!(!routable(&st, "n3"), "{st}");
+    assert!(
+        c.log(0)
+            .contains("the link to another node went down with a call in flight"),
+        "{}",
+        c.log(0)
+    );
+
+    // Booted again (same run directory, same link address): it links up, serves
+    // again, and the spreading resumes.
+    c.boot(2);
+    for i in 0..NODES.len() {
+        c.wait_status(i, "both other nodes routable again", |st| {
+            others(i).all(|j| routable(st, NODES[j]))
+        });
+    }
+    let mut client = c.client(0, false);
+    let r = client
+        .call("STRONLY", &s("back"), Flags::NONE)
+        .expect("n3 again");
+    assert_eq!(text(&r), "back");
+    let nodes: std::collections::HashSet<String> = (0..10)
+        .map(|_| text(&client.call("NODE", &s(""), Flags::NONE).expect("NODE")))
+        .collect();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+}
+
+/// `tpmon down` of a node: it tells the others at once (INVALIDATE_SHARD_TARGET), so
+/// no new call goes there while its link is still up, and it still answers the calls
+/// it had.
+#[test]
+fn a_node_shutting_down_takes_no_new_calls_and_answers_those_it_has() {
+    let mut c = Cluster::new("leaving", None);
+    for i in 0..NODES.len() {
+        c.boot(i);
+    }
+    for i in 0..NODES.len() {
+        c.wait_status(i, "both other nodes routable", |st| {
+            others(i).all(|j| routable(st, NODES[j]))
+        });
+    }
+    let mut client = c.client(0, false);
+    let cd = client
+        .acall("SLEEP", &s("1500"), Flags::NONE)
+        .expect("SLEEP on n3");
+    c.wait_status(0, "the SLEEP call in flight to n3", |st| {
+        calls(st, "n3", "calls_in_flight") == 1
+    });
+    let down = {
+        let args: Vec<std::ffi::OsString> = c
+            .node_args(2, "down")
+            .into_iter()
+            .map(|a| a.to_os_string())
+            .collect();
+        std::thread::spawn(move || tpmon(args))
+    };
+    // n1 stops routing to n3 while the link is still up (n3 is serving SLEEP).
+    let st = c.wait_status(0, "n3 announced it is leaving", |st| !routable(st, "n3"));
+    assert!(linked(&st, "n3"), "the link is still up: {st}");
+    for _ in 0..10 {
+        let r = client.call("NODE", &s(""), Flags::NONE).expect("NODE");
+        assert_eq!(text(&r), "n2");
+    }
+    assert!(
+        c.log(0).contains("another node is shutting down"),
+        "{}",
+        c.log(0)
+    );
+    // The call n3 had is answered.
+    let (_, r) = client
+        .getrply(Some(cd), Flags::NONE)
+        .expect("SLEEP's reply");
+    assert_eq!(text(&r), "slept 1500");
+    let run = down.join().expect("the down thread");
+    assert!(run.ok(), "{run:?}");
+    c.daemons[2] = None;
+    c.wait_status(0, "n3's link down", |st| unlinked(st, "n3"));
+}
+
+/// A member of the mesh played by the test itself (with the domain's secret), to send
+/// another node frames no daemon would, and to answer its calls by hand.
+struct FakeNode {
+    rt: tokio::runtime::Runtime,
+    mesh: Option<std::sync::Arc<tpmon_link::Mesh>>,
+    rx: tokio::sync::mpsc::Receiver<tpmon_link::Incoming>,
+    me: u32,
+}
+
+impl FakeNode {
+    fn join(c: &Cluster, me: u32) -> FakeNode {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let addrs: Vec<std::net::SocketAddr> = c
+            .links
+            .iter()
+            .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
+            .collect();
+        let identity = tpmon_link::Identity {
+            domain: "mn".into(),
+            secret: SECRET.as_bytes().to_vec(),
+            me,
+            members: NODES.len() as u32,
+        };
+        let (mesh, rx) = rt
+            .block_on(tpmon_link::Mesh::start(tpmon_link::MeshConfig::new(
+                identity, addrs,
+            )))
+            .expect("joining the mesh");
+        FakeNode {
+            rt,
+            mesh: Some(mesh),
+            rx,
+            me,
+        }
+    }
+
+    fn mesh(&self) -> &tpmon_link::Mesh {
+        self.mesh.as_ref().expect("still a member")
+    }
+
+    fn send(&self, to: u32, frame: Frame) {
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            match self.mesh().send(to, frame.clone()) {
+                Ok(()) => return,
+                Err(tpmon_link::SendError::Busy(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("sending to member {to}: {e}"),
+            }
+        }
+    }
+
+    /// A Call request with call id `id` and `body`.
+    fn call(&self, to: u32, id: u64, body: Vec<u8>) {
+        let mut f = Frame::request(Item::Call, self.me, body);
+        f.async_seq = id;
+        self.send(to, f);
+    }
+
+    fn next(&mut self, what: &str) -> tpmon_link::Incoming {
+        let rx = &mut self.rx;
+        self.rt
+            .block_on(async { tokio::time::timeout(LIMIT, rx.recv()).await })
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|| panic!("the mesh stopped while waiting for {what}"))
+    }
+
+    /// The next Call response, decoded.
+    fn response(&mut self, what: &str) -> (u64, tpmon_proto::Reply) {
+        let inc = self.next(what);
+        assert!(
+            inc.frame.item == Item::Call && inc.frame.response,
+            "{inc:?}"
+        );
+        match Message::decode(&inc.frame.body) {
+            Ok(Message::Reply(r)) => (inc.frame.async_seq, r),
+            other => panic!("{what}: not a reply: {other:?}"),
+        }
+    }
+}
+
+fn call_body(id: u64, service: &str, data: &str, tx: Option<TxContext>) -> Vec<u8> {
+    Message::Call(RemoteCall {
+        timeout_ms: 10_000,
+        request: request(id, service, data, tx),
+    })
+    .encode()
+}
+
+/// The test joins as n3 with the domain's secret. Calls n1 cannot take are answered
+/// with errors and the link stays up: a malformed frame (logged with the sender's
+/// position), a service n1 does not offer (no second hop), a transaction, one call
+/// too many for the link (`link_calls_max`). n1's own callers are bounded per caller
+/// (`pending_calls_max`), get a malformed reply as TPESYSTEM and, when the member
+/// leaves with their calls in flight, TPESVCERR at once. Frames of item types nothing
+/// handles yet are drained, so they never stall the link.
+#[test]
+fn calls_a_node_cannot_take_are_answered_and_the_link_stays_up() {
+    const DRAINED: usize = 5_000;
+    let mut c = Cluster::with("fake", |_| {
+        (
+            SECRET,
+            Extra {
+                limits: &["pending_calls_max = 2", "link_calls_max = 2"],
+                services: &[("s1", "SLEEP")],
+            },
+        )
+    });
+    c.boot_env(0, &[("TPMON_LOG", "info,tpmon_daemon=debug")]);
+    c.boot(1);
+    let mut fake = FakeNode::join(&c, 2);
+    for i in [0, 1] {
+        c.wait_status(i, "n3 (the test) linked", |st| linked(st, "n3"));
+    }
+    wait_until("the test sees n1 linked", LIMIT, || {
+        fake.mesh().link_state(0).is_some_and(|(up, _)| up)
+    });
+
+    // Malformed: answered with TPEPROTO under the frame's call id.
+    fake.call(0, 1, vec![5, 12, 0xFF]);
+    let (id, r) = fake.response("the answer to a malformed call");
+    assert_eq!(id, 1);
+    assert_eq!(r.status, ReplyStatus::Error(ErrorKind::Proto), "{r:?}");
+    assert!(r.detail.starts_with("malformed call: "), "{}", r.detail);
+    wait_until("n1 logged the malformed call", LIMIT, || {
+        c.log(0).lines().any(|l| {
+            l.contains("malformed call from another node; answered with an error")
+                && l.contains("peer=2")
+        })
+    });
+    // A good one is served.
+    fake.call(0, 2, call_body(2, "ECHO", "fake", None));
+    let (id, r) = fake.response("ECHO's reply");
+    assert_eq!(
+        (id, r.status, reply_text(&r).as_str()),
+        (2, ReplyStatus::Success, "fake")
+    );
+    // Not offered on n1 (STRONLY is n3's, NOSUCH nobody's): TPENOENT, no second hop.
+    for (id, svc) in [(3, "NOSUCH"), (4, "STRONLY")] {
+        fake.call(0, id, call_body(id, svc, "x", None));
+        let (got, r) = fake.response("a refusal");
+        assert_eq!(got, id);
+        assert_eq!(r.status, ReplyStatus::Error(ErrorKind::NoEnt), "{r:?}");
+        assert_eq!(
+            r.detail,
+            format!("service \"{svc}\" is not offered on node \"n1\"")
+        );
+    }
+    // A transaction: TPETRAN.
+    fake.call(0, 5, call_body(5, "ECHO", "x", Some(some_tx("n3"))));
+    let (_, r) = fake.response("a refusal");
+    assert_eq!(r.status, ReplyStatus::Error(ErrorKind::Tran), "{r:?}");
+    assert!(r.detail.contains(IN_TX), "{}", r.detail);
+    // link_calls_max = 2: a third call while two are being served is TPELIMIT.
+    for id in [10, 11] {
+        fake.call(0, id, call_body(id, "SLEEP", "700", None));
+    }
+    c.wait_status(0, "two calls of n3 being served", |st| {
+        calls(st, "n3", "calls_serving") == 2
+    });
+    fake.call(0, 12, call_body(12, "SLEEP", "700", None));
+    let mut got = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let (id, r) = fake.response("the SLEEP answers");
+        got.insert(id, r);
+    }
+    assert_eq!(
+        got[&12].status,
+        ReplyStatus::Error(ErrorKind::Limit),
+        "{:?}",
+        got[&12]
+    );
+    assert!(
+        got[&12].detail.contains("link_calls_max"),
+        "{}",
+        got[&12].detail
+    );
+    for id in [10, 11] {
+        assert_eq!(reply_text(&got[&id]), "slept 700", "{:?}", got[&id]);
+    }
+
+    // n1's callers of n3's services: the test receives the calls and answers by hand.
+    let mut client = c.client(0, false);
+    let cd1 = client
+        .acall("STRONLY", &s("one"), Flags::NONE)
+        .expect("acall 1");
+    let cd2 = client
+        .acall("STRONLY", &s("two"), Flags::NONE)
+        .expect("acall 2");
+    let cd3 = client
+        .acall("STRONLY", &s("three"), Flags::NONE)
+        .expect("acall 3");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let inc = fake.next("n1's calls");
+        assert!(
+            inc.frame.item == Item::Call && !inc.frame.response,
+            "{inc:?}"
+        );
+        let call = match Message::decode(&inc.frame.body) {
+            Ok(Message::Call(call)) => call,
+            other => panic!("not a call: {other:?}"),
+        };
+        assert_eq!(call.request.service, "STRONLY");
+        assert!(call.timeout_ms > 0 && call.timeout_ms <= 60_000, "{call:?}");
+        assert_eq!(call.request.call_id, inc.frame.async_seq);
+        seen.push(inc.frame.async_seq);
+    }
+    // pending_calls_max = 2: the third is refused by n1's daemon.
+    let e = client
+        .getrply(Some(cd3), Flags::NONE)
+        .expect_err("a third call");
+    assert_eq!(e.kind, ErrorKind::Limit, "{e}");
+    assert!(e.detail.contains("pending_calls_max"), "{}", e.detail);
+    // A good reply, then a malformed one.
+    let reply = tpmon_proto::Reply {
+        call_id: seen[0],
+        status: ReplyStatus::Success,
+        urcode: 3,
+        buffer: Some(tpmon_client::to_wire(&s("from the test"))),
+        detail: String::new(),
+        branches: Vec::new(),
+    };
+    for (id, body) in [
+        (seen[0], Message::Reply(reply).encode()),
+        (seen[1], vec![1, 2, 3]),
+    ] {
+        let f = Frame {
+            response: true,
+            async_seq: id,
+            ..Frame::request(Item::Call, 2, body)
+        };
+        fake.send(0, f);
+    }
+    let (_, r) = client
+        .getrply(Some(cd1), Flags::NONE)
+        .expect("the test's reply");
+    assert_eq!((text(&r).as_str(), r.urcode), ("from the test", 3));
+    let e = client
+        .getrply(Some(cd2), Flags::NONE)
+        .expect_err("malformed");
+    assert_eq!(e.kind, ErrorKind::System, "{e}");
+    assert!(e.detail.contains("sent a malformed reply"), "{}", e.detail);
+
+    // Frames nothing handles yet are drained: the link keeps reading.
+    for _ in 0..DRAINED {
+        fake.send(0, Frame::request(Item::Redo, 2, vec![7u8; 512]));
+    }
+    wait_until("n1 drained the frames", LIMIT, || {
+        c.log(0)
+            .matches("node link: frame dropped (nothing handles it yet)")
+            .count()
+            == DRAINED
+    });
+    let st = c.status(0).expect("n1's status");
+    assert!(linked(&st, "n3"), "{st}");
+
+    // The member leaves with a call in flight: TPESVCERR at once.
+    let cd = client
+        .acall("STRONLY", &s("lost"), Flags::NONE)
+        .expect("acall");
+    let inc = fake.next("the last call");
+    assert!(
+        inc.frame.item == Item::Call && !inc.frame.response,
+        "{inc:?}"
+    );
+    let left = std::time::Instant::now();
+    drop(fake.mesh.take());
+    let e = client.getrply(Some(cd), Flags::NONE).expect_err("n3 left");
+    assert_eq!(e.kind, ErrorKind::SvcErr, "{e}");
+    assert!(
+        left.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        left.elapsed()
+    );
+    let r = client
+        .call("ECHO", &s("still here"), Flags::NONE)
+        .expect("n1 serves");
+    assert_eq!(text(&r), "still here");
 }
 
 #[test]
@@ -554,71 +1171,4 @@ fn each_node_keeps_its_files_in_its_own_run_directory() {
         "{}",
         run.stderr
     );
-}
-
-/// Frames other nodes send are drained (logged at debug and dropped: nothing handles
-/// them yet), so a busy peer never stalls a daemon's links. The test process joins the
-/// mesh as n3 with the domain's secret and sends n1 far more frames than the link's
-/// channel, outbox and socket buffers hold together; every one is taken, and the link
-/// stays up.
-#[test]
-fn frames_from_other_nodes_are_drained() {
-    const FRAMES: usize = 20_000;
-    let mut c = Cluster::new("drain", None);
-    c.boot_env(0, &[("TPMON_LOG", "info,tpmon_daemon=debug")]);
-    c.boot(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let addrs: Vec<std::net::SocketAddr> = c
-        .links
-        .iter()
-        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
-        .collect();
-    let identity = tpmon_link::Identity {
-        domain: "mn".into(),
-        secret: SECRET.as_bytes().to_vec(),
-        me: 2,
-        members: 3,
-    };
-    let (mesh, _rx) = rt
-        .block_on(tpmon_link::Mesh::start(tpmon_link::MeshConfig::new(
-            identity, addrs,
-        )))
-        .expect("joining the mesh as n3");
-    for i in [0, 1] {
-        c.wait_status(i, "n3 (the test) linked", |st| linked(st, "n3"));
-    }
-    let deadline = std::time::Instant::now() + LIMIT;
-    let mut sent = 0;
-    while sent < FRAMES {
-        let frame = tpmon_link::Frame::request(tpmon_link::Item::Call, 2, vec![7u8; 2048]);
-        match mesh.send(0, frame) {
-            Ok(()) => sent += 1,
-            Err(tpmon_link::SendError::Busy(_)) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "n1 stopped taking frames after {sent}"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => panic!("sending frame {sent}: {e}"),
-        }
-    }
-    wait_until("n1 logged the last frames it dropped", LIMIT, || {
-        c.log(0)
-            .matches("node link: frame dropped (nothing handles it yet)")
-            .count()
-            == FRAMES
-    });
-    let st = c.status(0).expect("n1's status");
-    assert!(linked(&st, "n3"), "{st}");
-    let r = c
-        .client(0, false)
-        .call("ECHO", &s("still here"), Flags::NONE)
-        .expect("n1 serves");
-    assert_eq!(text(&r), "still here");
-    drop(mesh);
 }

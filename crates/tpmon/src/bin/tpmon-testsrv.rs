@@ -56,6 +56,22 @@ fn main() -> ExitCode {
                 Buffer::string(std::process::id().to_string()),
             )
         })
+        .service("NODE", |ctx, _req| {
+            // Which node served the call: the daemon's TPMON_NODE, checked against
+            // the routing table the instance got.
+            let env = std::env::var("TPMON_NODE").unwrap_or_default();
+            if env != ctx.node() {
+                return tpreturn(
+                    Outcome::Fail,
+                    9,
+                    Buffer::string(format!(
+                        "TPMON_NODE {env:?} but the node is {:?}",
+                        ctx.node()
+                    )),
+                );
+            }
+            tpreturn(Outcome::Success, 0, Buffer::string(env))
+        })
         .service("CRASH", |_ctx, _req| std::process::abort())
         .service("HANG", |_ctx, _req| loop {
             std::thread::sleep(Duration::from_secs(3600));
