@@ -308,17 +308,6 @@ impl Client {
         })
     }
 
-    /// TPETRAN for a call to another node inside a global transaction (not built yet).
-    fn refuse_remote_in_tx(&self, service: &str) -> CallError {
-        CallError::new(
-            ErrorKind::Tran,
-            tpmon_proto::remote_call_in_transaction_detail(
-                service,
-                &self.welcome.remote_nodes(service),
-            ),
-        )
-    }
-
     /// The timeout a [`RemoteCall`] carries: what is left until `deadline`, at least
     /// 1 ms; 0 for no deadline.
     fn remote_timeout_ms(deadline: Option<Instant>) -> u32 {
@@ -454,9 +443,6 @@ impl Client {
         }
         // Forwarded to another node: the daemon routes it, and the reply goes from
         // there to the original caller.
-        if request.tx.is_some() {
-            return Err(self.refuse_remote_in_tx(&request.service));
-        }
         let body = Message::Call(RemoteCall {
             timeout_ms: Self::remote_timeout_ms(deadline),
             request: request.clone(),
@@ -576,9 +562,6 @@ impl Client {
                 self.transport.send(server, &body, nonblock, deadline)?;
             }
             None => {
-                if in_tx {
-                    return Err(self.refuse_remote_in_tx(service));
-                }
                 let body = Message::Call(RemoteCall {
                     timeout_ms: Self::remote_timeout_ms(deadline),
                     request: req,

@@ -77,6 +77,9 @@ pub struct Domain {
     pub mesh: Option<Arc<tpmon_link::Mesh>>,
     /// Calls to and from the other nodes (`None` in a single-node domain).
     pub remote: Option<Arc<crate::remote::Remote>>,
+    /// The transaction manager's requests to and from the other nodes' (`None` in a
+    /// single-node domain).
+    pub tm_links: Option<crate::tm_link::TmLinks>,
     /// The status table.
     pub table: Arc<StatusTable>,
     /// Routing table template (client id filled per client).

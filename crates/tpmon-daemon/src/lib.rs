@@ -27,6 +27,7 @@ mod run;
 mod sites;
 mod status;
 mod supervise;
+mod tm_link;
 mod tm_port;
 
 pub use error::DaemonError;

@@ -20,8 +20,10 @@
 //! per-link and per-caller bounds of outgoing calls and the per-link bound of incoming
 //! ones, and the per-node counters shown in `tpmon status`. It must not put requests
 //! into queues itself (the relay does), route a call a second time (a node serves only
-//! its own services: no multi-hop), or carry a global transaction to another node (not
-//! built yet: TPETRAN).
+//! its own services: no multi-hop). A call inside a global transaction carries its
+//! TxContext to the serving node, whose servers join it with branches of their own
+//! groups and report them in the Reply (the coordinator's TM ends them through the
+//! serving node's TM: `tm_link`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -234,17 +236,6 @@ impl Remote {
             timeout_ms,
             mut request,
         } = call;
-        if request.tx.is_some() {
-            let nodes: Vec<&str> = self
-                .offers
-                .get(&request.service)
-                .map(|(n, _)| n.iter().map(|&p| self.name(p)).collect())
-                .unwrap_or_default();
-            return Err((
-                ErrorKind::Tran,
-                tpmon_proto::remote_call_in_transaction_detail(&request.service, &nodes),
-            ));
-        }
         let noreply = request.flags.contains(Flags::NOREPLY);
         if !noreply {
             let busy = match &origin {
@@ -516,15 +507,6 @@ impl Remote {
             return refuse(
                 ErrorKind::NoEnt,
                 format!("node {:?} is shutting down", self.name(self.me)),
-            );
-        }
-        if request.tx.is_some() {
-            return refuse(
-                ErrorKind::Tran,
-                tpmon_proto::remote_call_in_transaction_detail(
-                    &request.service,
-                    &[self.name(self.me)],
-                ),
             );
         }
         let Some((_, route)) = dom.welcome.local_route(&request.service) else {

@@ -272,6 +272,11 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
         )),
         None => None,
     };
+    let tm_links = mesh.as_ref().map(|mesh| {
+        let l = crate::tm_link::TmLinks::new(mesh.clone(), node_index as u32);
+        tm.set_links(Arc::new(l.clone()));
+        l
+    });
     let (shutdown_tx, _) = watch::channel(false);
     let mut config = config;
     config.domain.listen = listen_addr;
@@ -281,6 +286,7 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
         node_index,
         mesh,
         remote,
+        tm_links,
         table,
         welcome,
         servers,
@@ -346,9 +352,9 @@ fn link_plan(
 }
 
 /// Hands the frames other nodes send to their owners: calls (requests and responses)
-/// and INVALIDATE_SHARD_TARGET to the remote-call state; anything else is logged at
-/// debug level and dropped (cross-node transactions and the recovery commands are
-/// not built yet). The channel is always drained, or the links would stop reading.
+/// and INVALIDATE_SHARD_TARGET to the remote-call state; the transaction managers'
+/// Prepare, Commit, Rollback and QueryAdvice (requests and responses) to the TM
+/// links; anything else is logged at debug level and dropped. The channel is always drained, or the links would stop reading.
 async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::Incoming>) {
     use tpmon_link::Item;
     while let Some(incoming) = links.recv().await {
@@ -357,6 +363,17 @@ async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::
             (Some(remote), Item::Call, false) => remote.on_request(&dom, from, frame),
             (Some(remote), Item::Call, true) => remote.on_response(&dom, from, frame),
             (Some(remote), Item::InvalidateTarget, false) => remote.on_leaving(from),
+            (_, Item::Prepare | Item::Commit | Item::Rollback | Item::QueryAdvice, response)
+                if dom.tm_links.is_some() =>
+            {
+                if let Some(l) = &dom.tm_links {
+                    if response {
+                        l.on_response(frame);
+                    } else {
+                        l.on_request(&dom, from, frame);
+                    }
+                }
+            }
             _ => tracing::debug!(
                 from,
                 item = ?frame.item,

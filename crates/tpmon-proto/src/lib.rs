@@ -39,17 +39,6 @@ pub const PROTOCOL_VERSION: u8 = 5;
 /// calls for services that only other nodes offer.
 pub const REMOTE_SOCKET: &str = "remote.sock";
 
-/// v5: why a call to another node inside a global transaction is refused (TPETRAN),
-/// the same from the client library and from the daemon: transactions spanning nodes
-/// are not built yet. `nodes` lists the nodes that offer `service`.
-pub fn remote_call_in_transaction_detail(service: &str, nodes: &[&str]) -> String {
-    format!(
-        "calls to other nodes inside a global transaction are not supported yet: service \
-         {service:?} is offered on {}; call it with TPNOTRAN to leave the transaction out",
-        node_list(nodes)
-    )
-}
-
 /// `node "a"` or `nodes "a", "b"`, for error details.
 pub fn node_list(nodes: &[&str]) -> String {
     let quoted: Vec<String> = nodes.iter().map(|n| format!("{n:?}")).collect();

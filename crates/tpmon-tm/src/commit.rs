@@ -41,6 +41,7 @@ pub enum LogCall {
 }
 
 /// Outcome of one branch's phase 2.
+#[derive(Clone)]
 enum BranchEnd {
     Done,
     Pending(String),
@@ -142,11 +143,11 @@ impl Tm {
         if let Some(answer) = self.already_ended(&text, &req) {
             return answer;
         }
-        if let Some(unknown) = req
-            .branches
-            .iter()
-            .find(|b| b.vote == Vote::Prepared && self.pool(b.group).is_none())
-        {
+        if let Some(unknown) = req.branches.iter().find(|b| {
+            b.vote == Vote::Prepared
+                && self.pool(b.group).is_none()
+                && self.remote_node(b.group).is_none()
+        }) {
             // Roll back what can be, and say why the rest cannot.
             self.roll_back(&text, &req.branches, g.deadline_s).await;
             return done(
@@ -235,11 +236,31 @@ impl Tm {
             }
             Gate::Go => {}
         }
+        // Phase 1 on the other nodes holding branches: each logs them as prepared
+        // (their servers prepared them before replying) and answers ready. One that
+        // cannot (unreachable, refused) rolls the transaction back.
+        let remote: Vec<(u16, Vec<u8>)> = prepared
+            .iter()
+            .filter(|b| self.remote_node(b.group).is_some())
+            .map(|b| (b.group, b.bqual.clone()))
+            .collect();
+        if !remote.is_empty() {
+            if let Err(why) = self.prepare_remote(&text, &remote).await {
+                tracing::warn!(gtrid = %text, error = %why, "a subordinate node could not prepare; rolling back");
+                self.lock().deciding.remove(&text);
+                self.roll_back(&text, &req.branches, g.deadline_s).await;
+                return done(
+                    &req.gtrid,
+                    TxOutcome::RolledBack,
+                    format!("another node could not prepare its branches: {why}"),
+                );
+            }
+        }
         failpoint::hit("tm.before_decision");
         // Set when a one-phase commit may have committed without an answer: from then
         // on the transaction must never be rolled back.
         let mut maybe_committed = false;
-        if prepared.len() == 1 && self.one_phase_commit {
+        if prepared.len() == 1 && remote.is_empty() && self.one_phase_commit {
             let b = &prepared[0];
             match self.commit_branch(&text, b, Decision::of(&prepared)).await {
                 BranchEnd::Done => {
@@ -440,9 +461,68 @@ impl Tm {
         decision: Decision,
     ) -> PhaseTwo {
         let mut results = Vec::with_capacity(branches.len());
-        if let [b] = branches {
+        let remote: Vec<(u16, Vec<u8>)> = branches
+            .iter()
+            .map(|b| (b.group, b.bqual.clone()))
+            .collect();
+        let remote = self.by_node(&remote);
+        if let ([b], true) = (branches, remote.is_empty()) {
             failpoint::hit("tm.phase2");
             results.push(Ok(self.commit_branch(gtrid, b, decision).await));
+        } else if !remote.is_empty() {
+            // One request per other node for its branches; each local branch on its
+            // own, all in parallel.
+            let mut per_node = Vec::new();
+            for (node, bs) in remote {
+                let me = self.clone();
+                let g = gtrid.to_string();
+                per_node.push((
+                    node,
+                    tokio::spawn(async move {
+                        failpoint::hit("tm.phase2");
+                        match me.remote_end(node, &g, bs, true, decision).await {
+                            Ok(()) => BranchEnd::Done,
+                            Err(e) => BranchEnd::Pending(e),
+                        }
+                    }),
+                ));
+            }
+            let mut local = Vec::new();
+            for b in branches
+                .iter()
+                .filter(|b| self.remote_node(b.group).is_none())
+            {
+                let me = self.clone();
+                let (g, b) = (gtrid.to_string(), b.clone());
+                local.push(tokio::spawn(async move {
+                    failpoint::hit("tm.phase2");
+                    me.commit_branch(&g, &b, decision).await
+                }));
+            }
+            let mut node_results = Vec::new();
+            for (node, t) in per_node {
+                node_results.push((node, t.await));
+            }
+            let mut local = local.into_iter();
+            for b in branches {
+                match self.remote_node(b.group) {
+                    Some(n) => {
+                        let r = node_results
+                            .iter()
+                            .find(|(k, _)| *k == n)
+                            .map(|(_, r)| match r {
+                                Ok(e) => e.clone(),
+                                Err(e) => BranchEnd::Pending(e.to_string()),
+                            })
+                            .unwrap_or_else(|| BranchEnd::Pending("no answer".into()));
+                        results.push(Ok(r));
+                    }
+                    None => match local.next() {
+                        Some(t) => results.push(t.await),
+                        None => results.push(Ok(BranchEnd::Pending("lost".into()))),
+                    },
+                }
+            }
         } else {
             // In parallel: one branch's slow database does not hold up the others.
             let mut tasks = Vec::with_capacity(branches.len());
@@ -614,6 +694,21 @@ impl Tm {
             if let Ok(Some(e)) = t.await {
                 // Recovery finds the branch still prepared and rolls it back later.
                 tracing::warn!(gtrid, error = %e, "rollback of a branch failed; recovery will retry");
+            }
+        }
+        // Branches on other nodes: their TMs roll them back (one that cannot be
+        // reached asks this one later and hears "roll back").
+        let remote: Vec<(u16, Vec<u8>)> = branches
+            .iter()
+            .filter(|b| b.vote == Vote::Prepared)
+            .map(|b| (b.group, b.bqual.clone()))
+            .collect();
+        for (node, bs) in self.by_node(&remote) {
+            if let Err(e) = self
+                .remote_end(node, gtrid, bs, false, Decision::default())
+                .await
+            {
+                tracing::warn!(gtrid, error = %e, "rollback on another node failed; it resolves by asking later");
             }
         }
     }

@@ -30,9 +30,11 @@ use tpmon_txlog::{Entry, LogError, LogIdentity, Options, TxLog, TxState};
 mod commit;
 pub mod pool;
 mod recover;
+pub mod subordinate;
 mod view;
 
 pub use commit::{LogCall, PhaseTwoJob};
+pub use subordinate::{Links, Status as SubStatus, SubAnswer, SubItem, SubRequest};
 
 /// What a commit decision tells the resource managers besides "commit": spec 03's
 /// global checkpoint number (the largest checkpoint number among the yes votes,
@@ -155,6 +157,9 @@ pub(crate) struct State {
     pub tracked: HashMap<String, Tracked>,
     /// Per resource manager: last error and when to try again.
     pub rm_down: HashMap<usize, (String, std::time::Instant, Duration)>,
+    /// Subordinate: transactions another node coordinates whose branches were logged
+    /// prepared here, and when (recovery asks the coordinator only after a while).
+    pub sub_prepared: HashMap<String, std::time::Instant>,
 }
 
 /// The transaction manager of one node.
@@ -173,6 +178,14 @@ pub struct Tm {
     /// Per group: the index of the first group with the same resource manager, so
     /// that recovery asks each database once.
     rm_of_group: Vec<usize>,
+    /// This node's index among the domain's nodes (None: a single-node domain).
+    pub(crate) me: Option<usize>,
+    /// Names of the domain's nodes.
+    pub(crate) nodes: Vec<String>,
+    /// Per group: the index of its node.
+    pub(crate) node_of_group: Vec<usize>,
+    /// How this manager reaches the other nodes' (multi-node domains).
+    pub(crate) links: std::sync::OnceLock<Arc<dyn subordinate::Links>>,
     /// Places for transactions in phase 2 whose originator did not wait for it.
     pub(crate) phase_two_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) state: Mutex<State>,
@@ -266,9 +279,18 @@ impl Tm {
             log: Arc::new(log),
             pools,
             rm_of_group,
+            me: this_node,
+            nodes: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
+            node_of_group: cfg.groups.iter().map(|g| g.node).collect(),
+            links: std::sync::OnceLock::new(),
             phase_two_slots: Arc::new(tokio::sync::Semaphore::new(PHASE_TWO_MAX)),
             state: Mutex::new(State::default()),
         }))
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// This boot's epoch (part of every gtrid begun here).

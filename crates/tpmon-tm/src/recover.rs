@@ -145,6 +145,11 @@ impl Tm {
             let commit = match e.state {
                 TxState::Commit => true,
                 TxState::Rollback => false,
+                TxState::Prepare if self.me.is_some() => {
+                    // A subordinate's entry: another node coordinates it.
+                    self.drive_subordinate(e).await;
+                    continue;
+                }
                 other => {
                     tracing::warn!(
                         gtrid,
@@ -178,7 +183,30 @@ impl Tm {
             }
             let mut tasks = Vec::new();
             let decision = crate::Decision::decode(&e.data);
+            // Branches on other nodes: one request per node to its TM.
+            let listed: Vec<(u16, Vec<u8>)> = e
+                .branches
+                .iter()
+                .filter(|b| b.state != BRANCH_DONE)
+                .map(|b| (b.rm as u16, b.bqual.clone()))
+                .collect();
+            let mut remote_results = Vec::new();
+            for (node, bs) in self.by_node(&listed) {
+                let r = self
+                    .remote_end(node, &gtrid, bs, commit, decision)
+                    .await
+                    .map_err(XaError::Unavailable);
+                remote_results.push((node, r));
+            }
             for b in &e.branches {
+                if let Some(node) = self.remote_node(b.rm as u16) {
+                    let r = remote_results
+                        .iter()
+                        .find(|(n, _)| *n == node)
+                        .map_or(Ok(()), |(_, r)| r.clone());
+                    tasks.push(Some(tokio::spawn(async move { r })));
+                    continue;
+                }
                 let Some(pool) = u16::try_from(b.rm).ok().and_then(|g| self.pool(g)).cloned()
                 else {
                     tasks.push(None);
@@ -287,7 +315,12 @@ impl Tm {
                     continue;
                 }
             }
-            let prefix = self.prefix.clone();
+            // In a multi-node domain, also the branches of transactions other nodes
+            // coordinate (`foreign` below).
+            let prefix = match self.me {
+                Some(_) => format!("{}:", self.domain),
+                None => self.prefix.clone(),
+            };
             let xids = match pool.recover(&prefix).await {
                 Ok(x) => {
                     if self.lock().rm_down.remove(&group).is_some() {
@@ -307,6 +340,12 @@ impl Tm {
                     continue;
                 }
             };
+            let (xids, foreign): (Vec<Xid>, Vec<Xid>) = xids
+                .into_iter()
+                .partition(|x| x.gtrid.starts_with(&self.prefix));
+            for xid in foreign {
+                self.resolve_foreign(group as u16, &pool, xid).await;
+            }
             let mut tasks = Vec::new();
             for xid in xids {
                 match self.presume(&xid) {

@@ -27,6 +27,9 @@ pub struct TxViewBranch {
 pub struct TxView {
     /// The gtrid.
     pub gtrid: String,
+    /// The node whose transaction manager coordinates it (the one the gtrid names;
+    /// this node unless it holds the branches as a subordinate).
+    pub coordinator: String,
     /// `committing`, `rolling back`, `… (retrying)` or `in flight` (prepared branches
     /// of a transaction that is still running or not yet past its deadline).
     pub state: String,
@@ -40,6 +43,11 @@ pub struct TxView {
     pub retries: u32,
     /// The last error, if any.
     pub last_error: String,
+}
+
+/// The node a gtrid names (empty if it is not one of tpmon's).
+fn coordinator_of(gtrid: &str) -> String {
+    Gtrid::parse(gtrid.as_bytes()).map_or(String::new(), |g| g.node)
 }
 
 impl Tm {
@@ -65,6 +73,7 @@ impl Tm {
                 (_, None) if heuristic => "heuristic (operator)".into(),
                 (TxState::Commit, None) => "committing".into(),
                 (TxState::Rollback, None) => "rolling back".into(),
+                (TxState::Prepare, None) => "prepared (subordinate)".into(),
                 (other, None) => format!("{other:?}"),
             };
             let branches = e
@@ -79,6 +88,7 @@ impl Tm {
                 })
                 .collect();
             out.push(TxView {
+                coordinator: coordinator_of(&gtrid),
                 gtrid,
                 state,
                 logged: true,
@@ -93,6 +103,7 @@ impl Tm {
                 continue;
             }
             out.push(TxView {
+                coordinator: coordinator_of(gtrid),
                 gtrid: gtrid.clone(),
                 state: t.state.to_string(),
                 logged: false,

@@ -85,8 +85,8 @@ pub fn run(cmd: TxCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<52} {:<24} {:>6} {:>8} {:>7}  last error",
-                "gtrid", "state", "age s", "branches", "retries"
+                "{:<52} {:<12} {:<24} {:>6} {:>8} {:>7}  last error",
+                "gtrid", "coordinator", "state", "age s", "branches", "retries"
             );
             for t in items {
                 let branches = t["branches"].as_array().map_or(0, Vec::len);
@@ -94,8 +94,9 @@ pub fn run(cmd: TxCommand) -> anyhow::Result<()> {
                     .as_array()
                     .map_or(0, |b| b.iter().filter(|x| x["done"] == true).count());
                 println!(
-                    "{:<52} {:<24} {:>6} {:>8} {:>7}  {}",
+                    "{:<52} {:<12} {:<24} {:>6} {:>8} {:>7}  {}",
                     t["gtrid"].as_str().unwrap_or(""),
+                    t["coordinator"].as_str().unwrap_or(""),
                     t["state"].as_str().unwrap_or(""),
                     t["age_s"],
                     format!("{done}/{branches}"),

@@ -65,6 +65,9 @@ struct Extra {
     limits: &'static [&'static str],
     /// More services: (server, service).
     services: &'static [(&'static str, &'static str)],
+    /// Gives groups gs1 (n1) and gs3 (n3) a fake resource manager each, in
+    /// `DIR/gs1` and `DIR/gs3`, and makes recovery run every 100 ms.
+    rms: Option<PathBuf>,
 }
 
 /// The domain's file with the given link secret and link ports.
@@ -73,6 +76,9 @@ fn config_text(secret: &str, links: &[u16], extra: &Extra) -> String {
         "[domain]\nname = \"mn\"\nlisten = \"127.0.0.1:7480\"\nrun_dir = \"run\"\n\
          link_secret = \"{secret}\"\n"
     );
+    if extra.rms.is_some() {
+        t.push_str("\n[domain.tx]\nrecovery_interval_ms = 100\n");
+    }
     if !extra.limits.is_empty() {
         t.push_str("\n[domain.limits]\n");
         for l in extra.limits {
@@ -92,6 +98,12 @@ fn config_text(secret: &str, links: &[u16], extra: &Extra) -> String {
         t.push_str(&format!(
             "\n[[group]]\nname = \"g{server}\"\nnode = \"{node}\"\n"
         ));
+        if let Some(dir) = extra.rms.as_ref().filter(|_| server != "s2") {
+            t.push_str(&format!(
+                "[group.rm]\nkind = \"fake\"\nopen = {}\n",
+                toml_string(&dir.join(format!("g{server}")).display().to_string())
+            ));
+        }
     }
     for (server, _, services) in SERVERS {
         t.push_str(&format!(
@@ -425,7 +437,7 @@ fn reply_text(r: &tpmon_proto::Reply) -> String {
         .unwrap_or_default()
 }
 
-const IN_TX: &str = "calls to other nodes inside a global transaction are not supported yet";
+const IN_TX: &str = "deadline is beyond the domain's limit";
 
 #[test]
 fn clients_of_any_node_call_services_of_the_others() {
@@ -568,22 +580,16 @@ fn clients_of_any_node_call_services_of_the_others() {
         .expect("FWD (n3) forwards to ECHO (n1)");
     assert_eq!(text(&r), "forwarded");
 
-    // Inside a global transaction a call to another node is refused loudly (not
-    // built yet); with TPNOTRAN it leaves the transaction out and works.
+    // Inside a global transaction a call to another node carries the transaction
+    // (these groups have no resource manager: no branches); with TPNOTRAN it leaves
+    // the transaction out.
     for relay in [false, true] {
         let mut client = c.client(0, relay);
         client.tx_begin().expect("tx_begin");
-        let e = client
+        let r = client
             .call("STRONLY", &s("in tx"), Flags::NONE)
-            .expect_err("a remote call in a transaction");
-        assert_eq!(e.kind, ErrorKind::Tran, "{e}");
-        assert!(e.detail.contains(IN_TX), "{}", e.detail);
-        assert!(e.detail.contains("node \"n3\""), "{}", e.detail);
-        let e = client
-            .acall("NODE", &s(""), Flags::NONE)
-            .expect_err("tpacall too");
-        assert_eq!(e.kind, ErrorKind::Tran, "{e}");
-        assert!(e.detail.contains("nodes \"n2\", \"n3\""), "{}", e.detail);
+            .expect("a remote call in a transaction");
+        assert_eq!(text(&r), "in tx");
         let r = client
             .call("STRONLY", &s("outside"), Flags::NOTRAN)
             .expect("TPNOTRAN");
@@ -592,9 +598,10 @@ fn clients_of_any_node_call_services_of_the_others() {
             .call("ECHO", &s("local"), Flags::NONE)
             .expect("local");
         assert_eq!(text(&r), "local");
-        client.tx_rollback().expect("tx_rollback");
+        client.tx_commit().expect("tx_commit");
     }
-    // The daemon refuses it as well, from a client that sends one anyway.
+    // A transaction context the serving node's server cannot accept (its deadline
+    // is beyond the domain's limit) is refused there, and the refusal comes back.
     let r = raw_relay(
         &c.daemon(0).addr,
         Message::Call(RemoteCall {
@@ -602,7 +609,7 @@ fn clients_of_any_node_call_services_of_the_others() {
             request: request(5, "STRONLY", "raw", Some(some_tx("n1"))),
         }),
     );
-    assert_eq!(r.status, ReplyStatus::Error(ErrorKind::Tran));
+    assert_eq!(r.status, ReplyStatus::Error(ErrorKind::Tran), "{r:?}");
     assert!(r.detail.contains(IN_TX), "{}", r.detail);
     // A plain relayed request for another node's service is routed.
     let r = raw_relay(
@@ -914,6 +921,7 @@ fn calls_a_node_cannot_take_are_answered_and_the_link_stays_up() {
             Extra {
                 limits: &["pending_calls_max = 2", "link_calls_max = 2"],
                 services: &[("s1", "SLEEP")],
+                rms: None,
             },
         )
     });
@@ -957,7 +965,8 @@ fn calls_a_node_cannot_take_are_answered_and_the_link_stays_up() {
             format!("service \"{svc}\" is not offered on node \"n1\"")
         );
     }
-    // A transaction: TPETRAN.
+    // A transaction whose context the server refuses (deadline beyond the limit):
+    // TPETRAN from the server.
     fake.call(0, 5, call_body(5, "ECHO", "x", Some(some_tx("n3"))));
     let (_, r) = fake.response("a refusal");
     assert_eq!(r.status, ReplyStatus::Error(ErrorKind::Tran), "{r:?}");
@@ -1170,5 +1179,216 @@ fn each_node_keeps_its_files_in_its_own_run_directory() {
         run.stderr.contains(&format!("pid {}", c.daemon(0).pid)),
         "{}",
         run.stderr
+    );
+}
+
+/// Three nodes whose groups gs1 (n1) and gs3 (n3) have fake resource managers in
+/// `rms/gs1` and `rms/gs3`; node 2 (n3) booted with `env3`, node 0 (n1) with `env1`.
+fn tx_cluster(tag: &str, env1: &[(&str, &str)], env3: &[(&str, &str)]) -> (Cluster, TempDir) {
+    let rms = TempDir::new(&format!("{tag}-rms"));
+    for g in ["gs1", "gs3"] {
+        std::fs::create_dir_all(rms.path.join(g)).expect("a fake RM directory");
+    }
+    let dir = rms.path.clone();
+    let mut c = Cluster::with(tag, move |_| {
+        (
+            SECRET,
+            Extra {
+                rms: Some(dir.clone()),
+                ..Extra::default()
+            },
+        )
+    });
+    c.boot_env(0, env1);
+    c.boot(1);
+    c.boot_env(2, env3);
+    for i in 0..NODES.len() {
+        c.wait_status(i, "both other nodes linked", |st| {
+            others(i).all(|j| linked(st, NODES[j]) && routable(st, NODES[j]))
+        });
+    }
+    (c, rms)
+}
+
+fn rm_calls(rms: &TempDir, group: &str, op: &str, result: Option<&str>) -> usize {
+    tpmon_xa::fake::FakeRm::count_calls(&rms.path.join(group), op, result)
+}
+
+/// `tpmon tx list --json` of node `i`.
+fn tx_list(c: &Cluster, i: usize) -> Value {
+    let run = tpmon([
+        OsStr::new("tx"),
+        OsStr::new("list"),
+        OsStr::new("--json"),
+        OsStr::new("-c"),
+        c.configs[i].as_os_str(),
+        OsStr::new("--node"),
+        OsStr::new(NODES[i]),
+        OsStr::new("--run-dir"),
+        c.run_dir.as_os_str(),
+    ]);
+    assert!(run.ok(), "tpmon tx list failed: {run:?}");
+    serde_json::from_str(&run.stdout).expect("tx list JSON")
+}
+
+/// No branch stays prepared in either RM and neither n1's nor n3's log holds anything.
+fn nothing_open(c: &Cluster, rms: &TempDir) {
+    wait_until("nothing stays prepared or logged", LIMIT, || {
+        ["gs1", "gs3"]
+            .iter()
+            .all(|g| tpmon_xa::fake::FakeRm::prepared(&rms.path.join(g)).is_empty())
+            && [0, 2]
+                .iter()
+                .all(|&i| tx_list(c, i).as_array().is_some_and(Vec::is_empty))
+    });
+}
+
+/// Waits until node `i`'s daemon (killed by a failpoint) is gone, kills its instances
+/// (`pids`, taken before) and boots it again without failpoints.
+fn reboot_after_failpoint(c: &mut Cluster, i: usize, pids: &[u32]) {
+    let d = c.daemons[i].take().expect("the node was up");
+    wait_until("the daemon killed itself", LIMIT, || !alive(d.pid));
+    for &pid in pids {
+        if alive(pid) {
+            kill9(pid);
+        }
+        wait_until("a killed instance is gone", LIMIT, || !alive(pid));
+    }
+    c.boot(i);
+}
+
+#[test]
+fn a_transaction_with_branches_on_two_nodes_commits_on_both() {
+    let (c, rms) = tx_cluster("xn-commit", &[], &[]);
+    for relay in [false, true] {
+        let mut client = c.client(0, relay);
+        client.tx_begin().expect("begin");
+        let r = client
+            .call("ECHO", &s("here"), Flags::NONE)
+            .expect("ECHO (n1)");
+        assert_eq!(text(&r), "here");
+        // n3's NESTED calls ECHO on n1 inside the transaction: branches on gs3 and gs1.
+        let r = client
+            .call("NESTED", &s("there"), Flags::NONE)
+            .expect("NESTED (n3)");
+        assert_eq!(text(&r), "there");
+        assert_eq!(client.tx_info().branches, 3, "ECHO, NESTED, ECHO");
+        assert_eq!(client.tx_commit(), Ok(tpmon_client::Committed::Done));
+    }
+    nothing_open(&c, &rms);
+    // Per client: two ECHOs on gs1, NESTED on gs3; each prepared and committed once.
+    assert_eq!(rm_calls(&rms, "gs1", "prepare", Some("ok")), 4);
+    assert_eq!(rm_calls(&rms, "gs1", "commit", Some("ok")), 4);
+    assert_eq!(rm_calls(&rms, "gs3", "prepare", Some("ok")), 2);
+    assert_eq!(rm_calls(&rms, "gs3", "commit", Some("ok")), 2);
+    assert_eq!(
+        rm_calls(&rms, "gs1", "rollback", None) + rm_calls(&rms, "gs3", "rollback", None),
+        0
+    );
+}
+
+#[test]
+fn a_failing_participant_on_another_node_rolls_back_both() {
+    let (c, rms) = tx_cluster("xn-fail", &[], &[]);
+    let mut client = c.client(0, false);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    client
+        .call("NESTED", &s("b"), Flags::NONE)
+        .expect("NESTED (n3)");
+    let e = client
+        .call("FAIL", &s("no"), Flags::NONE)
+        .expect_err("FAIL (n3)");
+    assert_eq!(e.kind, ErrorKind::SvcFail);
+    match client.tx_commit() {
+        Err(tpmon_client::TxError::RolledBack(_)) => {}
+        other => panic!("commit of a doomed transaction: {other:?}"),
+    }
+    nothing_open(&c, &rms);
+    assert_eq!(
+        rm_calls(&rms, "gs1", "rollback", Some("ok")),
+        2,
+        "two ECHOs"
+    );
+    assert_eq!(rm_calls(&rms, "gs3", "rollback", Some("ok")), 1, "NESTED");
+    assert_eq!(
+        rm_calls(&rms, "gs1", "commit", None) + rm_calls(&rms, "gs3", "commit", None),
+        0
+    );
+}
+
+#[test]
+fn a_subordinate_killed_after_it_prepared_resolves_by_asking_the_coordinator() {
+    let (mut c, rms) = tx_cluster(
+        "xn-sub",
+        &[],
+        &[("TPMON_FAILPOINTS", "tm.subordinate_after_prepare=kill")],
+    );
+    let pids = all_pids(&c.status(2).expect("n3's status"));
+    let mut client = c.client(0, false);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    client
+        .call("NESTED", &s("b"), Flags::NONE)
+        .expect("NESTED (n3)");
+    // n3 logs its branch prepared and dies before answering: the coordinator cannot
+    // decide commit, and rolls back.
+    match client.tx_commit() {
+        Err(tpmon_client::TxError::RolledBack(why)) => {
+            assert!(why.contains("could not prepare"), "{why}")
+        }
+        other => panic!("commit with a dead subordinate: {other:?}"),
+    }
+    assert_eq!(
+        tpmon_xa::fake::FakeRm::prepared(&rms.path.join("gs3")).len(),
+        1
+    );
+    // Booted again, n3 finds its Prepare entry, asks n1 and rolls back.
+    reboot_after_failpoint(&mut c, 2, &pids);
+    nothing_open(&c, &rms);
+    assert_eq!(rm_calls(&rms, "gs3", "rollback", Some("ok")), 1);
+    assert_eq!(rm_calls(&rms, "gs1", "rollback", Some("ok")), 2);
+    assert_eq!(
+        rm_calls(&rms, "gs1", "commit", None) + rm_calls(&rms, "gs3", "commit", None),
+        0
+    );
+}
+
+#[test]
+fn a_coordinator_killed_after_its_decision_completes_phase_2_after_reboot() {
+    let (mut c, rms) = tx_cluster(
+        "xn-coord",
+        &[("TPMON_FAILPOINTS", "tm.after_decision=kill")],
+        &[],
+    );
+    let pids = all_pids(&c.status(0).expect("n1's status"));
+    let mut client = c.client(0, false);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    client
+        .call("NESTED", &s("b"), Flags::NONE)
+        .expect("NESTED (n3)");
+    client
+        .tx_commit()
+        .expect_err("the coordinator died during commit");
+    drop(client);
+    // n3 holds its branch prepared (and logged) while n1 is down: it waits.
+    let listed = tx_list(&c, 2);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["coordinator"], "n1", "{listed}");
+    assert_eq!(listed[0]["state"], "prepared (subordinate)", "{listed}");
+    reboot_after_failpoint(&mut c, 0, &pids);
+    nothing_open(&c, &rms);
+    assert_eq!(rm_calls(&rms, "gs1", "commit", Some("ok")), 2);
+    assert_eq!(rm_calls(&rms, "gs3", "commit", Some("ok")), 1);
+    assert_eq!(
+        rm_calls(&rms, "gs1", "rollback", None) + rm_calls(&rms, "gs3", "rollback", None),
+        0
     );
 }

@@ -1,0 +1,126 @@
+//! The transaction manager's requests to the other nodes' transaction managers over
+//! the node links (Prepare, Commit, Rollback and QueryAdvice frames, bodies of
+//! `tpmon_tm::subordinate`), and the serving of theirs.
+//!
+//! Owns only the requests in flight (async sequence → waiter) and the framing; the
+//! decisions are the transaction managers'. A request whose link is down fails at
+//! once; one without a response fails after [`REQUEST_TIMEOUT`] (the TM then treats
+//! the node as unreachable: rollback before the decision, retry after it).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tpmon_link::{Frame, Item, Mesh};
+use tpmon_tm::{Links, SubItem};
+
+use crate::domain::Domain;
+
+/// Longest wait for another node's TM to answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Inner {
+    mesh: Arc<Mesh>,
+    me: u32,
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
+}
+
+/// The TM's side of the node links.
+#[derive(Clone)]
+pub struct TmLinks(Arc<Inner>);
+
+fn item_of(i: SubItem) -> Item {
+    match i {
+        SubItem::Prepare => Item::Prepare,
+        SubItem::Commit => Item::Commit,
+        SubItem::Rollback => Item::Rollback,
+        SubItem::QueryAdvice => Item::QueryAdvice,
+    }
+}
+
+/// The TM request a link item carries, if it is one.
+pub fn sub_item(i: Item) -> Option<SubItem> {
+    Some(match i {
+        Item::Prepare => SubItem::Prepare,
+        Item::Commit => SubItem::Commit,
+        Item::Rollback => SubItem::Rollback,
+        Item::QueryAdvice => SubItem::QueryAdvice,
+        _ => return None,
+    })
+}
+
+impl TmLinks {
+    /// The TM links of node `me` over `mesh`.
+    pub fn new(mesh: Arc<Mesh>, me: u32) -> TmLinks {
+        TmLinks(Arc::new(Inner {
+            mesh,
+            me,
+            next: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Vec<u8>>>> {
+        self.0.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A response from another node's TM.
+    pub fn on_response(&self, frame: Frame) {
+        if let Some(tx) = self.waiting().remove(&frame.async_seq) {
+            let _ = tx.send(frame.body);
+        }
+    }
+
+    /// A request from node `from`'s TM: served by ours, answered on the link.
+    pub fn on_request(&self, dom: &Arc<Domain>, from: u32, frame: Frame) {
+        let Some(item) = sub_item(frame.item) else {
+            return;
+        };
+        let (tm, me) = (dom.tm.clone(), self.clone());
+        tokio::spawn(async move {
+            let body = tm.on_link_request(from as usize, item, &frame.body).await;
+            let answer = Frame {
+                response: true,
+                async_seq: frame.async_seq,
+                ..Frame::request(frame.item, me.0.me, body)
+            };
+            if let Err(e) = me.0.mesh.send(from, answer) {
+                tracing::warn!(peer = from, error = %e, "could not answer another node's transaction manager");
+            }
+        });
+    }
+}
+
+impl Links for TmLinks {
+    fn request(
+        &self,
+        node: usize,
+        item: SubItem,
+        body: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
+        let me = self.clone();
+        Box::pin(async move {
+            let id = me.0.next.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            me.waiting().insert(id, tx);
+            let mut frame = Frame::request(item_of(item), me.0.me, body);
+            frame.async_seq = id;
+            if let Err(e) = me.0.mesh.send(node as u32, frame) {
+                me.waiting().remove(&id);
+                return Err(format!("cannot reach it: {e}"));
+            }
+            let r = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+            me.waiting().remove(&id);
+            match r {
+                Ok(Ok(body)) => Ok(body),
+                Ok(Err(_)) => Err("no answer".into()),
+                Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+            }
+        })
+    }
+}

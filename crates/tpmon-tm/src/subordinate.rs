@@ -1,0 +1,729 @@
+//! Transactions spanning nodes: the coordinator's requests to the transaction managers
+//! of the other nodes whose groups hold branches, and those managers' side as
+//! subordinates.
+//!
+//! The coordinator is the transaction manager of the node the gtrid names (where the
+//! transaction began). A branch of a group of another node X was prepared by X's
+//! server before it replied, so X's TM has nothing to ask its resource managers at
+//! prepare time: it makes its own log entry durable (state Prepare, the branches) and
+//! answers ready. Ordering of the durable writes (docs/design-transactions.md):
+//! 1. every subordinate's Prepare entry (before it answers ready);
+//! 2. the coordinator's Commit decision, listing every branch (a branch's group says
+//!    which node holds it);
+//! 3. phase 2: each subordinate commits its branches, then forgets its entry;
+//! 4. the coordinator forgets its decision once every branch and subordinate is done.
+//!
+//! Presumed abort everywhere: a subordinate with a Prepare entry and no outcome asks the
+//! coordinator (QUERY_ADVICE); the coordinator answers from its log, and without an
+//! entry answers "roll back" only when no commit can be decided any more (an earlier
+//! epoch, rolled back here, or the deadline plus the grace passed), else "wait". A
+//! subordinate never guesses: unreachable coordinator, "wait": it asks again later.
+//!
+//! Bodies of the link items (Prepare, Commit, Rollback, QueryAdvice; all integers
+//! little-endian), documented in docs/protocol.md:
+//! * request: `u8 version (1)`, `u16 len` + gtrid, `u64 gcpn`, `u16 origin`,
+//!   `u16 n`, then per branch `u16 group`, `u16 len` + bqual;
+//! * response: `u8 version (1)`, `u8 status` (see [`Status`]), `u64 gcpn`,
+//!   `u16 origin`, `u16 len` + detail text.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tpmon_proto::Gtrid;
+use tpmon_txlog::{Advice, Branch as LogBranch, Entry, TxState};
+use tpmon_xa::{failpoint, XaError, Xid};
+
+use crate::{now_unix_ms, Decision, Tm, Tracked, DEADLINE_GRACE};
+
+/// What the coordinator asks another node's transaction manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubItem {
+    /// Log the branches as prepared (they are, in the resource managers) and answer.
+    Prepare,
+    /// Commit the branches with the decision's numbers, then forget them.
+    Commit,
+    /// Roll the branches back, then forget them.
+    Rollback,
+    /// (Subordinate to coordinator) what was decided for this transaction?
+    QueryAdvice,
+}
+
+/// A response's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Done (ready, committed, rolled back).
+    Ok = 0,
+    /// Could not do it now (detail says why); the coordinator retries.
+    Failed = 1,
+    /// QueryAdvice: commit (with the decision).
+    Commit = 2,
+    /// QueryAdvice: roll back.
+    Rollback = 3,
+    /// QueryAdvice: nothing decided yet; ask again later.
+    Wait = 4,
+}
+
+/// How a transaction manager reaches the others (the daemon implements it over the
+/// node links). `request` answers the response body, or why there is none.
+pub trait Links: Send + Sync {
+    /// Sends `body` as `item` to node `node` and waits for the response.
+    fn request(
+        &self,
+        node: usize,
+        item: SubItem,
+        body: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+}
+
+/// A request's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubRequest {
+    /// The transaction.
+    pub gtrid: Vec<u8>,
+    /// The decision's numbers (Commit only).
+    pub decision: Decision,
+    /// (group, bqual) of the branches concerned.
+    pub branches: Vec<(u16, Vec<u8>)>,
+}
+
+/// A response's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubAnswer {
+    /// What happened.
+    pub status: Status,
+    /// The decision (QueryAdvice answered Commit).
+    pub decision: Decision,
+    /// Why (Failed).
+    pub detail: String,
+}
+
+/// (group, bqual) of a branch.
+pub(crate) type BranchRef = (u16, Vec<u8>);
+
+const VERSION: u8 = 1;
+
+fn put16(v: &mut Vec<u8>, b: &[u8]) {
+    let n = b.len().min(u16::MAX as usize);
+    v.extend_from_slice(&(n as u16).to_le_bytes());
+    v.extend_from_slice(&b[..n]);
+}
+
+struct Rd<'a>(&'a [u8]);
+
+impl Rd<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Some(u64::from_le_bytes(a))
+    }
+    fn bytes16(&mut self) -> Option<Vec<u8>> {
+        let n = self.u16()? as usize;
+        self.take(n).map(<[u8]>::to_vec)
+    }
+}
+
+impl SubRequest {
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![VERSION];
+        put16(&mut v, &self.gtrid);
+        v.extend_from_slice(&self.decision.gcpn.to_le_bytes());
+        v.extend_from_slice(&self.decision.origin.to_le_bytes());
+        v.extend_from_slice(&(self.branches.len().min(u16::MAX as usize) as u16).to_le_bytes());
+        for (g, b) in self.branches.iter().take(u16::MAX as usize) {
+            v.extend_from_slice(&g.to_le_bytes());
+            put16(&mut v, b);
+        }
+        v
+    }
+
+    /// Reads [`SubRequest::encode`]'s bytes.
+    pub fn decode(body: &[u8]) -> Option<SubRequest> {
+        let mut r = Rd(body);
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let gtrid = r.bytes16()?;
+        let gcpn = r.u64()?;
+        let origin = r.u16()?;
+        let n = r.u16()? as usize;
+        let mut branches = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let g = r.u16()?;
+            branches.push((g, r.bytes16()?));
+        }
+        r.0.is_empty().then_some(SubRequest {
+            gtrid,
+            decision: Decision { gcpn, origin },
+            branches,
+        })
+    }
+}
+
+impl SubAnswer {
+    fn new(status: Status, detail: impl Into<String>) -> SubAnswer {
+        SubAnswer {
+            status,
+            decision: Decision::default(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![VERSION, self.status as u8];
+        v.extend_from_slice(&self.decision.gcpn.to_le_bytes());
+        v.extend_from_slice(&self.decision.origin.to_le_bytes());
+        put16(&mut v, self.detail.as_bytes());
+        v
+    }
+
+    /// Reads [`SubAnswer::encode`]'s bytes.
+    pub fn decode(body: &[u8]) -> Option<SubAnswer> {
+        let mut r = Rd(body);
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let status = match r.u8()? {
+            0 => Status::Ok,
+            1 => Status::Failed,
+            2 => Status::Commit,
+            3 => Status::Rollback,
+            4 => Status::Wait,
+            _ => return None,
+        };
+        let gcpn = r.u64()?;
+        let origin = r.u16()?;
+        let detail = String::from_utf8_lossy(&r.bytes16()?).into_owned();
+        Some(SubAnswer {
+            status,
+            decision: Decision { gcpn, origin },
+            detail,
+        })
+    }
+}
+
+/// How long a subordinate's Prepare entry waits for the coordinator's phase 2 before
+/// recovery asks the coordinator itself.
+const ASK_AFTER: Duration = Duration::from_secs(3);
+
+impl Tm {
+    /// Sets how this manager reaches the other nodes' (once, at boot).
+    pub fn set_links(&self, links: Arc<dyn Links>) {
+        let _ = self.links.set(links);
+    }
+
+    /// The node holding `group`'s branches when it is another node than this one.
+    pub(crate) fn remote_node(&self, group: u16) -> Option<usize> {
+        let me = self.me?;
+        self.node_of_group
+            .get(group as usize)
+            .copied()
+            .filter(|n| *n != me)
+    }
+
+    /// Sends a request to node `node` and reads the answer.
+    pub(crate) async fn ask(
+        &self,
+        node: usize,
+        item: SubItem,
+        req: SubRequest,
+    ) -> Result<SubAnswer, String> {
+        let Some(links) = self.links.get() else {
+            return Err("no node links".into());
+        };
+        let name = self.nodes.get(node).cloned().unwrap_or_default();
+        let body = links
+            .request(node, item, req.encode())
+            .await
+            .map_err(|e| format!("node {name:?}: {e}"))?;
+        SubAnswer::decode(&body).ok_or_else(|| format!("node {name:?}: malformed answer"))
+    }
+
+    /// Groups `branches` (group, bqual) by the other node holding them.
+    pub(crate) fn by_node(&self, branches: &[BranchRef]) -> Vec<(usize, Vec<BranchRef>)> {
+        let mut out: Vec<(usize, Vec<BranchRef>)> = Vec::new();
+        for (g, b) in branches {
+            if let Some(n) = self.remote_node(*g) {
+                match out.iter_mut().find(|(k, _)| *k == n) {
+                    Some((_, v)) => v.push((*g, b.clone())),
+                    None => out.push((n, vec![(*g, b.clone())])),
+                }
+            }
+        }
+        out
+    }
+
+    /// Commits (or rolls back) branches on node `node` through its TM.
+    pub(crate) async fn remote_end(
+        &self,
+        node: usize,
+        gtrid: &str,
+        branches: Vec<(u16, Vec<u8>)>,
+        commit: bool,
+        decision: Decision,
+    ) -> Result<(), String> {
+        let req = SubRequest {
+            gtrid: gtrid.as_bytes().to_vec(),
+            decision,
+            branches,
+        };
+        let item = if commit {
+            SubItem::Commit
+        } else {
+            SubItem::Rollback
+        };
+        let a = self.ask(node, item, req).await?;
+        match a.status {
+            Status::Ok => Ok(()),
+            _ => Err(format!(
+                "node {:?}: {}",
+                self.nodes.get(node).map_or("?", String::as_str),
+                a.detail
+            )),
+        }
+    }
+
+    /// Phase 1 on the other nodes: each must log its branches as prepared. Fails if
+    /// one cannot (unreachable, refused).
+    pub(crate) async fn prepare_remote(
+        &self,
+        gtrid: &str,
+        branches: &[(u16, Vec<u8>)],
+    ) -> Result<(), String> {
+        let mut tasks = Vec::new();
+        for (node, bs) in self.by_node(branches) {
+            let req = SubRequest {
+                gtrid: gtrid.as_bytes().to_vec(),
+                decision: Decision::default(),
+                branches: bs,
+            };
+            tasks.push(self.ask(node, SubItem::Prepare, req));
+        }
+        let mut why = None;
+        for t in tasks {
+            match t.await {
+                Ok(a) if a.status == Status::Ok => {}
+                Ok(a) => why = Some(a.detail),
+                Err(e) => why = Some(e),
+            }
+        }
+        why.map_or(Ok(()), Err)
+    }
+
+    /// A request from another node's TM; returns the response body.
+    pub async fn on_link_request(
+        self: &Arc<Self>,
+        from: usize,
+        item: SubItem,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let Some(req) = SubRequest::decode(body) else {
+            return SubAnswer::new(Status::Failed, "malformed request").encode();
+        };
+        let answer = match item {
+            SubItem::QueryAdvice => self.advise(&req),
+            SubItem::Prepare => self.sub_prepare(from, req).await,
+            SubItem::Commit => self.sub_end(req, true).await,
+            SubItem::Rollback => self.sub_end(req, false).await,
+        };
+        answer.encode()
+    }
+
+    /// Coordinator: what was decided for a transaction a subordinate asks about.
+    fn advise(&self, req: &SubRequest) -> SubAnswer {
+        let text = String::from_utf8_lossy(&req.gtrid).into_owned();
+        let Some(g) = Gtrid::parse(&req.gtrid) else {
+            return SubAnswer::new(Status::Failed, "not a tpmon transaction id");
+        };
+        if g.domain != self.domain || g.node != self.node {
+            return SubAnswer::new(Status::Failed, "not a transaction of this node");
+        }
+        let st = self.lock();
+        if let Some(e) = self
+            .log
+            .get(&req.gtrid)
+            .filter(|_| self.log.holds(&req.gtrid))
+        {
+            // A decision covers the branches it lists (no branches asked about: those
+            // this node told the subordinate to prepare, which it lists); another
+            // branch of the same transaction falls to the rules below.
+            let covered = req.branches.iter().all(|(g, b)| {
+                e.branches
+                    .iter()
+                    .any(|x| x.rm == u32::from(*g) && x.bqual == *b)
+            });
+            match e.state {
+                TxState::Commit if covered => {
+                    return SubAnswer {
+                        status: Status::Commit,
+                        decision: Decision::decode(&e.data),
+                        detail: String::new(),
+                    }
+                }
+                TxState::Rollback => return SubAnswer::new(Status::Rollback, ""),
+                _ => {}
+            }
+        }
+        if st.deciding.contains(&text) {
+            return SubAnswer::new(Status::Wait, "being decided");
+        }
+        let grace = DEADLINE_GRACE.as_millis() as u64;
+        if g.epoch < self.epoch
+            || st.rolled_back.contains_key(&text)
+            || now_unix_ms() >= g.deadline_s.saturating_mul(1000).saturating_add(grace)
+        {
+            // Presumed abort: no decision, and none can be made any more.
+            SubAnswer::new(Status::Rollback, "")
+        } else {
+            SubAnswer::new(Status::Wait, "still running")
+        }
+    }
+
+    /// Subordinate: log the branches as prepared.
+    async fn sub_prepare(&self, from: usize, req: SubRequest) -> SubAnswer {
+        let Some(g) = Gtrid::parse(&req.gtrid) else {
+            return SubAnswer::new(Status::Failed, "not a tpmon transaction id");
+        };
+        if g.domain != self.domain || g.node == self.node {
+            return SubAnswer::new(
+                Status::Failed,
+                "not a transaction another node of this domain coordinates",
+            );
+        }
+        if self.nodes.get(from).map(String::as_str) != Some(g.node.as_str()) {
+            return SubAnswer::new(Status::Failed, "only the coordinator may prepare it");
+        }
+        if let Some((grp, _)) = req
+            .branches
+            .iter()
+            .find(|(grp, _)| self.pool(*grp).is_none())
+        {
+            return SubAnswer::new(
+                Status::Failed,
+                format!(
+                    "group #{grp} has no resource manager on node {:?}",
+                    self.node
+                ),
+            );
+        }
+        let text = String::from_utf8_lossy(&req.gtrid).into_owned();
+        let mut branches: Vec<LogBranch> = self
+            .log
+            .get(&req.gtrid)
+            .filter(|e| self.log.holds(&req.gtrid) && e.state == TxState::Prepare)
+            .map(|e| e.branches)
+            .unwrap_or_default();
+        for (grp, b) in &req.branches {
+            if !branches
+                .iter()
+                .any(|x| x.rm == u32::from(*grp) && x.bqual == *b)
+            {
+                branches.push(LogBranch {
+                    rm: u32::from(*grp),
+                    bqual: b.clone(),
+                    state: 0,
+                });
+            }
+        }
+        let entry = Entry {
+            gtrid: req.gtrid.clone(),
+            state: TxState::Prepare,
+            advice: Advice::None,
+            branches: branches.clone(),
+            data: Vec::new(),
+        };
+        if let Err(e) = self.log_op(move |log| log.put(entry)).await {
+            return SubAnswer::new(
+                Status::Failed,
+                format!("cannot log the prepared branches: {e}"),
+            );
+        }
+        failpoint::hit("tm.subordinate_after_prepare");
+        let mut st = self.lock();
+        st.sub_prepared.insert(text.clone(), Instant::now());
+        st.tracked.insert(
+            text,
+            Tracked {
+                state: "prepared (subordinate)",
+                since: SystemTime::now(),
+                branches: branches
+                    .iter()
+                    .map(|b| {
+                        (
+                            b.rm as u16,
+                            String::from_utf8_lossy(&b.bqual).into_owned(),
+                            false,
+                        )
+                    })
+                    .collect(),
+                retries: 0,
+                last_error: String::new(),
+            },
+        );
+        SubAnswer::new(Status::Ok, "")
+    }
+
+    /// Subordinate: commit or roll back the branches (those listed and those the
+    /// Prepare entry holds), then forget the entry.
+    async fn sub_end(&self, req: SubRequest, commit: bool) -> SubAnswer {
+        let text = String::from_utf8_lossy(&req.gtrid).into_owned();
+        match Gtrid::parse(&req.gtrid) {
+            Some(g) if g.domain == self.domain && g.node != self.node => {}
+            _ => {
+                return SubAnswer::new(Status::Failed, "not a transaction another node coordinates")
+            }
+        }
+        if !self.lock().deciding.insert(text.clone()) {
+            return SubAnswer::new(Status::Failed, "being resolved here already; try again");
+        }
+        let r = self
+            .finish_sub(&text, req.branches, commit, req.decision)
+            .await;
+        self.lock().deciding.remove(&text);
+        match r {
+            Ok(()) => SubAnswer::new(Status::Ok, ""),
+            Err(e) => SubAnswer::new(Status::Failed, e),
+        }
+    }
+
+    /// Ends a subordinate's branches (the caller holds the transaction in `deciding`).
+    async fn finish_sub(
+        &self,
+        text: &str,
+        mut branches: Vec<(u16, Vec<u8>)>,
+        commit: bool,
+        decision: Decision,
+    ) -> Result<(), String> {
+        let entry = self
+            .log
+            .get(text.as_bytes())
+            .filter(|_| self.log.holds(text.as_bytes()));
+        if let Some(e) = &entry {
+            for b in &e.branches {
+                let k = (b.rm as u16, b.bqual.clone());
+                if !branches.contains(&k) {
+                    branches.push(k);
+                }
+            }
+        }
+        let mut tasks = Vec::new();
+        for (grp, bq) in branches {
+            let Some(pool) = self.pool(grp).cloned() else {
+                continue;
+            };
+            let xid = Xid::new(text, String::from_utf8_lossy(&bq).into_owned());
+            tasks.push(tokio::spawn(async move {
+                let r = if commit {
+                    pool.commit(&xid, decision).await
+                } else {
+                    pool.rollback(&xid).await
+                };
+                match r {
+                    Ok(()) | Err(XaError::NotFound(_)) => None,
+                    Err(e) => Some(e.to_string()),
+                }
+            }));
+        }
+        let mut last = None;
+        for t in tasks {
+            match t.await {
+                Ok(None) => {}
+                Ok(Some(e)) => last = Some(e),
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+        if let Some(e) = last {
+            // Keep the coordinator's advice, so that recovery finishes it without
+            // asking again.
+            if let Some(mut e) = entry {
+                e.advice = if commit {
+                    Advice::Commit
+                } else {
+                    Advice::Rollback
+                };
+                e.data = decision.encode();
+                let _ = self.log_op(move |log| log.put(e)).await;
+            }
+            return Err(e);
+        }
+        if entry.is_some() {
+            if let Err(e) = self.log.remove_lazy(text.as_bytes()) {
+                tracing::warn!(gtrid = text, error = %e, "cannot remove a completed subordinate entry");
+            }
+        }
+        let mut st = self.lock();
+        st.sub_prepared.remove(text);
+        st.tracked.remove(text);
+        Ok(())
+    }
+
+    /// Subordinate recovery: a prepared branch of a transaction another node
+    /// coordinates that no Prepare entry here covers (its server prepared it, but the
+    /// coordinator's Prepare never came, or its Rollback did not arrive). Asks the
+    /// coordinator about that branch and acts on a definite answer only.
+    pub(crate) async fn resolve_foreign(
+        &self,
+        group: u16,
+        pool: &Arc<crate::pool::Pool>,
+        xid: Xid,
+    ) {
+        let gtrid = xid.gtrid.clone();
+        {
+            let st = self.lock();
+            if st.deciding.contains(&gtrid)
+                || st.sub_prepared.contains_key(&gtrid)
+                || self.log.holds(gtrid.as_bytes())
+            {
+                return;
+            }
+        }
+        let Some(g) = Gtrid::parse(gtrid.as_bytes()) else {
+            return;
+        };
+        let Some(node) = self.nodes.iter().position(|n| *n == g.node) else {
+            tracing::warn!(xid = %xid, "a prepared branch of an unknown node's transaction; left alone");
+            return;
+        };
+        // The resource manager may hold the branch for another group sharing it; the
+        // coordinator knows it by the group that reported it, which recovery cannot
+        // tell: ask with each group of this node using the same resource manager.
+        let groups: Vec<u16> = (0..self.rm_of_group.len())
+            .filter(|&i| self.rm_of_group[i] == group as usize && self.pool(i as u16).is_some())
+            .map(|i| i as u16)
+            .collect();
+        let mut answer = None;
+        for grp in groups {
+            let req = SubRequest {
+                gtrid: gtrid.as_bytes().to_vec(),
+                decision: Decision::default(),
+                branches: vec![(grp, xid.bqual.as_bytes().to_vec())],
+            };
+            match self.ask(node, SubItem::QueryAdvice, req).await {
+                Ok(a) if a.status == Status::Commit => {
+                    answer = Some((true, a.decision));
+                    break;
+                }
+                Ok(a) if a.status == Status::Rollback => {
+                    answer = Some((false, Decision::default()))
+                }
+                _ => {
+                    answer = None;
+                    break;
+                }
+            }
+        }
+        let Some((commit, decision)) = answer else {
+            return;
+        };
+        let r = if commit {
+            pool.commit(&xid, decision).await
+        } else {
+            pool.rollback(&xid).await
+        };
+        match r {
+            Ok(()) | Err(XaError::NotFound(_)) => {
+                tracing::info!(xid = %xid, commit, "recovery resolved a prepared branch another node coordinates")
+            }
+            Err(e) => {
+                tracing::warn!(xid = %xid, commit, error = %e, "recovery could not resolve a prepared branch; will retry")
+            }
+        }
+    }
+
+    /// Subordinate recovery: resolve the Prepare entries whose coordinator's phase 2
+    /// did not come, by the logged advice or by asking the coordinator.
+    pub(crate) async fn drive_subordinate(&self, e: Entry) {
+        let text = String::from_utf8_lossy(&e.gtrid).into_owned();
+        {
+            let st = self.lock();
+            if st
+                .sub_prepared
+                .get(&text)
+                .is_some_and(|t| t.elapsed() < ASK_AFTER)
+            {
+                return;
+            }
+        }
+        let (commit, decision) = match e.advice {
+            Advice::Commit => (true, Decision::decode(&e.data)),
+            Advice::Rollback => (false, Decision::default()),
+            Advice::None => {
+                let Some(g) = Gtrid::parse(&e.gtrid) else {
+                    return;
+                };
+                let Some(node) = self.nodes.iter().position(|n| *n == g.node) else {
+                    tracing::warn!(gtrid = %text, "a prepared entry of an unknown coordinator; left alone");
+                    return;
+                };
+                let req = SubRequest {
+                    gtrid: e.gtrid.clone(),
+                    decision: Decision::default(),
+                    branches: Vec::new(),
+                };
+                match self.ask(node, SubItem::QueryAdvice, req).await {
+                    Ok(a) if a.status == Status::Commit => (true, a.decision),
+                    Ok(a) if a.status == Status::Rollback => (false, Decision::default()),
+                    other => {
+                        let why = match other {
+                            Ok(a) => a.detail,
+                            Err(e) => e,
+                        };
+                        let mut st = self.lock();
+                        if let Some(t) = st.tracked.get_mut(&text) {
+                            t.retries += 1;
+                            t.last_error = why.clone();
+                        } else {
+                            st.tracked.insert(
+                                text.clone(),
+                                Tracked {
+                                    state: "prepared (subordinate, waiting for the coordinator)",
+                                    since: SystemTime::now(),
+                                    branches: e
+                                        .branches
+                                        .iter()
+                                        .map(|b| {
+                                            (
+                                                b.rm as u16,
+                                                String::from_utf8_lossy(&b.bqual).into_owned(),
+                                                false,
+                                            )
+                                        })
+                                        .collect(),
+                                    retries: 1,
+                                    last_error: why.clone(),
+                                },
+                            );
+                        }
+                        tracing::info!(gtrid = %text, coordinator = %g.node, why, "in doubt: the coordinator gave no outcome yet; will ask again");
+                        return;
+                    }
+                }
+            }
+        };
+        match self.finish_sub(&text, Vec::new(), commit, decision).await {
+            Ok(()) => {
+                tracing::info!(gtrid = %text, commit, "recovery resolved a subordinate's prepared branches")
+            }
+            Err(err) => {
+                tracing::warn!(gtrid = %text, commit, error = %err, "recovery could not resolve a subordinate's branches; will retry")
+            }
+        }
+    }
+}
