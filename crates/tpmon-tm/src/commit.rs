@@ -236,6 +236,7 @@ impl Tm {
             }
             Gate::Go => {}
         }
+        failpoint::hit("tm.before_decision");
         // Phase 1 on the other nodes holding branches: each logs them as prepared
         // (their servers prepared them before replying) and answers ready. One that
         // cannot (unreachable, refused) rolls the transaction back.
@@ -256,7 +257,6 @@ impl Tm {
                 );
             }
         }
-        failpoint::hit("tm.before_decision");
         // Set when a one-phase commit may have committed without an answer: from then
         // on the transaction must never be rolled back.
         let mut maybe_committed = false;

@@ -727,3 +727,36 @@ impl Tm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip_and_garbage_is_refused() {
+        let req = SubRequest {
+            gtrid: b"mn:n1:3:1:2:6b014896".to_vec(),
+            decision: Decision {
+                gcpn: 42,
+                origin: 2,
+            },
+            branches: vec![(2, b"2.1f.9".to_vec()), (0, Vec::new())],
+        };
+        let wire = req.encode();
+        assert_eq!(SubRequest::decode(&wire), Some(req));
+        for n in 0..wire.len() {
+            assert_eq!(SubRequest::decode(&wire[..n]), None, "cut at {n}");
+        }
+        let mut longer = wire.clone();
+        longer.push(0);
+        assert_eq!(SubRequest::decode(&longer), None);
+        let a = SubAnswer {
+            status: Status::Commit,
+            decision: Decision { gcpn: 7, origin: 1 },
+            detail: "why".into(),
+        };
+        assert_eq!(SubAnswer::decode(&a.encode()), Some(a));
+        assert_eq!(SubAnswer::decode(&[1, 9, 0]), None);
+        assert_eq!(SubAnswer::decode(&[2]), None);
+    }
+}

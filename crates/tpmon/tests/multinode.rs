@@ -1392,3 +1392,40 @@ fn a_coordinator_killed_after_its_decision_completes_phase_2_after_reboot() {
         0
     );
 }
+
+#[test]
+fn a_coordinator_killed_before_its_decision_rolls_back_on_both_after_reboot() {
+    // n1 dies before it asks n3 to prepare: n3's branch is prepared in its RM with no
+    // entry in n3's log (an orphan); n3 asks n1 about it, and once n1 is back (a new
+    // epoch: no commit can come) rolls it back.
+    let (mut c, rms) = tx_cluster(
+        "xn-coord0",
+        &[("TPMON_FAILPOINTS", "tm.before_decision=kill")],
+        &[],
+    );
+    let pids = all_pids(&c.status(0).expect("n1's status"));
+    let mut client = c.client(0, false);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    client
+        .call("NESTED", &s("b"), Flags::NONE)
+        .expect("NESTED (n3)");
+    client
+        .tx_commit()
+        .expect_err("the coordinator died during commit");
+    drop(client);
+    assert_eq!(
+        tpmon_xa::fake::FakeRm::prepared(&rms.path.join("gs3")).len(),
+        1
+    );
+    reboot_after_failpoint(&mut c, 0, &pids);
+    nothing_open(&c, &rms);
+    assert_eq!(rm_calls(&rms, "gs1", "rollback", Some("ok")), 2);
+    assert_eq!(rm_calls(&rms, "gs3", "rollback", Some("ok")), 1);
+    assert_eq!(
+        rm_calls(&rms, "gs1", "commit", None) + rm_calls(&rms, "gs3", "commit", None),
+        0
+    );
+}
