@@ -303,10 +303,11 @@ impl Tm {
     /// Phase 1 on the other nodes: each must log its branches as prepared. Fails if
     /// one cannot (unreachable, refused).
     pub(crate) async fn prepare_remote(
-        &self,
+        self: &Arc<Self>,
         gtrid: &str,
-        branches: &[(u16, Vec<u8>)],
+        branches: &[BranchRef],
     ) -> Result<(), String> {
+        // In parallel: the slowest node, not their sum, bounds phase 1.
         let mut tasks = Vec::new();
         for (node, bs) in self.by_node(branches) {
             let req = SubRequest {
@@ -314,14 +315,18 @@ impl Tm {
                 decision: Decision::default(),
                 branches: bs,
             };
-            tasks.push(self.ask(node, SubItem::Prepare, req));
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                me.ask(node, SubItem::Prepare, req).await
+            }));
         }
         let mut why = None;
         for t in tasks {
             match t.await {
-                Ok(a) if a.status == Status::Ok => {}
-                Ok(a) => why = Some(a.detail),
-                Err(e) => why = Some(e),
+                Ok(Ok(a)) if a.status == Status::Ok => {}
+                Ok(Ok(a)) => why = Some(a.detail),
+                Ok(Err(e)) => why = Some(e),
+                Err(e) => why = Some(e.to_string()),
             }
         }
         why.map_or(Ok(()), Err)
