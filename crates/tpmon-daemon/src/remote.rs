@@ -4,7 +4,9 @@
 //! The caller's side. Local callers (clients and server instances on this host) send
 //! a `RemoteCall` datagram to `run_dir/remote.sock`; relayed clients send theirs on
 //! their TCP session (`relay`). The daemon picks a node offering the service whose
-//! link is up in both directions and that has not announced it is leaving, round-robin
+//! link is up in both directions, that answered CHECK_RECOVERED_NODE with "recovered"
+//! on that link (asked when the link comes up) and that has not announced it is
+//! leaving, round-robin
 //! among them per service, and sends a Call frame (its async sequence is this daemon's
 //! link call id). The Call response carries the Reply, which goes to the caller as a
 //! local reply would (a datagram to its reply address, or a frame on its connection).
@@ -45,6 +47,19 @@ use crate::relay::{error_reply, ConnSender, InjectError, ReplyTo};
 const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 /// How often expired calls are swept (link failures are acted on at once).
 const SWEEP_PERIOD: Duration = Duration::from_millis(100);
+/// How often a node that answered "recovering" is asked again.
+const CHECK_PERIOD: Duration = Duration::from_millis(200);
+
+/// Why no new call goes to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unroutable {
+    /// Its link is down.
+    Down,
+    /// It announced that it is shutting down.
+    Leaving,
+    /// It has not answered that its boot recovery has finished.
+    Recovering,
+}
 
 /// Who waits for the reply of a call sent to another node.
 pub enum Origin {
@@ -99,6 +114,12 @@ struct PeerCalls {
     /// (INVALIDATE_SHARD_TARGET); 0: it did not. Routing skips it while the link's
     /// `downs` count is unchanged.
     leaving: AtomicU64,
+    /// `downs + 1` of the link when the node answered CHECK_RECOVERED_NODE with
+    /// "recovered"; routing skips it while this differs from the link's count (a node
+    /// that restarted takes new work only once its boot recovery has finished).
+    recovered: AtomicU64,
+    /// When CHECK_RECOVERED_NODE was last sent to it (ms since the daemon started).
+    asked_ms: AtomicU64,
 }
 
 /// The calls of one node daemon to and from the other nodes.
@@ -121,6 +142,8 @@ pub struct Remote {
     /// `run_dir/remote.sock`, taken by the reader thread.
     socket: Mutex<Option<Endpoint>>,
     path: PathBuf,
+    /// The origin of `PeerCalls::asked_ms`.
+    born: Instant,
 }
 
 /// A peer's counters for `tpmon status`.
@@ -135,9 +158,11 @@ pub struct PeerCounters {
     pub in_flight: usize,
     /// Calls it sent here being served now.
     pub serving: usize,
-    /// New calls may be routed to it: the link is up and it did not announce that it
-    /// is leaving.
+    /// New calls may be routed to it: the link is up, it answered that its boot
+    /// recovery has finished and it did not announce that it is leaving.
     pub routable: bool,
+    /// It answered CHECK_RECOVERED_NODE with "recovered" on the current link.
+    pub recovered: bool,
 }
 
 impl Remote {
@@ -175,6 +200,7 @@ impl Remote {
             relay_address: relay_address.to_vec(),
             socket: Mutex::new(Some(socket)),
             path,
+            born: Instant::now(),
         })
     }
 
@@ -191,12 +217,27 @@ impl Remote {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The link to `peer` is up and `peer` did not announce it is leaving; its
-    /// `downs` count.
+    /// Why no new call may go to `peer` now, or its link's `downs` count when one
+    /// may: the link is up, `peer` answered that its recovery has finished and did
+    /// not announce it is leaving.
+    fn route_state(&self, peer: u32) -> Result<u64, Unroutable> {
+        let (up, downs) = self.mesh.link_state(peer).ok_or(Unroutable::Down)?;
+        let c = &self.peers[peer as usize];
+        if !up {
+            Err(Unroutable::Down)
+        } else if c.leaving.load(Ordering::Acquire) == downs.wrapping_add(1) {
+            Err(Unroutable::Leaving)
+        } else if c.recovered.load(Ordering::Acquire) != downs.wrapping_add(1) {
+            Err(Unroutable::Recovering)
+        } else {
+            Ok(downs)
+        }
+    }
+
+    /// The link to `peer` is up, `peer` has recovered and did not announce it is
+    /// leaving; its `downs` count.
     fn routable(&self, peer: u32) -> Option<u64> {
-        let (up, downs) = self.mesh.link_state(peer)?;
-        let leaving = self.peers[peer as usize].leaving.load(Ordering::Acquire);
-        (up && leaving != downs.wrapping_add(1)).then_some(downs)
+        self.route_state(peer).ok()
     }
 
     /// Picks a node for `service` among those that offer it and can be reached,
@@ -205,17 +246,33 @@ impl Remote {
         let Some((nodes, rr)) = self.offers.get(service) else {
             return Err((ErrorKind::NoEnt, format!("no service named {service}")));
         };
-        let up: Vec<(u32, u64)> = nodes
-            .iter()
-            .filter(|p| !tried.contains(p))
-            .filter_map(|&p| self.routable(p).map(|d| (p, d)))
-            .collect();
+        let mut up: Vec<(u32, u64)> = Vec::new();
+        let mut recovering = Vec::new();
+        for &p in nodes.iter().filter(|p| !tried.contains(p)) {
+            match self.route_state(p) {
+                Ok(d) => up.push((p, d)),
+                Err(Unroutable::Recovering) => recovering.push(self.name(p)),
+                Err(_) => {}
+            }
+        }
         if up.is_empty() {
             let names: Vec<&str> = nodes.iter().map(|&p| self.name(p)).collect();
-            let why = if names.len() == 1 {
-                "which cannot be reached now (its link is down or it is shutting down)"
+            let still = if recovering.is_empty() {
+                String::new()
             } else {
-                "none of which can be reached now (links down or nodes shutting down)"
+                format!(
+                    "; {} still recovering after a restart (boot recovery not finished)",
+                    tpmon_proto::node_list(&recovering)
+                )
+            };
+            let why = if names.len() == 1 && recovering.is_empty() {
+                "which cannot be reached now (its link is down or it is shutting down)".to_string()
+            } else if names.len() == 1 {
+                "which is still recovering after a restart (boot recovery not finished)".to_string()
+            } else {
+                format!(
+                    "none of which can be reached now (links down or nodes shutting down{still})"
+                )
             };
             return Err((
                 ErrorKind::NoEnt,
@@ -676,6 +733,7 @@ impl Remote {
             Self::deliver(dom, c.origin, reply);
         }
         dom.relay.forget(None, broken, now);
+        self.check_recovered();
     }
 
     /// Forgets the calls of a relayed client's closed connection.
@@ -704,7 +762,73 @@ impl Remote {
             in_flight: c.out_now.load(Ordering::Relaxed),
             serving: c.in_now.load(Ordering::Relaxed),
             routable: self.routable(peer).is_some(),
+            recovered: self.mesh.link_state(peer).is_some_and(|(up, d)| {
+                up && c.recovered.load(Ordering::Acquire) == d.wrapping_add(1)
+            }),
         })
+    }
+
+    /// Asks CHECK_RECOVERED_NODE of every node whose link is up and that has not
+    /// answered "recovered" on it yet (again every [`CHECK_PERIOD`] while it answers
+    /// "recovering"). The request's async sequence is the link's `downs` count, so
+    /// that an answer from an earlier link is recognised.
+    fn check_recovered(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        for p in 0..self.nodes.len() as u32 {
+            if p == self.me {
+                continue;
+            }
+            let Some((true, downs)) = self.mesh.link_state(p) else {
+                continue;
+            };
+            let c = &self.peers[p as usize];
+            if c.recovered.load(Ordering::Acquire) == downs.wrapping_add(1) {
+                continue;
+            }
+            let last = c.asked_ms.load(Ordering::Acquire);
+            if last != 0 && now.saturating_sub(last) < CHECK_PERIOD.as_millis() as u64 {
+                continue;
+            }
+            c.asked_ms.store(now.max(1), Ordering::Release);
+            let mut frame = Frame::request(Item::CheckRecovered, self.me, Vec::new());
+            frame.async_seq = downs;
+            if let Err(e) = self.mesh.send(p, frame) {
+                tracing::debug!(peer = p, error = %e, "could not ask another node whether it has recovered");
+            }
+        }
+    }
+
+    /// A CHECK_RECOVERED_NODE answer from `from` (body: 1 recovered, 0 recovering).
+    pub fn on_recovered_answer(&self, from: u32, frame: Frame) {
+        let Some((true, downs)) = self.mesh.link_state(from) else {
+            return;
+        };
+        let Some(c) = self.peers.get(from as usize) else {
+            return;
+        };
+        if frame.async_seq != downs {
+            return; // asked on an earlier link
+        }
+        if frame.body.first() == Some(&1) {
+            if c.recovered.swap(downs.wrapping_add(1), Ordering::AcqRel) != downs.wrapping_add(1) {
+                tracing::info!(
+                    peer = from,
+                    node = self.name(from),
+                    "another node has finished its recovery: new calls may be routed to it"
+                );
+            }
+        } else {
+            // Asked again at the next sweep after CHECK_PERIOD.
+            c.asked_ms.store(
+                (self.born.elapsed().as_millis() as u64).max(1),
+                Ordering::Release,
+            );
+            tracing::debug!(
+                peer = from,
+                node = self.name(from),
+                "another node is still recovering: no new calls are routed to it"
+            );
+        }
     }
 
     /// Starts the thread that takes local callers' calls from `run_dir/remote.sock`

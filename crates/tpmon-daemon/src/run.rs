@@ -351,8 +351,9 @@ fn link_plan(
     Ok(Some(tpmon_link::MeshConfig::new(identity, addrs)))
 }
 
-/// Hands the frames other nodes send to their owners: calls (requests and responses)
-/// and INVALIDATE_SHARD_TARGET to the remote-call state; the transaction managers'
+/// Hands the frames other nodes send to their owners: calls (requests and responses),
+/// INVALIDATE_SHARD_TARGET and the answers to CHECK_RECOVERED_NODE to the remote-call
+/// state; CHECK_RECOVERED_NODE requests are answered here from the TM's state; the transaction managers'
 /// Prepare, Commit, Rollback and QueryAdvice (requests and responses) to the TM
 /// links; anything else is logged at debug level and dropped. The channel is always drained, or the links would stop reading.
 async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::Incoming>) {
@@ -363,6 +364,24 @@ async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::
             (Some(remote), Item::Call, false) => remote.on_request(&dom, from, frame),
             (Some(remote), Item::Call, true) => remote.on_response(&dom, from, frame),
             (Some(remote), Item::InvalidateTarget, false) => remote.on_leaving(from),
+            (Some(remote), Item::CheckRecovered, true) => remote.on_recovered_answer(from, frame),
+            (Some(_), Item::CheckRecovered, false) => {
+                // CHECK_RECOVERED_NODE: 1 once this node's boot recovery has finished.
+                let answer = tpmon_link::Frame {
+                    response: true,
+                    async_seq: frame.async_seq,
+                    ..tpmon_link::Frame::request(
+                        Item::CheckRecovered,
+                        dom.node_index as u32,
+                        vec![u8::from(dom.tm.recovered())],
+                    )
+                };
+                if let Some(mesh) = &dom.mesh {
+                    if let Err(e) = mesh.send(from, answer) {
+                        tracing::debug!(peer = from, error = %e, "could not answer CHECK_RECOVERED_NODE");
+                    }
+                }
+            }
             (_, Item::Prepare | Item::Commit | Item::Rollback | Item::QueryAdvice, response)
                 if dom.tm_links.is_some() =>
             {

@@ -70,6 +70,15 @@ fn nodes(dom: &Domain) -> Vec<Value> {
                 "listen": if this { cfg.domain.listen } else { n.listen }.to_string(),
                 "link": n.link.map(|a| a.to_string()),
             });
+            if this {
+                // CHECK_RECOVERED_NODE: the others route new work here only once
+                // this node's boot recovery has finished.
+                v["recovery"] = json!(if dom.tm.recovered() {
+                    "recovered"
+                } else {
+                    "recovering"
+                });
+            }
             if let Some(p) = peers.iter().find(|p| p.position as usize == i) {
                 v["link_up"] = json!(p.up());
                 v["outbound_up"] = json!(p.outbound_up);
@@ -83,6 +92,7 @@ fn nodes(dom: &Domain) -> Vec<Value> {
             }
             if let Some(c) = dom.remote.as_ref().and_then(|r| r.counters(i as u32)) {
                 v["routable"] = json!(c.routable);
+                v["recovered"] = json!(c.recovered);
                 v["calls_sent"] = json!(c.sent);
                 v["calls_received"] = json!(c.received);
                 v["calls_in_flight"] = json!(c.in_flight);

@@ -189,6 +189,10 @@ pub struct Tm {
     /// Places for transactions in phase 2 whose originator did not wait for it.
     pub(crate) phase_two_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) state: Mutex<State>,
+    /// The boot recovery pass has finished (CHECK_RECOVERED_NODE): the logged
+    /// decisions were driven and the in-doubt subordinate entries resolved or their
+    /// coordinators asked. Until then the other nodes route no new work here.
+    pub(crate) recovered: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Tm {
@@ -285,6 +289,7 @@ impl Tm {
             links: std::sync::OnceLock::new(),
             phase_two_slots: Arc::new(tokio::sync::Semaphore::new(PHASE_TWO_MAX)),
             state: Mutex::new(State::default()),
+            recovered: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -336,11 +341,32 @@ impl Tm {
         }
     }
 
+    /// Whether this node's boot recovery has finished (CHECK_RECOVERED_NODE: other
+    /// nodes route new calls here only then).
+    pub fn recovered(&self) -> bool {
+        self.recovered.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Runs recovery now and then every `recovery_interval` until `stop` resolves.
+    /// The end of the first pass marks the node recovered ([`Tm::recovered`]); the
+    /// failpoint `tm.boot_recovery` (before that pass) lets a test hold it.
     pub async fn run_recovery(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        if !self.recovered() {
+            let _ =
+                tokio::task::spawn_blocking(|| tpmon_xa::failpoint::hit("tm.boot_recovery")).await;
+        }
         loop {
             self.recover_once().await;
+            if !self
+                .recovered
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                tracing::info!(
+                    node = %self.node,
+                    "boot recovery finished: this node takes new work from the others"
+                );
+            }
             tokio::select! {
                 _ = tokio::time::sleep(self.recovery_interval) => {}
                 _ = &mut stop => return,

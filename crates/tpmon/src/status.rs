@@ -79,7 +79,12 @@ pub fn render(v: &Value) -> String {
             let name = nd["name"].as_str().unwrap_or("?");
             let link = nd["link"].as_str().unwrap_or("-");
             if nd["this"].as_bool() == Some(true) {
-                let _ = writeln!(out, "{:<17} {:<22} this", name, link);
+                // "this, recovering" until its boot recovery has finished.
+                let state = match nd["recovery"].as_str() {
+                    Some("recovering") => "this, recovering",
+                    _ => "this",
+                };
+                let _ = writeln!(out, "{:<17} {:<22} {state}", name, link);
                 continue;
             }
             let updown = |x: &Value| match x.as_bool() {
@@ -93,8 +98,11 @@ pub fn render(v: &Value) -> String {
             } else {
                 nd["last_error"].as_str().unwrap_or("-")
             };
-            // Up but taking no new calls: the node announced its shutdown.
-            let state = if nd["link_up"].as_bool() == Some(true) && nd["routable"] == false {
+            // Up but taking no new calls: it has not finished its boot recovery
+            // (CHECK_RECOVERED_NODE), or it announced its shutdown.
+            let state = if nd["link_up"].as_bool() == Some(true) && nd["recovered"] == false {
+                "recovering"
+            } else if nd["link_up"].as_bool() == Some(true) && nd["routable"] == false {
                 "leaving"
             } else {
                 updown(&nd["link_up"])

@@ -342,10 +342,14 @@ fn server<'a>(st: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no server {name} in the status: {st}"))
 }
 
-/// Both directions of the link to node `name` are up.
+/// Both directions of the link to node `name` are up, and it answered that its boot
+/// recovery has finished (CHECK_RECOVERED_NODE).
 fn linked(st: &Value, name: &str) -> bool {
     let n = node(st, name);
-    n["outbound_up"] == true && n["inbound_up"] == true && n["link_up"] == true
+    n["outbound_up"] == true
+        && n["inbound_up"] == true
+        && n["link_up"] == true
+        && n["recovered"] == true
 }
 
 /// Both directions of the link to node `name` are down.
@@ -838,11 +842,34 @@ impl FakeNode {
             me,
             members: NODES.len() as u32,
         };
-        let (mesh, rx) = rt
+        let (mesh, mut incoming) = rt
             .block_on(tpmon_link::Mesh::start(tpmon_link::MeshConfig::new(
                 identity, addrs,
             )))
             .expect("joining the mesh");
+        // CHECK_RECOVERED_NODE is answered "recovered" at once (the daemons route
+        // nothing here until it is); every other frame goes to the test.
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        // Weak: dropping the test's mesh must end the membership.
+        let answering = std::sync::Arc::downgrade(&mesh);
+        rt.spawn(async move {
+            while let Some(inc) = incoming.recv().await {
+                if inc.frame.item == Item::CheckRecovered && !inc.frame.response {
+                    let answer = Frame {
+                        response: true,
+                        async_seq: inc.frame.async_seq,
+                        ..Frame::request(Item::CheckRecovered, me, vec![1])
+                    };
+                    if let Some(m) = answering.upgrade() {
+                        let _ = m.send(inc.from, answer);
+                    }
+                    continue;
+                }
+                if tx.send(inc).await.is_err() {
+                    return;
+                }
+            }
+        });
         FakeNode {
             rt,
             mesh: Some(mesh),
@@ -1255,6 +1282,69 @@ fn reboot_after_failpoint(c: &mut Cluster, i: usize, pids: &[u32]) {
         wait_until("a killed instance is gone", LIMIT, || !alive(pid));
     }
     c.boot(i);
+}
+
+/// CHECK_RECOVERED_NODE: n3, restarted with its boot recovery held (failpoint
+/// `tm.boot_recovery`), reports itself "recovering"; n1 sees its link up but routes
+/// nothing to it (STRONLY, only on n3, is TPENOENT naming the reason) until the
+/// recovery finishes, then calls go there again.
+#[test]
+fn a_restarted_node_takes_new_calls_only_after_its_recovery() {
+    let (mut c, _rms) = tx_cluster("xn-recovering", &[], &[]);
+    c.kill(2);
+    c.wait_status(0, "n3's link down", |st| unlinked(st, "n3"));
+    let hold = c.run_dir.join("n3-recovery-held");
+    let fp = format!("tm.boot_recovery=wait:{}", hold.display());
+    c.boot_env(2, &[("TPMON_FAILPOINTS", fp.as_str())]);
+    wait_until("n3's boot recovery is held", LIMIT, || hold.exists());
+    let st = c.wait_status(2, "n3 reports itself recovering", |st| {
+        node(st, "n3")["recovery"] == "recovering"
+    });
+    assert_eq!(node(&st, "n3")["this"], true, "{st}");
+    let st = c.wait_status(0, "n3's link up, n3 not recovered", |st| {
+        node(st, "n3")["link_up"] == true
+    });
+    assert_eq!(node(&st, "n3")["recovered"], false, "{st}");
+    assert!(!routable(&st, "n3"), "{st}");
+    let text_status = tpmon(c.node_args(0, "status"));
+    assert!(text_status.ok(), "{text_status:?}");
+    assert!(
+        text_status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("n3 ") && l.contains("recovering")),
+        "{}",
+        text_status.stdout
+    );
+    for relay in [false, true] {
+        let mut client = c.client(0, relay);
+        let e = client
+            .call("STRONLY", &s("x"), Flags::NONE)
+            .expect_err("n3 is recovering");
+        assert_eq!(e.kind, ErrorKind::NoEnt, "{e}");
+        assert_eq!(
+            e.detail,
+            "service \"STRONLY\" is offered on node \"n3\", which is still recovering \
+             after a restart (boot recovery not finished)"
+        );
+    }
+    // Released: n3 finishes its recovery, n1 learns it and routes to it again.
+    std::fs::remove_file(&hold).expect("releasing n3's recovery");
+    c.wait_status(2, "n3 recovered", |st| {
+        node(st, "n3")["recovery"] == "recovered"
+    });
+    c.wait_status(0, "n3 routable again", |st| routable(st, "n3"));
+    let mut client = c.client(0, false);
+    let r = client
+        .call("STRONLY", &s("back"), Flags::NONE)
+        .expect("n3 recovered");
+    assert_eq!(text(&r), "back");
+    assert!(
+        c.log(0)
+            .contains("another node has finished its recovery: new calls may be routed to it"),
+        "{}",
+        c.log(0)
+    );
 }
 
 #[test]
