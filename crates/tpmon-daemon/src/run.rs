@@ -354,7 +354,7 @@ fn link_plan(
 /// Hands the frames other nodes send to their owners: calls (requests and responses),
 /// INVALIDATE_SHARD_TARGET and the answers to CHECK_RECOVERED_NODE to the remote-call
 /// state; CHECK_RECOVERED_NODE requests are answered here from the TM's state; the transaction managers'
-/// Prepare, Commit, Rollback and QueryAdvice (requests and responses) to the TM
+/// Prepare, Commit, Rollback, QueryAdvice and GET_MAX_SCN (requests and responses) to the TM
 /// links; anything else is logged at debug level and dropped. The channel is always drained, or the links would stop reading.
 async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::Incoming>) {
     use tpmon_link::Item;
@@ -382,9 +382,11 @@ async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::
                     }
                 }
             }
-            (_, Item::Prepare | Item::Commit | Item::Rollback | Item::QueryAdvice, response)
-                if dom.tm_links.is_some() =>
-            {
+            (
+                _,
+                Item::Prepare | Item::Commit | Item::Rollback | Item::QueryAdvice | Item::GetMaxScn,
+                response,
+            ) if dom.tm_links.is_some() => {
                 if let Some(l) = &dom.tm_links {
                     if response {
                         l.on_response(frame);

@@ -73,6 +73,8 @@ fn nodes(dom: &Domain) -> Vec<Value> {
             if this {
                 // CHECK_RECOVERED_NODE: the others route new work here only once
                 // this node's boot recovery has finished.
+                // GET_MAX_SCN: this node's commit sequence number.
+                v["scn"] = json!(dom.tm.scn());
                 v["recovery"] = json!(if dom.tm.recovered() {
                     "recovered"
                 } else {

@@ -1,5 +1,5 @@
 //! The transaction manager's requests to the other nodes' transaction managers over
-//! the node links (Prepare, Commit, Rollback and QueryAdvice frames, bodies of
+//! the node links (Prepare, Commit, Rollback, QueryAdvice and GET_MAX_SCN frames, bodies of
 //! `tpmon_tm::subordinate`), and the serving of theirs.
 //!
 //! Owns only the requests in flight (async sequence → waiter) and the framing; the
@@ -40,6 +40,7 @@ fn item_of(i: SubItem) -> Item {
         SubItem::Commit => Item::Commit,
         SubItem::Rollback => Item::Rollback,
         SubItem::QueryAdvice => Item::QueryAdvice,
+        SubItem::GetMaxScn => Item::GetMaxScn,
     }
 }
 
@@ -50,6 +51,7 @@ pub fn sub_item(i: Item) -> Option<SubItem> {
         Item::Commit => SubItem::Commit,
         Item::Rollback => SubItem::Rollback,
         Item::QueryAdvice => SubItem::QueryAdvice,
+        Item::GetMaxScn => SubItem::GetMaxScn,
         _ => return None,
     })
 }

@@ -353,6 +353,8 @@ impl Tm {
                 ),
             );
         }
+        // One more commit decision logged: the commit sequence number (GET_MAX_SCN).
+        self.scn.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         failpoint::hit("tm.after_decision");
         self.lock().tracked.insert(
             text.clone(),

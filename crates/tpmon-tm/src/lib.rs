@@ -34,7 +34,7 @@ pub mod subordinate;
 mod view;
 
 pub use commit::{LogCall, PhaseTwoJob};
-pub use subordinate::{Links, Status as SubStatus, SubAnswer, SubItem, SubRequest};
+pub use subordinate::{Links, ScnAnswer, Status as SubStatus, SubAnswer, SubItem, SubRequest};
 
 /// What a commit decision tells the resource managers besides "commit": spec 03's
 /// global checkpoint number (the largest checkpoint number among the yes votes,
@@ -193,6 +193,11 @@ pub struct Tm {
     /// decisions were driven and the in-doubt subordinate entries resolved or their
     /// coordinators asked. Until then the other nodes route no new work here.
     pub(crate) recovered: std::sync::atomic::AtomicBool,
+    /// Commit sequence number (GET_MAX_SCN): `epoch << 32` plus the commit decisions
+    /// logged since this boot. Durable at no cost: the epoch is (the log's epoch
+    /// record, advanced at every boot), so it never goes back across restarts; the
+    /// node with the highest one decided most recently.
+    pub(crate) scn: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Tm {
@@ -290,6 +295,7 @@ impl Tm {
             phase_two_slots: Arc::new(tokio::sync::Semaphore::new(PHASE_TWO_MAX)),
             state: Mutex::new(State::default()),
             recovered: std::sync::atomic::AtomicBool::new(false),
+            scn: std::sync::atomic::AtomicU64::new(epoch << 32),
         }))
     }
 
@@ -339,6 +345,11 @@ impl Tm {
                 source: std::io::Error::other(e.to_string()),
             }),
         }
+    }
+
+    /// This node's commit sequence number (see the field `scn`; GET_MAX_SCN).
+    pub fn scn(&self) -> u64 {
+        self.scn.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether this node's boot recovery has finished (CHECK_RECOVERED_NODE: other

@@ -46,8 +46,35 @@ pub enum SubItem {
     Commit,
     /// Roll the branches back, then forget them.
     Rollback,
-    /// (Subordinate to coordinator) what was decided for this transaction?
+    /// (Subordinate to coordinator, or to another node when the coordinator cannot be
+    /// reached) what was decided for this transaction?
     QueryAdvice,
+    /// (Subordinate to any node) its commit sequence number: the body of the request
+    /// is empty, the answer's is [`ScnAnswer`]'s.
+    GetMaxScn,
+}
+
+/// GET_MAX_SCN's answer: the node's commit sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScnAnswer(pub u64);
+
+impl ScnAnswer {
+    /// The wire form: `u8 version = 1`, `u64` SCN little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![VERSION];
+        v.extend_from_slice(&self.0.to_le_bytes());
+        v
+    }
+
+    /// Reads [`ScnAnswer::encode`]'s bytes.
+    pub fn decode(body: &[u8]) -> Option<ScnAnswer> {
+        let mut r = Rd(body);
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let scn = r.u64()?;
+        r.0.is_empty().then_some(ScnAnswer(scn))
+    }
 }
 
 /// A response's status.
@@ -339,10 +366,15 @@ impl Tm {
         item: SubItem,
         body: &[u8],
     ) -> Vec<u8> {
+        if item == SubItem::GetMaxScn {
+            return ScnAnswer(self.scn()).encode();
+        }
         let Some(req) = SubRequest::decode(body) else {
             return SubAnswer::new(Status::Failed, "malformed request").encode();
         };
         let answer = match item {
+            // Answered above (its body is not a SubRequest).
+            SubItem::GetMaxScn => SubAnswer::new(Status::Failed, "malformed request"),
             SubItem::QueryAdvice => self.advise(&req),
             SubItem::Prepare => self.sub_prepare(from, req).await,
             SubItem::Commit => self.sub_end(req, true).await,
@@ -357,8 +389,30 @@ impl Tm {
         let Some(g) = Gtrid::parse(&req.gtrid) else {
             return SubAnswer::new(Status::Failed, "not a tpmon transaction id");
         };
-        if g.domain != self.domain || g.node != self.node {
-            return SubAnswer::new(Status::Failed, "not a transaction of this node");
+        if g.domain != self.domain {
+            return SubAnswer::new(Status::Failed, "not a transaction of this domain");
+        }
+        if g.node != self.node {
+            // Not the coordinator: asked because the coordinator cannot be reached.
+            // Only a Prepare entry here holding the coordinator's advice is a definite
+            // answer; anything else is "unknown" (never a guess).
+            return match self
+                .log
+                .get(&req.gtrid)
+                .filter(|e| self.log.holds(&req.gtrid) && e.state == TxState::Prepare)
+                .map(|e| (e.advice, e.data))
+            {
+                Some((Advice::Commit, data)) => SubAnswer {
+                    status: Status::Commit,
+                    decision: Decision::decode(&data),
+                    detail: String::new(),
+                },
+                Some((Advice::Rollback, _)) => SubAnswer::new(Status::Rollback, ""),
+                _ => SubAnswer::new(
+                    Status::Wait,
+                    format!("node {:?} does not know the outcome", self.node),
+                ),
+            };
         }
         let st = self.lock();
         if let Some(e) = self
@@ -652,6 +706,62 @@ impl Tm {
         }
     }
 
+    /// Subordinate recovery when the coordinator (`coordinator`) cannot be reached
+    /// (`why`): asks every other reachable node its commit sequence number
+    /// (GET_MAX_SCN), then QUERY_ADVICE of them from the highest SCN down, and returns
+    /// the first definite answer (commit or roll back). Without one, why not: the
+    /// transaction stays in doubt and recovery asks again (no guess).
+    async fn ask_others(
+        &self,
+        why: &str,
+        coordinator: usize,
+        text: &str,
+    ) -> Result<SubAnswer, String> {
+        let Some(links) = self.links.get() else {
+            return Err("no node links".into());
+        };
+        let mut scns: Vec<(u64, usize)> = Vec::new();
+        for n in 0..self.nodes.len() {
+            if Some(n) == self.me || n == coordinator {
+                continue;
+            }
+            if let Ok(body) = links.request(n, SubItem::GetMaxScn, Vec::new()).await {
+                if let Some(ScnAnswer(scn)) = ScnAnswer::decode(&body) {
+                    scns.push((scn, n));
+                }
+            }
+        }
+        if scns.is_empty() {
+            return Err("no other node could be asked".into());
+        }
+        scns.sort_by(|a, b| b.cmp(a));
+        let mut answers = Vec::new();
+        for (scn, n) in scns {
+            let name = self.nodes.get(n).map_or("?", String::as_str);
+            let req = SubRequest {
+                gtrid: text.as_bytes().to_vec(),
+                decision: Decision::default(),
+                branches: Vec::new(),
+            };
+            match self.ask(n, SubItem::QueryAdvice, req).await {
+                Ok(a) if matches!(a.status, Status::Commit | Status::Rollback) => {
+                    tracing::info!(
+                        gtrid = text,
+                        node = name,
+                        scn,
+                        coordinator_unreachable = why,
+                        "in doubt: the outcome came from another node (highest SCN that knows it)"
+                    );
+                    return Ok(a);
+                }
+                Ok(a) => answers.push(format!("asked {name:?} (SCN {scn}): {}", a.detail)),
+                Err(e) => answers.push(format!("asked {name:?} (SCN {scn}): {e}")),
+            }
+        }
+        tracing::info!(gtrid = text, coordinator_unreachable = why, answers = %answers.join("; "), "in doubt: the coordinator cannot be reached and no other node (GET_MAX_SCN, QUERY_ADVICE) knows the outcome; will ask again");
+        Err(answers.join("; "))
+    }
+
     /// Subordinate recovery: resolve the Prepare entries whose coordinator's phase 2
     /// did not come, by the logged advice or by asking the coordinator.
     pub(crate) async fn drive_subordinate(&self, e: Entry) {
@@ -682,7 +792,16 @@ impl Tm {
                     decision: Decision::default(),
                     branches: Vec::new(),
                 };
-                match self.ask(node, SubItem::QueryAdvice, req).await {
+                let asked = match self.ask(node, SubItem::QueryAdvice, req).await {
+                    // The coordinator cannot be reached: ask the others, highest SCN
+                    // first (spec 02 §2.4).
+                    Err(e) => match self.ask_others(&e, node, &text).await {
+                        Ok(found) => Ok(found),
+                        Err(why) => Err(format!("{e}; {why}")),
+                    },
+                    other => other,
+                };
+                match asked {
                     Ok(a) if a.status == Status::Commit => (true, a.decision),
                     Ok(a) if a.status == Status::Rollback => (false, Decision::default()),
                     other => {
@@ -736,6 +855,16 @@ impl Tm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scn_answers_round_trip() {
+        for scn in [0, 1 << 32, u64::MAX] {
+            let a = ScnAnswer(scn);
+            assert_eq!(ScnAnswer::decode(&a.encode()), Some(a));
+        }
+        assert_eq!(ScnAnswer::decode(&[1, 2, 3]), None);
+        assert_eq!(ScnAnswer::decode(&[]), None);
+    }
 
     #[test]
     fn bodies_round_trip_and_garbage_is_refused() {

@@ -1473,6 +1473,35 @@ fn a_coordinator_killed_after_its_decision_completes_phase_2_after_reboot() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(listed[0]["coordinator"], "n1", "{listed}");
     assert_eq!(listed[0]["state"], "prepared (subordinate)", "{listed}");
+    // With n1 unreachable, n3 asks the others (GET_MAX_SCN, then QUERY_ADVICE from
+    // the highest SCN down): n2 does not know the outcome, so n3 keeps the
+    // transaction in doubt and asks again; it never guesses.
+    wait_until("n3 asked n2 for the outcome", LIMIT, || {
+        let l = tx_list(&c, 2);
+        l[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("asked \"n2\" (SCN ") && e.contains("does not know"))
+            && l[0]["retries"].as_u64().unwrap_or(0) >= 2
+    });
+    assert!(
+        c.log(2)
+            .contains("no other node (GET_MAX_SCN, QUERY_ADVICE) knows the outcome"),
+        "{}",
+        c.log(2)
+    );
+    let listed = tx_list(&c, 2);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(
+        tpmon_xa::fake::FakeRm::prepared(&rms.path.join("gs3")).len(),
+        1,
+        "n3's branch stays prepared while the coordinator is down"
+    );
+    assert_eq!(
+        rm_calls(&rms, "gs3", "commit", None) + rm_calls(&rms, "gs3", "rollback", None),
+        0
+    );
+    let scn2 = node(&c.status(1).expect("n2's status"), "n2")["scn"].clone();
+    assert!(scn2.as_u64().is_some(), "n2 reports its SCN: {scn2}");
     reboot_after_failpoint(&mut c, 0, &pids);
     nothing_open(&c, &rms);
     assert_eq!(rm_calls(&rms, "gs1", "commit", Some("ok")), 2);
