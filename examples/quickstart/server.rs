@@ -293,6 +293,10 @@ fn main() -> ExitCode {
                 Buffer::string(text(&req.buffer).to_uppercase()),
             )
         })
+        .service("NODEINFO", |ctx, _req| {
+            // The name of the node that served the call (examples/multinode).
+            tpreturn(Outcome::Success, 0, Buffer::string(ctx.node().to_string()))
+        })
         .service("ECHO", |_ctx, req| {
             tpreturn(Outcome::Success, 0, req.buffer)
         })

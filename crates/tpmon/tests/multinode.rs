@@ -161,13 +161,20 @@ impl Cluster {
 
     /// Writes one file per node: `file(i)` gives node i's link secret and changes.
     fn with(tag: &str, file: impl Fn(usize) -> (&'static str, Extra)) -> Cluster {
+        Cluster::with_text(tag, |i, links| {
+            let (secret, extra) = file(i);
+            config_text(secret, links, &extra)
+        })
+    }
+
+    /// Writes one file per node: `text(i, link ports)` is node i's file.
+    fn with_text(tag: &str, text: impl Fn(usize, &[u16]) -> String) -> Cluster {
         let dir = TempDir::new(tag);
         let links: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
         let configs = (0..NODES.len())
             .map(|i| {
-                let (secret, extra) = file(i);
                 let f = dir.path.join(format!("domain-{}.toml", NODES[i]));
-                std::fs::write(&f, config_text(secret, &links, &extra)).expect("writing a file");
+                std::fs::write(&f, text(i, &links)).expect("writing a file");
                 f
             })
             .collect();
@@ -1547,4 +1554,98 @@ fn a_coordinator_killed_before_its_decision_rolls_back_on_both_after_reboot() {
         rm_calls(&rms, "gs1", "commit", None) + rm_calls(&rms, "gs3", "commit", None),
         0
     );
+}
+
+/// examples/multinode/domain.toml as it is (link ports made free, the test's secret,
+/// the built server program and the field table by absolute path): NODEINFO called
+/// from n1 is served on n3, and a TRANSFER in a global transaction begun on n1 (TRANSFER
+/// on n2, DEBIT1 on n1's site, CREDIT2 on n3's site) commits and keeps TOTAL.
+#[test]
+fn the_multinode_example_serves_nodeinfo_on_n3_and_transfers_across_nodes() {
+    use tpmon_buffer::{FieldBuffer, FieldKey, FieldTable, FieldValue};
+    use tpmon_client::Buffer;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let example = include_str!("../../../examples/multinode/domain.toml");
+    let mut c = Cluster::with_text("example", |_, links| {
+        let mut t = example
+            .replace("${TPMON_LINK_SECRET}", SECRET)
+            .replace(
+                "executable = \"tpmon-quickstart-server\"",
+                &format!(
+                    "executable = {}",
+                    toml_string(env!("CARGO_BIN_EXE_tpmon-quickstart-server"))
+                ),
+            )
+            .replace(
+                "field_tables = [\"../quickstart/quickstart.fld\"]",
+                &format!(
+                    "field_tables = [{}]",
+                    toml_string(&format!("{root}/../../examples/quickstart/quickstart.fld"))
+                ),
+            );
+        for (i, port) in links.iter().enumerate() {
+            t = t.replace(
+                &format!("link = \"127.0.0.1:{}\"", 7491 + i),
+                &format!("link = \"127.0.0.1:{port}\""),
+            );
+        }
+        t
+    });
+    for i in 0..NODES.len() {
+        c.boot(i);
+    }
+    for i in 0..NODES.len() {
+        c.wait_status(i, "both other nodes linked", |st| {
+            others(i).all(|j| linked(st, NODES[j]) && routable(st, NODES[j]))
+        });
+    }
+    for relay in [false, true] {
+        let mut client = c.client(0, relay);
+        let r = client
+            .call("NODEINFO", &s(""), Flags::NONE)
+            .expect("NODEINFO from n1");
+        assert_eq!(text(&r), "n3");
+    }
+
+    let table = FieldTable::parse(
+        include_str!("../../../examples/quickstart/quickstart.fld"),
+        "quickstart.fld",
+    )
+    .expect("field table");
+    let key = |n: &str| -> FieldKey { table.key_of(n).expect("field") };
+    let fields = |pairs: &[(FieldKey, i64)]| {
+        let mut f = FieldBuffer::new();
+        for (k, v) in pairs {
+            f.add(*k, FieldValue::Long(*v)).expect("add");
+        }
+        Buffer::Field(f)
+    };
+    let total = |client: &mut Client| -> i64 {
+        let r = client
+            .call("TOTAL", &fields(&[]), Flags::NONE)
+            .expect("TOTAL");
+        match &r.buffer {
+            Some(Buffer::Field(f)) => f.get_long(key("TOTAL"), 0).expect("TOTAL field"),
+            other => panic!("TOTAL answered {other:?}"),
+        }
+    };
+    let mut client = c.client(0, false);
+    let before = total(&mut client);
+    assert!(before > 0, "{before}");
+    for _ in 0..3 {
+        client.tx_begin().expect("begin");
+        client
+            .call(
+                "TRANSFER",
+                &fields(&[(key("FROM"), 1), (key("TO"), 2), (key("AMOUNT"), 10)]),
+                Flags::NONE,
+            )
+            .expect("TRANSFER (n2 -> n1, n3)");
+        assert_eq!(client.tx_commit(), Ok(tpmon_client::Committed::Done));
+    }
+    assert_eq!(total(&mut client), before, "TOTAL is kept");
+    // Nothing stays logged on any node.
+    wait_until("no transaction left on any node", LIMIT, || {
+        (0..NODES.len()).all(|i| tx_list(&c, i).as_array().is_some_and(Vec::is_empty))
+    });
 }
