@@ -41,6 +41,12 @@ pub enum BenchCommand {
         /// Client counts to measure.
         #[arg(long, value_delimiter = ',', default_value = "1,4")]
         clients: Vec<usize>,
+        /// Global transactions instead of plain calls: begin, the call, commit with a
+        /// durable decision, the service's group on n2 having the no-op resource
+        /// manager; from n1 (n1's TM coordinates, n2's is its subordinate over the
+        /// link) against the same on n2 alone.
+        #[arg(long)]
+        tx: bool,
     },
     /// Global transaction log: group commit against one fdatasync per change, on real
     /// files in a temporary directory.
@@ -145,7 +151,14 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
             json,
             seconds,
             clients,
+            tx: false,
         } => crate::bench_remote::bench_remote(json, seconds, &clients),
+        BenchCommand::Remote {
+            json,
+            seconds,
+            clients,
+            tx: true,
+        } => crate::bench_remote::bench_remote_tx(json, seconds, &clients),
         BenchCommand::Log {
             json,
             seconds,

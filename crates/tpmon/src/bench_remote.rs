@@ -1,7 +1,11 @@
 //! `tpmon bench remote`: the round trip of a call to a service of another node (client
 //! on n1, service on n2, over the node link on loopback) against the same call made on
-//! n2 itself, on the fast path and relayed. It boots the two nodes itself, in a
-//! temporary directory, and shuts them down.
+//! n2 itself, on the fast path and relayed. With `--tx`, global transactions instead
+//! (begin, the call, commit with a durable decision; the service's group has the no-op
+//! resource manager): from n1, a transaction spanning two nodes (n1's TM coordinates,
+//! n2's prepares and logs its branch as a subordinate over the link), against the same
+//! transaction on n2 alone. It boots the two nodes itself, in a temporary directory,
+//! and shuts them down.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,20 +20,25 @@ use crate::bench::{point_json, row, tpcall_point, Point, PAYLOAD_BYTES};
 
 const NODES: [&str; 2] = ["n1", "n2"];
 
-/// The two-node domain: the echo server runs on n2 only.
-fn toml(links: &[u16], instances: usize) -> String {
+/// The two-node domain: the echo server runs on n2 only; with `tx`, its group has the
+/// no-op resource manager and every commit logs its decision (no one-phase commit).
+fn toml(links: &[u16], instances: usize, tx: bool) -> String {
     let mut t = String::from(
         "[domain]\nname = \"benchr\"\nlisten = \"127.0.0.1:7499\"\nrun_dir = \"run\"\n\
          link_secret = \"bench-remote-link-secret\"\n",
     );
+    if tx {
+        t.push_str("\n[domain.tx]\none_phase_commit = false\n");
+    }
     for (i, (node, port)) in NODES.iter().zip(links).enumerate() {
         t.push_str(&format!(
             "\n[[node]]\nname = \"{node}\"\nlisten = \"127.0.0.1:{}\"\nlink = \"127.0.0.1:{port}\"\n",
             17499 + i
         ));
     }
+    let rm = if tx { "rm = \"noop\"\n" } else { "" };
     t.push_str(&format!(
-        "\n[[group]]\nname = \"g2\"\nnode = \"n2\"\n\n[[server]]\nname = \"echo\"\n\
+        "\n[[group]]\nname = \"g2\"\nnode = \"n2\"\n{rm}\n[[server]]\nname = \"echo\"\n\
          group = \"g2\"\nexecutable = \"tpmon-quickstart-server\"\nmin_instances = {instances}\n\
          max_instances = {instances}\n\n[[service]]\nname = \"ECHO\"\nserver = \"echo\"\n"
     ));
@@ -45,7 +54,7 @@ struct TwoNodes {
 }
 
 impl TwoNodes {
-    fn boot(instances: usize) -> anyhow::Result<TwoNodes> {
+    fn boot(instances: usize, tx: bool) -> anyhow::Result<TwoNodes> {
         let dir = std::env::temp_dir().join(format!("tpmon-bench-remote-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -56,7 +65,7 @@ impl TwoNodes {
             })
             .collect::<anyhow::Result<Vec<u16>>>()?;
         let config = dir.join("domain.toml");
-        std::fs::write(&config, toml(&links, instances))?;
+        std::fs::write(&config, toml(&links, instances, tx))?;
         let mut nodes = TwoNodes {
             dir,
             config,
@@ -208,7 +217,7 @@ pub fn bench_remote(as_json: bool, seconds: f64, clients: &[usize]) -> anyhow::R
     }
     crate::quickstart::require_example_server()?;
     let instances = clients.iter().copied().max().unwrap_or(1);
-    let mut nodes = TwoNodes::boot(instances)?;
+    let mut nodes = TwoNodes::boot(instances, false)?;
     let figures = measure(&nodes, seconds, clients);
     let counted = check_counters(&nodes);
     nodes.down()?;
@@ -289,5 +298,98 @@ pub fn bench_remote(as_json: bool, seconds: f64, clients: &[usize]) -> anyhow::R
         f.remote_relayed.mean_us - f.local_relayed.mean_us
     );
     println!("calls n1 sent over the link: {sent}");
+    Ok(())
+}
+
+/// One transaction loop point: begin, ECHO, commit through node `i`'s daemon.
+fn tx_point(nodes: &TwoNodes, i: usize, clients: usize, seconds: f64) -> anyhow::Result<Point> {
+    let addr = nodes.addr(i)?.to_string();
+    crate::bench_tx::clients_point(clients, seconds, move |_| {
+        let mut c = tpmon_client::Client::connect(&tpmon_client::ClientOptions::new(addr.clone()))?;
+        if !c.is_local() {
+            bail!("the benchmark client did not get the local fast path");
+        }
+        let req = tpmon_buffer::Buffer::string("x".repeat(PAYLOAD_BYTES));
+        Ok(Box::new(move || {
+            c.tx_begin().map_err(|e| anyhow::anyhow!("{e}"))?;
+            c.call("ECHO", &req, tpmon_client::Flags::NONE)?;
+            c.tx_commit().map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        }))
+    })
+}
+
+/// `tpmon bench remote --tx`: global transactions spanning two nodes against the same
+/// transactions on one node.
+pub fn bench_remote_tx(as_json: bool, seconds: f64, clients: &[usize]) -> anyhow::Result<()> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        bail!("--seconds must be positive");
+    }
+    if clients.is_empty() || clients.contains(&0) {
+        bail!("--clients needs counts of at least 1");
+    }
+    crate::quickstart::require_example_server()?;
+    let instances = clients.iter().copied().max().unwrap_or(1);
+    let mut nodes = TwoNodes::boot(instances, true)?;
+    let mut points = Vec::new();
+    let mut failed = None;
+    // Alternating, so that a slow moment of the machine does not favour one side.
+    for &c in clients {
+        match (
+            tx_point(&nodes, 1, c, seconds),
+            tx_point(&nodes, 0, c, seconds),
+        ) {
+            (Ok(l), Ok(r)) => points.push((l, r)),
+            (Err(e), _) | (_, Err(e)) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let counted = check_counters(&nodes);
+    nodes.down()?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let (sent, _) = counted?;
+    let ratio = |r: &Point, l: &Point| r.calls_per_s / l.calls_per_s.max(f64::MIN_POSITIVE);
+    if as_json {
+        let pairs: Vec<_> = points
+            .iter()
+            .map(|(l, r)| {
+                json!({
+                    "clients": l.clients,
+                    "one_node": point_json(l),
+                    "two_nodes": point_json(r),
+                    "ratio_tx_per_s_two_nodes_to_one": ratio(r, l),
+                })
+            })
+            .collect();
+        let v = json!({
+            "payload_bytes": PAYLOAD_BYTES,
+            "seconds_per_point": seconds,
+            "instances": instances,
+            "transactions": pairs,
+            "calls_sent_over_the_link": sent,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "tpmon bench remote --tx: tx_begin, tpcall ECHO ({PAYLOAD_BYTES}-byte STRING, no-op \
+         resource manager, on n2), tx_commit (decision fsynced), {seconds} s per point\n\
+         one node: the client on n2; two nodes: the client on n1 (n1's TM coordinates, n2's \
+         logs its branch prepared as a subordinate over the node link)\n"
+    );
+    crate::bench_tx::header("");
+    for (l, r) in &points {
+        crate::bench_tx::row(&format!("one node (n2), {} client(s)", l.clients), l, "");
+        crate::bench_tx::row(
+            &format!("two nodes (n1 -> n2), {} client(s)", r.clients),
+            r,
+            &format!("{:.2}x the transactions/s of one node", ratio(r, l)),
+        );
+    }
+    println!("\ncalls n1 sent over the link: {sent}");
     Ok(())
 }

@@ -1649,3 +1649,34 @@ fn the_multinode_example_serves_nodeinfo_on_n3_and_transfers_across_nodes() {
         (0..NODES.len()).all(|i| tx_list(&c, i).as_array().is_some_and(Vec::is_empty))
     });
 }
+
+/// `tpmon bench remote --tx` runs end to end: transactions on one node and spanning
+/// two (over the link) both commit, and n1's calls crossed the link.
+#[test]
+fn bench_remote_tx_measures_transactions_on_one_and_two_nodes() {
+    let run = tpmon([
+        "bench",
+        "remote",
+        "--tx",
+        "--json",
+        "--seconds",
+        "0.3",
+        "--clients",
+        "1",
+    ]);
+    assert!(run.ok(), "{run:?}");
+    let v: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    let p = &v["transactions"][0];
+    for side in ["one_node", "two_nodes"] {
+        assert!(
+            p[side]["calls_per_s"].as_f64().is_some_and(|x| x > 0.0),
+            "{side}: {v}"
+        );
+    }
+    assert!(
+        v["calls_sent_over_the_link"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{v}"
+    );
+}
