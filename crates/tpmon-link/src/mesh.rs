@@ -5,7 +5,9 @@
 //!
 //! Owns the connections, the handshake's time limit, heartbeats and failure
 //! detection (a passive connection that carries nothing, not even a heartbeat, for
-//! `dead_after` is closed), reconnection with exponential back-off, the per-peer
+//! `dead_after` is closed; the passive side answers each heartbeat, and an active
+//! connection that hears no answer for `dead_after` is closed too, so a peer whose
+//! traffic is dropped, not refused, is found dead from both sides), reconnection with exponential back-off, the per-peer
 //! state shown by `tpmon status`, and the frame size limit. It must not interpret
 //! bodies: frames other than heartbeats go to the owner's channel.
 
@@ -32,9 +34,10 @@ pub struct MeshConfig {
     pub identity: Identity,
     /// Every member's link address, by position.
     pub addrs: Vec<SocketAddr>,
-    /// How often an idle active connection sends a heartbeat.
+    /// How often an active connection sends a heartbeat (the passive side answers it).
     pub heartbeat: Duration,
-    /// A passive connection silent for this long is dead.
+    /// A passive connection silent for this long is dead, and so is an active one
+    /// whose heartbeats got no answer for this long.
     pub dead_after: Duration,
     /// Longest a connection may take to connect and authenticate.
     pub handshake_timeout: Duration,
@@ -284,6 +287,30 @@ impl Mesh {
     }
 }
 
+/// Removes the whole frames at the front of `buf` (bytes read on our active
+/// connection to `peer`), which must all be heartbeat answers from `peer`; a partial
+/// frame stays for the next read.
+fn take_heartbeat_answers(buf: &mut Vec<u8>, peer: u32, max: usize) -> Result<(), String> {
+    loop {
+        let Some(size) = buf.get(..4) else {
+            return Ok(());
+        };
+        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]);
+        let n = check_size(size, max).map_err(|e| e.to_string())?;
+        if buf.len() < 4 + n {
+            return Ok(());
+        }
+        let frame = Frame::decode(&buf[4..4 + n]).map_err(|e| e.to_string())?;
+        if frame.item != Item::Heartbeat || !frame.response || frame.sender != peer {
+            return Err(format!(
+                "unexpected {:?} (response: {}) from member {} instead of a heartbeat answer",
+                frame.item, frame.response, frame.sender
+            ));
+        }
+        buf.drain(..4 + n);
+    }
+}
+
 async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), f: &Frame) -> std::io::Result<()> {
     w.write_all(&f.encode()).await
 }
@@ -339,8 +366,9 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
         drop(m);
         let (mut rd, mut wr) = stream.into_split();
         let mut tick = tokio::time::interval(cfg.heartbeat);
-        let mut last_sent = Instant::now();
-        let mut probe = [0u8; 1];
+        let mut last_heard = Instant::now();
+        let mut acks = Vec::new();
+        let mut chunk = [0u8; 512];
         let why = loop {
             tokio::select! {
                 f = rx.recv() => {
@@ -348,24 +376,34 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
                     if let Err(e) = write_frame(&mut wr, &f).await {
                         break format!("write to {addr} failed: {e}");
                     }
-                    last_sent = Instant::now();
                 }
                 _ = tick.tick() => {
-                    if last_sent.elapsed() >= cfg.heartbeat {
-                        if let Err(e) = write_frame(&mut wr, &Frame::request(Item::Heartbeat, me, Vec::new())).await {
-                            break format!("heartbeat to {addr} failed: {e}");
-                        }
-                        last_sent = Instant::now();
+                    // Writes into a peer that went silent (traffic dropped, not
+                    // refused) may succeed for a long time: its answers to our
+                    // heartbeats are what proves it alive.
+                    if last_heard.elapsed() >= cfg.dead_after {
+                        break format!(
+                            "{addr} answered no heartbeat for {:?}, taken for dead",
+                            cfg.dead_after
+                        );
+                    }
+                    if let Err(e) = write_frame(&mut wr, &Frame::request(Item::Heartbeat, me, Vec::new())).await {
+                        break format!("heartbeat to {addr} failed: {e}");
                     }
                 }
-                r = rd.read(&mut probe) => {
-                    // Nothing is ever sent back on an active connection: EOF or data
-                    // both mean it is finished.
-                    break match r {
-                        Ok(0) => format!("{addr} closed the link"),
-                        Ok(_) => format!("{addr} sent data on our outbound link"),
-                        Err(e) => format!("read from {addr} failed: {e}"),
-                    };
+                r = rd.read(&mut chunk) => {
+                    // Only heartbeat answers come back on an active connection.
+                    match r {
+                        Ok(0) => break format!("{addr} closed the link"),
+                        Ok(n) => {
+                            last_heard = Instant::now();
+                            acks.extend_from_slice(&chunk[..n]);
+                            if let Err(e) = take_heartbeat_answers(&mut acks, peer, cfg.packet_max) {
+                                break format!("{addr} on our outbound link: {e}");
+                            }
+                        }
+                        Err(e) => break format!("read from {addr} failed: {e}"),
+                    }
                 }
             }
         };
@@ -497,7 +535,19 @@ async fn passive(
             break format!("inbound link from {addr}: a frame claims sender {} on member {from}'s link; closing it", frame.sender);
         }
         if frame.item == Item::Heartbeat {
-            continue;
+            // Answered on this connection: the peer's proof that we still hear it.
+            let mut answer = Frame::request(Item::Heartbeat, cfg.identity.me, Vec::new());
+            answer.response = true;
+            match tokio::time::timeout(cfg.dead_after, write_frame(&mut stream, &answer)).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => break format!("inbound link from {addr}: answering a heartbeat: {e}"),
+                Err(_) => {
+                    break format!(
+                        "inbound link from {addr}: a heartbeat answer could not be written for {:?}, taken for dead",
+                        cfg.dead_after
+                    )
+                }
+            }
         }
         if tx.send(Incoming { from, frame }).await.is_err() {
             return;

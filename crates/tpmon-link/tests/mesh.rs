@@ -1,12 +1,16 @@
 //! Three members on loopback: every pair links up, frames flow both ways, a member
 //! that stops is found dead within the heartbeat limits and comes back when it
-//! restarts, and a member with the wrong secret never joins.
+//! restarts, a member whose traffic is dropped (a proxy that stops forwarding
+//! without closing anything) is found dead from both sides and links up again when
+//! the traffic flows, and a member with the wrong secret never joins.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tpmon_link::{Frame, Identity, Incoming, Item, Mesh, MeshConfig};
 
@@ -170,4 +174,83 @@ async fn a_member_with_the_wrong_secret_never_joins() {
             m.peers()
         );
     }
+}
+
+/// A TCP proxy to `to` on a port of its own. While `open` is false it forwards
+/// nothing: bytes are read and dropped, new connections are accepted, and a side
+/// that closes is not told to the other (traffic dropped, as on a cut cable).
+async fn proxy(to: SocketAddr, open: Arc<AtomicBool>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = l.local_addr().expect("proxy addr");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            let Ok(upstream) = TcpStream::connect(to).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (ur, uw) = upstream.into_split();
+            tokio::spawn(pump(cr, uw, open.clone()));
+            tokio::spawn(pump(ur, cw, open.clone()));
+        }
+    });
+    addr
+}
+
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    open: Arc<AtomicBool>,
+) {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = r.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            // Closed: while cut, the other side must not learn it.
+            while !open.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            return;
+        }
+        if open.load(Ordering::SeqCst) && w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_traffic_is_dropped_is_found_dead_from_both_sides_and_comes_back() {
+    let (ls, addrs) = listeners(2).await;
+    // Member 0 reaches member 1 through the proxy; member 1 reaches member 0 directly.
+    let open = Arc::new(AtomicBool::new(true));
+    let via = proxy(addrs[1], open.clone()).await;
+    let mut it = ls.into_iter();
+    let mut c0 = config(0, &[addrs[0], via], "s3cret");
+    c0.handshake_timeout = Duration::from_millis(500);
+    let mut c1 = config(1, &addrs, "s3cret");
+    c1.handshake_timeout = Duration::from_millis(500);
+    let (m0, _rx0) = Mesh::start_on(c0, it.next().expect("l0"));
+    let (m1, _rx1) = Mesh::start_on(c1, it.next().expect("l1"));
+    until("both linked", || all_up(&m0) && all_up(&m1)).await;
+
+    open.store(false, Ordering::SeqCst);
+    // Member 1 hears nothing from 0 any more; member 0's writes still succeed (the
+    // proxy takes them) but its heartbeats go unanswered.
+    until("member 1 sees its inbound link from 0 dead", || {
+        !m1.peers()[0].inbound_up
+    })
+    .await;
+    until("member 0 sees its outbound link to 1 dead", || {
+        !m0.peers()[0].outbound_up
+    })
+    .await;
+    assert!(
+        m0.peers()[0].last_error.contains("answered no heartbeat"),
+        "{:?}",
+        m0.peers()
+    );
+    assert!(m0.send(1, Frame::request(Item::Call, 0, vec![])).is_err());
+    assert!(!m1.link_state(0).expect("member 0").0);
+
+    open.store(true, Ordering::SeqCst);
+    until("both linked again", || all_up(&m0) && all_up(&m1)).await;
 }

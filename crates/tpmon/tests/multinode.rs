@@ -11,7 +11,11 @@
 //! again it links up and serves again. A node shutting down announces it
 //! (INVALIDATE_SHARD_TARGET) and still answers the calls it has. Malformed and
 //! excessive calls from a node are answered with errors, never closing the link. A
-//! node with the wrong `link_secret` never links up.
+//! node with the wrong `link_secret` never links up. A node whose link traffic is
+//! dropped (a proxy that stops forwarding without closing anything) is found dead by
+//! the others within the failure-detection time, its calls in flight fail with
+//! TPESVCERR, new calls fail over or get TPENOENT; when the traffic flows again the
+//! links come back and calls reach it again.
 
 mod support;
 
@@ -657,6 +661,164 @@ fn clients_of_any_node_call_services_of_the_others() {
     let st = c.status(2).expect("n3's status");
     assert!(calls(&st, "n1", "calls_received") >= 10, "{st}");
     assert!(calls(&st, "n2", "calls_received") >= 2, "{st}");
+}
+
+/// A TCP proxy (threads) to a port on loopback, on a port of its own. While cut it
+/// forwards nothing: bytes are read and dropped, new connections are accepted, and a
+/// side that closes is not told to the other (traffic dropped, as on a cut cable).
+struct Proxy {
+    port: u16,
+    listener: std::net::TcpListener,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn bind() -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
+        Proxy {
+            port: listener.local_addr().expect("proxy address").port(),
+            listener,
+            open: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    /// Starts forwarding to `127.0.0.1:to` (the accept thread ends with the test).
+    fn start(&self, to: u16) {
+        let listener = self.listener.try_clone().expect("cloning the listener");
+        let open = self.open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
+                    continue;
+                };
+                let (o1, o2) = (open.clone(), open.clone());
+                std::thread::spawn(move || pump(client, u2, o1));
+                std::thread::spawn(move || pump(upstream, c2, o2));
+            }
+        });
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = from.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            // Closed: while cut, the other side must not learn it.
+            while !open.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        if open.load(std::sync::atomic::Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// n1 and n2 reach n3's link through a proxy (their files name the proxy's port as
+/// n3's link; n3's own file its real one). The proxy stops forwarding: n3's link is
+/// down on every node within the failure-detection time (2 s of silence; n1 and n2
+/// learn it from their unanswered heartbeats), a call in flight to n3 fails with
+/// TPESVCERR, NODE fails over to n2 and STRONLY is TPENOENT at once. The proxy
+/// forwards again: the links come back and n3 serves again.
+#[test]
+fn a_cut_link_is_found_dead_and_its_healing_brings_the_node_back() {
+    let proxy = Proxy::bind();
+    let mut c = Cluster::with_text("cut", |i, links| {
+        let t = config_text(SECRET, links, &Extra::default());
+        if i == 2 {
+            t
+        } else {
+            t.replace(
+                &format!("link = \"127.0.0.1:{}\"", links[2]),
+                &format!("link = \"127.0.0.1:{}\"", proxy.port),
+            )
+        }
+    });
+    proxy.start(c.links[2]);
+    for i in 0..NODES.len() {
+        c.boot(i);
+    }
+    for i in 0..NODES.len() {
+        c.wait_status(i, "both other nodes linked", |st| {
+            others(i).all(|j| linked(st, NODES[j]) && routable(st, NODES[j]))
+        });
+    }
+    let mut fast = c.client(0, false);
+    let cd = fast
+        .acall("SLEEP", &s("30000"), Flags::NONE)
+        .expect("acall");
+    c.wait_status(0, "the SLEEP call in flight to n3", |st| {
+        calls(st, "n3", "calls_in_flight") == 1
+    });
+
+    proxy.set_open(false);
+    let cut = std::time::Instant::now();
+    let e = fast
+        .getrply(Some(cd), Flags::NONE)
+        .expect_err("n3's link was cut while it served");
+    let took = cut.elapsed();
+    assert_eq!(e.kind, ErrorKind::SvcErr, "{e}");
+    assert!(
+        e.detail
+            .contains("the link to node \"n3\" went down while the call to SLEEP was in flight"),
+        "{}",
+        e.detail
+    );
+    assert!(took < Duration::from_secs(6), "the failure took {took:?}");
+    for i in 0..2 {
+        let st = c.wait_status(i, "n3's link down", |st| {
+            node(st, "n3")["link_up"] == false && !routable(st, "n3")
+        });
+        assert_eq!(node(&st, "n3")["outbound_up"], false, "{st}");
+    }
+    c.wait_status(2, "the links of n1 and n2 down", |st| {
+        node(st, "n1")["link_up"] == false && node(st, "n2")["link_up"] == false
+    });
+    for relay in [false, true] {
+        let mut client = c.client(0, relay);
+        for _ in 0..5 {
+            let r = client.call("NODE", &s(""), Flags::NONE).expect("NODE");
+            assert_eq!(text(&r), "n2");
+        }
+        let t = std::time::Instant::now();
+        let e = client
+            .call("STRONLY", &s("x"), Flags::NONE)
+            .expect_err("only n3 offers it");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(e.kind, ErrorKind::NoEnt, "{e}");
+    }
+
+    proxy.set_open(true);
+    for i in 0..NODES.len() {
+        c.wait_status(i, "both other nodes linked again", |st| {
+            others(i).all(|j| linked(st, NODES[j]) && routable(st, NODES[j]))
+        });
+    }
+    for relay in [false, true] {
+        let mut client = c.client(0, relay);
+        let r = client
+            .call("STRONLY", &s("back"), Flags::NONE)
+            .expect("n3 again");
+        assert_eq!(text(&r), "back");
+    }
+    let st = c.status(0).expect("n1's status");
+    assert!(calls(&st, "n3", "calls_failed_link_down") >= 1, "{st}");
 }
 
 #[test]
