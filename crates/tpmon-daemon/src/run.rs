@@ -277,6 +277,13 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
         tm.set_links(Arc::new(l.clone()));
         l
     });
+    if let Some(mesh) = &mesh {
+        sites.link_nodes(
+            mesh.clone(),
+            node_index as u32,
+            config.groups.iter().map(|g| g.node).collect(),
+        );
+    }
     let (shutdown_tx, _) = watch::channel(false);
     let mut config = config;
     config.domain.listen = listen_addr;
@@ -355,7 +362,7 @@ fn link_plan(
 /// INVALIDATE_SHARD_TARGET and the answers to CHECK_RECOVERED_NODE to the remote-call
 /// state; CHECK_RECOVERED_NODE requests are answered here from the TM's state; the transaction managers'
 /// Prepare, Commit, Rollback, QueryAdvice and GET_MAX_SCN (requests and responses) to the TM
-/// links; anything else is logged at debug level and dropped. The channel is always drained, or the links would stop reading.
+/// links; Redo (requests and acknowledgements) to the embedded sites; anything else is logged at debug level and dropped. The channel is always drained, or the links would stop reading.
 async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::Incoming>) {
     use tpmon_link::Item;
     while let Some(incoming) = links.recv().await {
@@ -395,6 +402,7 @@ async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::
                     }
                 }
             }
+            (_, Item::Redo, _) => dom.sites.on_link_redo(from, frame),
             _ => tracing::debug!(
                 from,
                 item = ?frame.item,
