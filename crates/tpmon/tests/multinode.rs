@@ -761,7 +761,7 @@ fn a_cut_link_is_found_dead_and_its_healing_brings_the_node_back() {
     }
     let mut fast = c.client(0, false);
     let cd = fast
-        .acall("SLEEP", &s("30000"), Flags::NONE)
+        .acall("SLEEP", &s("10000"), Flags::NONE)
         .expect("acall");
     c.wait_status(0, "the SLEEP call in flight to n3", |st| {
         calls(st, "n3", "calls_in_flight") == 1
