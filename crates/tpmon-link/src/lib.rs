@@ -9,10 +9,11 @@
 //!   heartbeats, failure detection, reconnection with back-off, per-peer state.
 //!
 //! Status: each node daemon of a multi-node domain joins the mesh at boot, shows the
-//! links in `tpmon status`, and sends its remote calls (Call) and its shutdown notice
-//! (INVALIDATE_SHARD_TARGET) over them; it learns of link failures from
-//! [`Mesh::changes`] and [`Mesh::link_state`]. Cross-node transactions and the
-//! recovery commands are issue 5's next steps. This crate must not interpret frame
+//! links in `tpmon status`, and sends over them its remote calls (Call), its shutdown
+//! notice (INVALIDATE_SHARD_TARGET), CHECK_RECOVERED_NODE, the transaction managers'
+//! items (Prepare, Commit, Rollback, QUERY_ADVICE_INDOUBT_GTX, GET_MAX_SCN) and the
+//! embedded sites' redo requests (Redo); it learns of link failures from
+//! [`Mesh::changes`] and [`Mesh::link_state`]. This crate must not interpret frame
 //! bodies (the daemon does).
 
 pub mod frame;
