@@ -120,6 +120,8 @@ struct PeerCalls {
     recovered: AtomicU64,
     /// When CHECK_RECOVERED_NODE was last sent to it (ms since the daemon started).
     asked_ms: AtomicU64,
+    /// CONNECT_GLOBAL_RECOVERY_MEMBER has been sent to it since this daemon booted.
+    member_sent: std::sync::atomic::AtomicBool,
 }
 
 /// The calls of one node daemon to and from the other nodes.
@@ -798,6 +800,50 @@ impl Remote {
         }
     }
 
+    /// Sends CONNECT_GLOBAL_RECOVERY_MEMBER, once per boot, to every node our
+    /// outbound link to which is up: that node resets its reconnection back-off for
+    /// us and, if its own link to us is down, reconnects at once, so that a restarted
+    /// node is linked both ways without waiting out the other's back-off. A send that
+    /// fails (the link went down again) is retried at the next sweep.
+    fn connect_members(&self) {
+        for peer in self.mesh.peers() {
+            let Some(c) = self.peers.get(peer.position as usize) else {
+                continue;
+            };
+            if !peer.outbound_up || c.member_sent.load(Ordering::Acquire) {
+                continue;
+            }
+            let frame = Frame::request(Item::ConnectMember, self.me, Vec::new());
+            match self.mesh.send(peer.position, frame) {
+                Ok(()) => {
+                    c.member_sent.store(true, Ordering::Release);
+                    tracing::info!(
+                        peer = peer.position,
+                        node = self.name(peer.position),
+                        "sent CONNECT_GLOBAL_RECOVERY_MEMBER to another node"
+                    );
+                }
+                Err(e) => tracing::debug!(
+                    peer = peer.position,
+                    error = %e,
+                    "could not send CONNECT_GLOBAL_RECOVERY_MEMBER; retried at the next sweep"
+                ),
+            }
+        }
+    }
+
+    /// CONNECT_GLOBAL_RECOVERY_MEMBER from `from`: it (re)joined the mesh, so its
+    /// back-off is reset and, if our outbound link to it is down, we reconnect now.
+    pub fn on_connect_member(&self, from: u32) {
+        let woken = self.mesh.reconnect_now(from);
+        tracing::info!(
+            peer = from,
+            node = self.name(from),
+            reconnecting = woken,
+            "CONNECT_GLOBAL_RECOVERY_MEMBER from another node: back-off reset"
+        );
+    }
+
     /// A CHECK_RECOVERED_NODE answer from `from` (body: 1 recovered, 0 recovering).
     pub fn on_recovered_answer(&self, from: u32, frame: Frame) {
         let Some((true, downs)) = self.mesh.link_state(from) else {
@@ -867,6 +913,7 @@ impl Remote {
                     r = changes.changed() => if r.is_err() { return },
                     _ = tick.tick() => {}
                 }
+                me.connect_members();
                 me.sweep(&dom);
             }
         });

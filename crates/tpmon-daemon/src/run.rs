@@ -319,6 +319,11 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
     })
 }
 
+/// Environment variable: a fixed reconnection back-off for the node links, in
+/// milliseconds (the first wait and the longest alike; default 50 ms doubling up to
+/// 5 s). Made for tests of CONNECT_GLOBAL_RECOVERY_MEMBER.
+pub const LINK_BACKOFF_ENV: &str = "TPMON_LINK_BACKOFF_MS";
+
 /// The mesh this node joins, in a multi-node domain: positions are the indices of the
 /// configuration's nodes.
 fn link_plan(
@@ -355,11 +360,21 @@ fn link_plan(
         me: node_index as u32,
         members: config.nodes.len() as u32,
     };
-    Ok(Some(tpmon_link::MeshConfig::new(identity, addrs)))
+    let mut mesh = tpmon_link::MeshConfig::new(identity, addrs);
+    if let Some(ms) = std::env::var(LINK_BACKOFF_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        // A fixed back-off (first wait and longest alike), for tests that need the
+        // mesh to wait long before reconnecting on its own.
+        mesh.backoff_min = Duration::from_millis(ms.max(1));
+        mesh.backoff_max = mesh.backoff_min;
+    }
+    Ok(Some(mesh))
 }
 
 /// Hands the frames other nodes send to their owners: calls (requests and responses),
-/// INVALIDATE_SHARD_TARGET and the answers to CHECK_RECOVERED_NODE to the remote-call
+/// INVALIDATE_SHARD_TARGET, CONNECT_GLOBAL_RECOVERY_MEMBER and the answers to CHECK_RECOVERED_NODE to the remote-call
 /// state; CHECK_RECOVERED_NODE requests are answered here from the TM's state; the transaction managers'
 /// Prepare, Commit, Rollback, QueryAdvice and GET_MAX_SCN (requests and responses) to the TM
 /// links; Redo (requests and acknowledgements) to the embedded sites; anything else is logged at debug level and dropped. The channel is always drained, or the links would stop reading.
@@ -371,6 +386,7 @@ async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::
             (Some(remote), Item::Call, false) => remote.on_request(&dom, from, frame),
             (Some(remote), Item::Call, true) => remote.on_response(&dom, from, frame),
             (Some(remote), Item::InvalidateTarget, false) => remote.on_leaving(from),
+            (Some(remote), Item::ConnectMember, false) => remote.on_connect_member(from),
             (Some(remote), Item::CheckRecovered, true) => remote.on_recovered_answer(from, frame),
             (Some(_), Item::CheckRecovered, false) => {
                 // CHECK_RECOVERED_NODE: 1 once this node's boot recovery has finished.

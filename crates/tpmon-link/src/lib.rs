@@ -10,7 +10,8 @@
 //!
 //! Status: each node daemon of a multi-node domain joins the mesh at boot, shows the
 //! links in `tpmon status`, and sends over them its remote calls (Call), its shutdown
-//! notice (INVALIDATE_SHARD_TARGET), CHECK_RECOVERED_NODE, the transaction managers'
+//! notice (INVALIDATE_SHARD_TARGET), CONNECT_GLOBAL_RECOVERY_MEMBER (the receiver
+//! reconnects at once: [`Mesh::reconnect_now`]), CHECK_RECOVERED_NODE, the transaction managers'
 //! items (Prepare, Commit, Rollback, QUERY_ADVICE_INDOUBT_GTX, GET_MAX_SCN) and the
 //! embedded sites' redo requests (Redo); it learns of link failures from
 //! [`Mesh::changes`] and [`Mesh::link_state`]. This crate must not interpret frame

@@ -7,7 +7,8 @@
 //! detection (a passive connection that carries nothing, not even a heartbeat, for
 //! `dead_after` is closed; the passive side answers each heartbeat, and an active
 //! connection that hears no answer for `dead_after` is closed too, so a peer whose
-//! traffic is dropped, not refused, is found dead from both sides), reconnection with exponential back-off, the per-peer
+//! traffic is dropped, not refused, is found dead from both sides), reconnection with
+//! exponential back-off (cut short by [`Mesh::reconnect_now`]), the per-peer
 //! state shown by `tpmon status`, and the frame size limit. It must not interpret
 //! bodies: frames other than heartbeats go to the owner's channel.
 
@@ -41,6 +42,10 @@ pub struct MeshConfig {
     pub dead_after: Duration,
     /// Longest a connection may take to connect and authenticate.
     pub handshake_timeout: Duration,
+    /// First wait before reconnecting after a failure; it doubles at each failed
+    /// attempt up to `backoff_max` and is back to this after a success or
+    /// [`Mesh::reconnect_now`].
+    pub backoff_min: Duration,
     /// Longest wait between two reconnection attempts.
     pub backoff_max: Duration,
     /// Largest packet accepted or sent.
@@ -49,7 +54,8 @@ pub struct MeshConfig {
 
 impl MeshConfig {
     /// Defaults for everything but who and where: heartbeats every 500 ms, dead
-    /// after 2 s of silence, 5 s to connect and authenticate, back-off up to 5 s,
+    /// after 2 s of silence, 5 s to connect and authenticate, back-off from 50 ms up
+    /// to 5 s,
     /// packets up to 16 MiB.
     pub fn new(identity: Identity, addrs: Vec<SocketAddr>) -> MeshConfig {
         MeshConfig {
@@ -58,6 +64,7 @@ impl MeshConfig {
             heartbeat: Duration::from_millis(500),
             dead_after: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             packet_max: crate::frame::PACKET_BYTES_MAX,
         }
@@ -140,6 +147,8 @@ pub struct Mesh {
     inbound: std::sync::atomic::AtomicUsize,
     /// Counts every change of any peer's state (a direction up or down).
     changes: watch::Sender<u64>,
+    /// By position: wakes that peer's connect loop out of its back-off.
+    wake: Vec<Arc<tokio::sync::Notify>>,
 }
 
 impl Drop for Mesh {
@@ -173,6 +182,7 @@ impl Mesh {
         listener: TcpListener,
     ) -> (Arc<Mesh>, mpsc::Receiver<Incoming>) {
         let (tx, rx) = mpsc::channel(OUTBOX_FRAMES);
+        let n = cfg.addrs.len();
         let slots = cfg
             .addrs
             .iter()
@@ -200,6 +210,9 @@ impl Mesh {
             gens: AtomicU64::new(1),
             inbound: std::sync::atomic::AtomicUsize::new(0),
             changes: watch::channel(0).0,
+            wake: (0..n)
+                .map(|_| Arc::new(tokio::sync::Notify::new()))
+                .collect(),
         });
         let mut handles = vec![tokio::spawn(accept_loop(
             Arc::downgrade(&mesh),
@@ -261,6 +274,26 @@ impl Mesh {
         self.slot(p).map(|s| (s.status.up(), s.status.downs))
     }
 
+    /// Resets the reconnection back-off for the member at `p` and, if our outbound
+    /// connection to it is down, makes the next attempt at once instead of after the
+    /// back-off (what a CONNECT_GLOBAL_RECOVERY_MEMBER from that member asks for: it
+    /// is back, so waiting out a long back-off only delays the mesh). Returns whether
+    /// an attempt was woken; `false` when the link is up already or `p` is ourselves
+    /// or no member.
+    pub fn reconnect_now(&self, p: u32) -> bool {
+        let down = match self.slot(p) {
+            Some(s) => !s.status.outbound_up,
+            None => return false,
+        };
+        if down {
+            if let Some(w) = self.wake.get(p as usize) {
+                // Stored as a permit if the loop is between two waits (connecting).
+                w.notify_one();
+            }
+        }
+        down
+    }
+
     /// Our position.
     pub fn me(&self) -> u32 {
         self.cfg.identity.me
@@ -315,8 +348,29 @@ async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), f: &Frame) -> std::io
     w.write_all(&f.encode()).await
 }
 
+/// Waits `backoff`, or less if [`Mesh::reconnect_now`] wakes `peer`'s loop; true
+/// when woken (the back-off is reset), false after the whole wait or if the mesh is
+/// gone.
+async fn back_off(mesh: &std::sync::Weak<Mesh>, peer: u32, backoff: Duration) -> bool {
+    // Only the notifier is kept, not the mesh: a sleeping loop must not keep a
+    // dropped mesh alive.
+    let Some(w) = mesh
+        .upgrade()
+        .and_then(|m| m.wake.get(peer as usize).cloned())
+    else {
+        return false;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(backoff) => false,
+        _ = w.notified() => true,
+    }
+}
+
 async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
-    let mut backoff = Duration::from_millis(50);
+    let Some(start) = mesh.upgrade().map(|m| m.cfg.backoff_min) else {
+        return;
+    };
+    let mut backoff = start;
     loop {
         let Some(m) = mesh.upgrade() else { return };
         let cfg = m.cfg.clone();
@@ -335,8 +389,11 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
             Ok(Err(e)) => {
                 m.note_error(peer, format!("cannot connect to {addr}: {e}"));
                 drop(m);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(cfg.backoff_max);
+                backoff = if back_off(&mesh, peer, backoff).await {
+                    cfg.backoff_min
+                } else {
+                    (backoff * 2).min(cfg.backoff_max)
+                };
                 continue;
             }
             Err(_) => {
@@ -348,12 +405,15 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
                     ),
                 );
                 drop(m);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(cfg.backoff_max);
+                backoff = if back_off(&mesh, peer, backoff).await {
+                    cfg.backoff_min
+                } else {
+                    (backoff * 2).min(cfg.backoff_max)
+                };
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
+        backoff = cfg.backoff_min;
         let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOX_FRAMES);
         if let Some(mut s) = m.slot(peer) {
             s.out = Some(tx);
@@ -416,7 +476,7 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
         m.changed();
         m.note_error(peer, why);
         drop(m);
-        tokio::time::sleep(backoff).await;
+        back_off(&mesh, peer, backoff).await;
     }
 }
 

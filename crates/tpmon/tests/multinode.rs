@@ -1071,12 +1071,20 @@ impl FakeNode {
         self.send(to, f);
     }
 
+    /// The next frame, leaving out the CONNECT_GLOBAL_RECOVERY_MEMBER each node sends
+    /// once its link to this member is up.
     fn next(&mut self, what: &str) -> tpmon_link::Incoming {
-        let rx = &mut self.rx;
-        self.rt
-            .block_on(async { tokio::time::timeout(LIMIT, rx.recv()).await })
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .unwrap_or_else(|| panic!("the mesh stopped while waiting for {what}"))
+        loop {
+            let rx = &mut self.rx;
+            let inc = self
+                .rt
+                .block_on(async { tokio::time::timeout(LIMIT, rx.recv()).await })
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .unwrap_or_else(|| panic!("the mesh stopped while waiting for {what}"));
+            if inc.frame.item != Item::ConnectMember || inc.frame.response {
+                return inc;
+            }
+        }
     }
 
     /// The next Call response, decoded.
@@ -1258,9 +1266,14 @@ fn calls_a_node_cannot_take_are_answered_and_the_link_stays_up() {
     assert_eq!(e.kind, ErrorKind::System, "{e}");
     assert!(e.detail.contains("sent a malformed reply"), "{}", e.detail);
 
-    // Frames nothing handles yet are drained: the link keeps reading.
+    // Frames nothing handles are drained (here, answers to a request no node
+    // answers): the link keeps reading.
     for _ in 0..DRAINED {
-        fake.send(0, Frame::request(Item::ConnectMember, 2, vec![7u8; 512]));
+        let f = Frame {
+            response: true,
+            ..Frame::request(Item::ConnectMember, 2, vec![7u8; 512])
+        };
+        fake.send(0, f);
     }
     wait_until("n1 drained the frames", LIMIT, || {
         c.log(0)
@@ -1301,6 +1314,56 @@ fn calls_a_node_cannot_take_are_answered_and_the_link_stays_up() {
         .call("ECHO", &s("still here"), Flags::NONE)
         .expect("n1 serves");
     assert_eq!(text(&r), "still here");
+}
+
+/// CONNECT_GLOBAL_RECOVERY_MEMBER: n1 and n2 run with a two-minute reconnection
+/// back-off, so they would not try to reach a node that went away for two minutes.
+/// They link up with each other and with n3 at boot only because each node, once its
+/// own outbound link is up, sends CONNECT_GLOBAL_RECOVERY_MEMBER. n3 is killed and
+/// restarted: its ConnectMember makes n1 and n2 reconnect at once, so it is linked
+/// both ways from every node long before the back-off would have run out.
+#[test]
+fn a_restarted_node_is_linked_both_ways_after_its_connect_member() {
+    const BACKOFF: Duration = Duration::from_secs(120);
+    let backoff_ms = BACKOFF.as_millis().to_string();
+    let env = [("TPMON_LINK_BACKOFF_MS", backoff_ms.as_str())];
+    let mut c = Cluster::new("connmember", None);
+    c.boot_env(0, &env);
+    c.boot_env(1, &env);
+    c.boot(2);
+    for i in 0..NODES.len() {
+        c.wait_status(i, "both other nodes linked", |st| {
+            others(i).all(|j| linked(st, NODES[j]))
+        });
+    }
+    c.kill(2);
+    for i in [0, 1] {
+        c.wait_status(i, "n3's link down", |st| unlinked(st, "n3"));
+    }
+    let restarted = std::time::Instant::now();
+    c.boot(2);
+    for i in 0..NODES.len() {
+        c.wait_status(i, "linked both ways with the others", |st| {
+            others(i).all(|j| linked(st, NODES[j]))
+        });
+    }
+    assert!(
+        restarted.elapsed() < BACKOFF / 4,
+        "linked after {:?}",
+        restarted.elapsed()
+    );
+    for i in [0, 1] {
+        let log = c.log(i);
+        assert!(
+            log.contains("CONNECT_GLOBAL_RECOVERY_MEMBER from another node: back-off reset peer=2 node=\"n3\" reconnecting=true"),
+            "{log}"
+        );
+    }
+    let log = c.log(2);
+    assert!(
+        log.contains("sent CONNECT_GLOBAL_RECOVERY_MEMBER to another node peer=0 node=\"n1\""),
+        "{log}"
+    );
 }
 
 #[test]
