@@ -376,7 +376,7 @@ fn link_plan(
 /// Hands the frames other nodes send to their owners: calls (requests and responses),
 /// INVALIDATE_SHARD_TARGET, CONNECT_GLOBAL_RECOVERY_MEMBER and the answers to CHECK_RECOVERED_NODE to the remote-call
 /// state; CHECK_RECOVERED_NODE requests are answered here from the TM's state; the transaction managers'
-/// Prepare, Commit, Rollback, QueryAdvice and GET_MAX_SCN (requests and responses) to the TM
+/// Prepare, Commit, Rollback, QueryAdvice, GET_MAX_SCN and RECOVER_INDOUBT_GLOBAL_TX (requests and responses) to the TM
 /// links; Redo (requests and acknowledgements) to the embedded sites; anything else is logged at debug level and dropped. The channel is always drained, or the links would stop reading.
 async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::Incoming>) {
     use tpmon_link::Item;
@@ -407,7 +407,12 @@ async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::
             }
             (
                 _,
-                Item::Prepare | Item::Commit | Item::Rollback | Item::QueryAdvice | Item::GetMaxScn,
+                Item::Prepare
+                | Item::Commit
+                | Item::Rollback
+                | Item::QueryAdvice
+                | Item::GetMaxScn
+                | Item::RecoverInDoubt,
                 response,
             ) if dom.tm_links.is_some() => {
                 if let Some(l) = &dom.tm_links {

@@ -1,11 +1,12 @@
 //! The transaction manager's requests to the other nodes' transaction managers over
-//! the node links (Prepare, Commit, Rollback, QueryAdvice and GET_MAX_SCN frames, bodies of
+//! the node links (Prepare, Commit, Rollback, QueryAdvice, GET_MAX_SCN and RECOVER_INDOUBT_GLOBAL_TX frames, bodies of
 //! `tpmon_tm::subordinate`), and the serving of theirs.
 //!
 //! Owns only the requests in flight (async sequence → waiter) and the framing; the
-//! decisions are the transaction managers'. A request whose link is down fails at
-//! once; one without a response fails after [`REQUEST_TIMEOUT`] (the TM then treats
-//! the node as unreachable: rollback before the decision, retry after it).
+//! decisions are the transaction managers'. A request whose link is down (in either
+//! direction: the answer comes back on the other node's link) fails at once; one
+//! without a response fails after [`REQUEST_TIMEOUT`] (the TM then treats the node as
+//! unreachable: rollback before the decision, retry after it).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +42,7 @@ fn item_of(i: SubItem) -> Item {
         SubItem::Rollback => Item::Rollback,
         SubItem::QueryAdvice => Item::QueryAdvice,
         SubItem::GetMaxScn => Item::GetMaxScn,
+        SubItem::RecoverInDoubt => Item::RecoverInDoubt,
     }
 }
 
@@ -52,6 +54,7 @@ pub fn sub_item(i: Item) -> Option<SubItem> {
         Item::Rollback => SubItem::Rollback,
         Item::QueryAdvice => SubItem::QueryAdvice,
         Item::GetMaxScn => SubItem::GetMaxScn,
+        Item::RecoverInDoubt => SubItem::RecoverInDoubt,
         _ => return None,
     })
 }
@@ -107,6 +110,11 @@ impl Links for TmLinks {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
         let me = self.clone();
         Box::pin(async move {
+            // The answer comes back on the other node's own link to us: without it
+            // the request could only time out (the caller retries later).
+            if me.0.mesh.link_state(node as u32).is_some_and(|(up, _)| !up) {
+                return Err("cannot reach it: the link is not up both ways".into());
+            }
             let id = me.0.next.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             me.waiting().insert(id, tx);

@@ -12,7 +12,7 @@
 //! links in `tpmon status`, and sends over them its remote calls (Call), its shutdown
 //! notice (INVALIDATE_SHARD_TARGET), CONNECT_GLOBAL_RECOVERY_MEMBER (the receiver
 //! reconnects at once: [`Mesh::reconnect_now`]), CHECK_RECOVERED_NODE, the transaction managers'
-//! items (Prepare, Commit, Rollback, QUERY_ADVICE_INDOUBT_GTX, GET_MAX_SCN) and the
+//! items (Prepare, Commit, Rollback, QUERY_ADVICE_INDOUBT_GTX, GET_MAX_SCN, RECOVER_INDOUBT_GLOBAL_TX) and the
 //! embedded sites' redo requests (Redo); it learns of link failures from
 //! [`Mesh::changes`] and [`Mesh::link_state`]. This crate must not interpret frame
 //! bodies (the daemon does).

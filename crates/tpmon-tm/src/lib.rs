@@ -193,6 +193,9 @@ pub struct Tm {
     /// decisions were driven and the in-doubt subordinate entries resolved or their
     /// coordinators asked. Until then the other nodes route no new work here.
     pub(crate) recovered: std::sync::atomic::AtomicBool,
+    /// In-doubt transactions resolved here with an outcome their coordinator pushed
+    /// (RECOVER_INDOUBT_GLOBAL_TX).
+    pub(crate) pushed_resolved: std::sync::atomic::AtomicU64,
     /// Commit sequence number (GET_MAX_SCN): `epoch << 32` plus the commit decisions
     /// logged since this boot. Durable at no cost: the epoch is (the log's epoch
     /// record, advanced at every boot), so it never goes back across restarts; the
@@ -295,6 +298,7 @@ impl Tm {
             phase_two_slots: Arc::new(tokio::sync::Semaphore::new(PHASE_TWO_MAX)),
             state: Mutex::new(State::default()),
             recovered: std::sync::atomic::AtomicBool::new(false),
+            pushed_resolved: std::sync::atomic::AtomicU64::new(0),
             scn: std::sync::atomic::AtomicU64::new(epoch << 32),
         }))
     }

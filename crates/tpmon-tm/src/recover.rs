@@ -24,6 +24,7 @@ use tpmon_txlog::TxState;
 use tpmon_xa::{XaError, Xid};
 
 use crate::commit::{BRANCH_DONE, BRANCH_HEURISTIC, BRANCH_PENDING};
+use crate::subordinate::InDoubt;
 use crate::{now_unix_ms, Tm, Tracked, DEADLINE_GRACE, EPOCH_KEY};
 
 /// Holds a transaction in the deciding set for as long as it lives (unless `keep`).
@@ -125,6 +126,7 @@ impl Tm {
             .iter()
             .filter(|e| e.gtrid != EPOCH_KEY && self.log.holds(&e.gtrid))
             .collect();
+        let pushed = self.push_decisions(&entries).await;
         for e in entries {
             let gtrid = String::from_utf8_lossy(&e.gtrid).into_owned();
             // Held while driven, so that a manual resolution or a second end does not
@@ -192,6 +194,11 @@ impl Tm {
                 .collect();
             let mut remote_results = Vec::new();
             for (node, bs) in self.by_node(&listed) {
+                if pushed.contains(&(node, e.gtrid.clone())) {
+                    // Finished there by RECOVER_INDOUBT_GLOBAL_TX this pass.
+                    remote_results.push((node, Ok(())));
+                    continue;
+                }
                 let r = self
                     .remote_end(node, &gtrid, bs, commit, decision)
                     .await
@@ -301,6 +308,54 @@ impl Tm {
                     .collect();
             }
         }
+    }
+
+    /// RECOVER_INDOUBT_GLOBAL_TX: for each other node holding unfinished branches of
+    /// logged decisions (commit or roll back, no heuristic outcome, not being decided
+    /// now), one request listing those transactions with their outcomes. Returns the
+    /// (node, gtrid) pairs that node finished; the others go to Commit or Rollback one
+    /// by one as before.
+    async fn push_decisions(
+        &self,
+        entries: &[tpmon_txlog::Entry],
+    ) -> std::collections::HashSet<(usize, Vec<u8>)> {
+        let mut per_node: HashMap<usize, Vec<InDoubt>> = HashMap::new();
+        {
+            let st = self.lock();
+            for e in entries {
+                let commit = match e.state {
+                    TxState::Commit => true,
+                    TxState::Rollback => false,
+                    _ => continue,
+                };
+                let text = String::from_utf8_lossy(&e.gtrid);
+                if st.deciding.contains(text.as_ref())
+                    || e.branches.iter().any(|b| b.state == BRANCH_HEURISTIC)
+                {
+                    continue;
+                }
+                let listed: Vec<(u16, Vec<u8>)> = e
+                    .branches
+                    .iter()
+                    .filter(|b| b.state != BRANCH_DONE)
+                    .map(|b| (b.rm as u16, b.bqual.clone()))
+                    .collect();
+                for (node, _) in self.by_node(&listed) {
+                    per_node.entry(node).or_default().push(InDoubt {
+                        gtrid: e.gtrid.clone(),
+                        commit,
+                        decision: crate::Decision::decode(&e.data),
+                    });
+                }
+            }
+        }
+        let mut done = std::collections::HashSet::new();
+        for (node, list) in per_node {
+            for g in self.push_in_doubt(node, &list).await {
+                done.insert((node, g));
+            }
+        }
+        done
     }
 
     async fn sweep_rms(self: &Arc<Self>) {

@@ -52,6 +52,92 @@ pub enum SubItem {
     /// (Subordinate to any node) its commit sequence number: the body of the request
     /// is empty, the answer's is [`ScnAnswer`]'s.
     GetMaxScn,
+    /// RECOVER_INDOUBT_GLOBAL_TX (coordinator to subordinate): resolve these in-doubt
+    /// transactions with their outcomes; bodies [`InDoubt::encode_list`] and
+    /// [`encode_gtrids`].
+    RecoverInDoubt,
+}
+
+/// One transaction of a RECOVER_INDOUBT_GLOBAL_TX request: its outcome as the
+/// coordinator's log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InDoubt {
+    /// The transaction.
+    pub gtrid: Vec<u8>,
+    /// Commit (true) or roll back.
+    pub commit: bool,
+    /// The decision's numbers (commit only).
+    pub decision: Decision,
+}
+
+impl InDoubt {
+    /// The request body: `u8 version = 1`, `u16 n`, then per transaction `u16 len` +
+    /// gtrid, `u8 outcome` (1 commit, 2 roll back), `u64 gcpn`, `u16 origin` (all
+    /// little-endian).
+    pub fn encode_list(list: &[InDoubt]) -> Vec<u8> {
+        let mut v = vec![VERSION];
+        let n = list.len().min(u16::MAX as usize);
+        v.extend_from_slice(&(n as u16).to_le_bytes());
+        for t in &list[..n] {
+            put16(&mut v, &t.gtrid);
+            v.push(if t.commit { 1 } else { 2 });
+            v.extend_from_slice(&t.decision.gcpn.to_le_bytes());
+            v.extend_from_slice(&t.decision.origin.to_le_bytes());
+        }
+        v
+    }
+
+    /// Reads [`InDoubt::encode_list`]'s bytes.
+    pub fn decode_list(body: &[u8]) -> Option<Vec<InDoubt>> {
+        let mut r = Rd(body);
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let n = r.u16()? as usize;
+        let mut out = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let gtrid = r.bytes16()?;
+            let commit = match r.u8()? {
+                1 => true,
+                2 => false,
+                _ => return None,
+            };
+            let gcpn = r.u64()?;
+            let origin = r.u16()?;
+            out.push(InDoubt {
+                gtrid,
+                commit,
+                decision: Decision { gcpn, origin },
+            });
+        }
+        r.0.is_empty().then_some(out)
+    }
+}
+
+/// RECOVER_INDOUBT_GLOBAL_TX's answer: the transactions the subordinate finished,
+/// `u8 version = 1`, `u16 n`, then per transaction `u16 len` + gtrid.
+pub fn encode_gtrids(done: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = vec![VERSION];
+    let n = done.len().min(u16::MAX as usize);
+    v.extend_from_slice(&(n as u16).to_le_bytes());
+    for g in &done[..n] {
+        put16(&mut v, g);
+    }
+    v
+}
+
+/// Reads [`encode_gtrids`]'s bytes.
+pub fn decode_gtrids(body: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut r = Rd(body);
+    if r.u8()? != VERSION {
+        return None;
+    }
+    let n = r.u16()? as usize;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        out.push(r.bytes16()?);
+    }
+    r.0.is_empty().then_some(out)
 }
 
 /// GET_MAX_SCN's answer: the node's commit sequence number.
@@ -369,12 +455,25 @@ impl Tm {
         if item == SubItem::GetMaxScn {
             return ScnAnswer(self.scn()).encode();
         }
+        if item == SubItem::RecoverInDoubt {
+            let Some(list) = InDoubt::decode_list(body) else {
+                tracing::warn!(
+                    peer = from,
+                    bytes = body.len(),
+                    "malformed RECOVER_INDOUBT_GLOBAL_TX from another node; nothing resolved"
+                );
+                return encode_gtrids(&[]);
+            };
+            return encode_gtrids(&self.recover_pushed(from, list).await);
+        }
         let Some(req) = SubRequest::decode(body) else {
             return SubAnswer::new(Status::Failed, "malformed request").encode();
         };
         let answer = match item {
-            // Answered above (its body is not a SubRequest).
-            SubItem::GetMaxScn => SubAnswer::new(Status::Failed, "malformed request"),
+            // Answered above (their bodies are not SubRequests).
+            SubItem::GetMaxScn | SubItem::RecoverInDoubt => {
+                SubAnswer::new(Status::Failed, "malformed request")
+            }
             SubItem::QueryAdvice => self.advise(&req),
             SubItem::Prepare => self.sub_prepare(from, req).await,
             SubItem::Commit => self.sub_end(req, true).await,
@@ -453,6 +552,91 @@ impl Tm {
         } else {
             SubAnswer::new(Status::Wait, "still running")
         }
+    }
+
+    /// Subordinate: RECOVER_INDOUBT_GLOBAL_TX from node `from`. Resolves each listed
+    /// transaction that `from` coordinates and for which this node holds a Prepare
+    /// entry (its branches committed or rolled back with the outcome given, then the
+    /// entry removed); returns the gtrids finished. A transaction not held here, being
+    /// resolved here already, or whose branches could not all be ended is left out:
+    /// the coordinator falls back to Commit or Rollback for it.
+    pub(crate) async fn recover_pushed(&self, from: usize, list: Vec<InDoubt>) -> Vec<Vec<u8>> {
+        let coordinator = self.nodes.get(from).cloned().unwrap_or_default();
+        let mut done = Vec::new();
+        for t in list {
+            let text = String::from_utf8_lossy(&t.gtrid).into_owned();
+            match Gtrid::parse(&t.gtrid) {
+                Some(g) if g.domain == self.domain && g.node == coordinator => {}
+                _ => {
+                    tracing::warn!(gtrid = %text, peer = from, "RECOVER_INDOUBT_GLOBAL_TX names a transaction the sender does not coordinate; left alone");
+                    continue;
+                }
+            }
+            let held = self
+                .log
+                .get(&t.gtrid)
+                .filter(|e| self.log.holds(&t.gtrid) && e.state == TxState::Prepare)
+                .is_some();
+            if !held || !self.lock().deciding.insert(text.clone()) {
+                continue;
+            }
+            let r = self
+                .finish_sub(&text, Vec::new(), t.commit, t.decision)
+                .await;
+            self.lock().deciding.remove(&text);
+            match r {
+                Ok(()) => {
+                    self.pushed_resolved
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(gtrid = %text, commit = t.commit, coordinator = %coordinator, "resolved an in-doubt transaction with the outcome its coordinator pushed (RECOVER_INDOUBT_GLOBAL_TX)");
+                    done.push(t.gtrid);
+                }
+                Err(e) => {
+                    tracing::warn!(gtrid = %text, commit = t.commit, error = %e, "could not resolve a pushed in-doubt transaction; will retry")
+                }
+            }
+        }
+        done
+    }
+
+    /// Coordinator: pushes RECOVER_INDOUBT_GLOBAL_TX to node `node` with `list` and
+    /// returns the gtrids it finished (none when it cannot be reached).
+    pub(crate) async fn push_in_doubt(&self, node: usize, list: &[InDoubt]) -> Vec<Vec<u8>> {
+        let Some(links) = self.links.get() else {
+            return Vec::new();
+        };
+        let name = self.nodes.get(node).map_or("?", String::as_str);
+        match links
+            .request(node, SubItem::RecoverInDoubt, InDoubt::encode_list(list))
+            .await
+        {
+            Ok(body) => match decode_gtrids(&body) {
+                Some(done) => {
+                    tracing::info!(
+                        node = name,
+                        pushed = list.len(),
+                        finished = done.len(),
+                        "RECOVER_INDOUBT_GLOBAL_TX: pushed logged outcomes to another node"
+                    );
+                    done
+                }
+                None => {
+                    tracing::warn!(node = name, "malformed RECOVER_INDOUBT_GLOBAL_TX answer");
+                    Vec::new()
+                }
+            },
+            Err(e) => {
+                tracing::debug!(node = name, error = %e, "could not push RECOVER_INDOUBT_GLOBAL_TX");
+                Vec::new()
+            }
+        }
+    }
+
+    /// How many in-doubt transactions this node resolved because their coordinator
+    /// pushed the outcome (RECOVER_INDOUBT_GLOBAL_TX).
+    pub fn pushed_resolved(&self) -> u64 {
+        self.pushed_resolved
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Subordinate: log the branches as prepared.
@@ -780,6 +964,11 @@ impl Tm {
             Advice::Commit => (true, Decision::decode(&e.data)),
             Advice::Rollback => (false, Decision::default()),
             Advice::None => {
+                if failpoint::fires_always("tm.subordinate_no_ask") {
+                    // A test keeps this node from asking, so that only the
+                    // coordinator's RECOVER_INDOUBT_GLOBAL_TX can resolve it.
+                    return;
+                }
                 let Some(g) = Gtrid::parse(&e.gtrid) else {
                     return;
                 };
@@ -892,5 +1081,37 @@ mod tests {
         assert_eq!(SubAnswer::decode(&a.encode()), Some(a));
         assert_eq!(SubAnswer::decode(&[1, 9, 0]), None);
         assert_eq!(SubAnswer::decode(&[2]), None);
+    }
+
+    #[test]
+    fn recover_in_doubt_bodies_round_trip_and_garbage_is_refused() {
+        let list = vec![
+            InDoubt {
+                gtrid: b"mn:n1:3:1:2:6b014896".to_vec(),
+                commit: true,
+                decision: Decision { gcpn: 9, origin: 1 },
+            },
+            InDoubt {
+                gtrid: b"mn:n1:3:2:2:00000001".to_vec(),
+                commit: false,
+                decision: Decision::default(),
+            },
+        ];
+        let wire = InDoubt::encode_list(&list);
+        assert_eq!(InDoubt::decode_list(&wire), Some(list.clone()));
+        for n in 0..wire.len() {
+            assert_eq!(InDoubt::decode_list(&wire[..n]), None, "cut at {n}");
+        }
+        let mut bad = wire.clone();
+        // The first transaction's outcome byte: neither commit nor roll back.
+        bad[1 + 2 + 2 + list[0].gtrid.len()] = 3;
+        assert_eq!(InDoubt::decode_list(&bad), None);
+        let done = vec![list[0].gtrid.clone()];
+        let wire = encode_gtrids(&done);
+        assert_eq!(decode_gtrids(&wire), Some(done));
+        let mut longer = wire.clone();
+        longer.push(0);
+        assert_eq!(decode_gtrids(&longer), None);
+        assert_eq!(decode_gtrids(&[]), None);
     }
 }

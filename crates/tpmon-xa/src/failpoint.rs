@@ -97,6 +97,15 @@ pub fn hit(name: &str) {
     }
 }
 
+/// True every time step `name` is reached when the failpoint is configured with the
+/// action `fire` (a behaviour switched off for a whole test, such as a subordinate's
+/// own asking for the outcome).
+pub fn fires_always(name: &str) -> bool {
+    points()
+        .iter()
+        .any(|p| p.name == name && matches!(p.action, Action::Fire))
+}
+
 /// True the first time step `name` is reached when the failpoint is configured with
 /// the action `fire` (fault injection that is not a crash: the caller acts).
 pub fn fires(name: &str) -> bool {

@@ -1688,6 +1688,64 @@ fn a_subordinate_killed_after_it_prepared_resolves_by_asking_the_coordinator() {
     );
 }
 
+/// RECOVER_INDOUBT_GLOBAL_TX: n1 dies right after logging its commit decision; n3,
+/// which never asks for the outcome itself in this test (failpoint
+/// `tm.subordinate_no_ask`), keeps its branch prepared. Rebooted, n1's recovery pushes
+/// the logged outcome to n3, which commits its branch, forgets its entry and answers
+/// that it finished; n1 then forgets its decision.
+#[test]
+fn a_rebooted_coordinator_pushes_its_decision_to_the_subordinate() {
+    let (mut c, rms) = tx_cluster(
+        "xn-push",
+        &[("TPMON_FAILPOINTS", "tm.after_decision=kill")],
+        &[("TPMON_FAILPOINTS", "tm.subordinate_no_ask=fire")],
+    );
+    let pids = all_pids(&c.status(0).expect("n1's status"));
+    let mut client = c.client(0, false);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    client
+        .call("NESTED", &s("b"), Flags::NONE)
+        .expect("NESTED (n3)");
+    client
+        .tx_commit()
+        .expect_err("the coordinator died during commit");
+    drop(client);
+    let listed = tx_list(&c, 2);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["coordinator"], "n1", "{listed}");
+    let gtrid = listed[0]["gtrid"].as_str().expect("gtrid").to_string();
+    reboot_after_failpoint(&mut c, 0, &pids);
+    nothing_open(&c, &rms);
+    assert_eq!(rm_calls(&rms, "gs1", "commit", Some("ok")), 2);
+    assert_eq!(rm_calls(&rms, "gs3", "commit", Some("ok")), 1);
+    assert_eq!(
+        rm_calls(&rms, "gs1", "rollback", None) + rm_calls(&rms, "gs3", "rollback", None),
+        0
+    );
+    let log3 = c.log(2);
+    assert!(
+        log3.lines().any(|l| l.contains(
+            "resolved an in-doubt transaction with the outcome its coordinator pushed \
+             (RECOVER_INDOUBT_GLOBAL_TX)"
+        ) && l.contains(&gtrid)
+            && l.contains("commit=true")),
+        "{log3}"
+    );
+    assert!(
+        !log3.contains("recovery resolved a subordinate's prepared branches"),
+        "{log3}"
+    );
+    wait_until("n1 logged n3's answer", LIMIT, || {
+        c.log(0).contains(
+            "RECOVER_INDOUBT_GLOBAL_TX: pushed logged outcomes to another node node=\"n3\" \
+             pushed=1 finished=1",
+        )
+    });
+}
+
 #[test]
 fn a_coordinator_killed_after_its_decision_completes_phase_2_after_reboot() {
     let (mut c, rms) = tx_cluster(
