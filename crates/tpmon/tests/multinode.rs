@@ -1970,7 +1970,11 @@ fn the_multinode_example_serves_nodeinfo_on_n3_and_transfers_across_nodes() {
     for _ in 0..3 {
         bank.transfer(&mut client, 10);
     }
-    assert_eq!(bank.total(&mut client), before, "TOTAL is kept");
+    // Commit returns once the decision is durable; phase 2 at the other nodes may
+    // still be running, so the total is awaited, not read once.
+    wait_until("TOTAL is kept once phase 2 ran", LIMIT, || {
+        bank.total(&mut client) == before
+    });
     // Nothing stays logged on any node.
     wait_until("no transaction left on any node", LIMIT, || {
         (0..NODES.len()).all(|i| tx_list(&c, i).as_array().is_some_and(Vec::is_empty))
@@ -2027,7 +2031,11 @@ fn rollback_recovery_on_n3_sends_a_redo_request_to_the_site_on_n1() {
         "{}",
         c.log(2)
     );
-    assert_eq!(bank.total(&mut client), before, "TOTAL is kept");
+    // Commit returns once the decision is durable; phase 2 at the other nodes may
+    // still be running, so the total is awaited, not read once.
+    wait_until("TOTAL is kept once phase 2 ran", LIMIT, || {
+        bank.total(&mut client) == before
+    });
 
     // A second recovery at the same checkpoint number sends nothing new.
     let run = recover(&c);
@@ -2038,7 +2046,11 @@ fn rollback_recovery_on_n3_sends_a_redo_request_to_the_site_on_n1() {
     assert_eq!(site(&st, "site1")["redo_acted"], 1, "{st}");
     // Work goes on, and the books still balance.
     bank.transfer(&mut client, 7);
-    assert_eq!(bank.total(&mut client), before, "TOTAL is kept");
+    // Commit returns once the decision is durable; phase 2 at the other nodes may
+    // still be running, so the total is awaited, not read once.
+    wait_until("TOTAL is kept once phase 2 ran", LIMIT, || {
+        bank.total(&mut client) == before
+    });
     assert!(
         !c.log(2).contains("not supported yet across nodes"),
         "{}",
