@@ -256,6 +256,7 @@ impl Tm {
                     format!("another node could not prepare its branches: {why}"),
                 );
             }
+            failpoint::hit("tm.after_remote_prepare");
         }
         // Set when a one-phase commit may have committed without an answer: from then
         // on the transaction must never be rolled back.

@@ -692,6 +692,7 @@ impl Tm {
             branches: branches.clone(),
             data: Vec::new(),
         };
+        failpoint::hit("tm.subordinate_before_prepare");
         if let Err(e) = self.log_op(move |log| log.put(entry)).await {
             return SubAnswer::new(
                 Status::Failed,
@@ -766,6 +767,7 @@ impl Tm {
                 }
             }
         }
+        failpoint::hit("tm.subordinate_end");
         let mut tasks = Vec::new();
         for (grp, bq) in branches {
             let Some(pool) = self.pool(grp).cloned() else {
@@ -806,6 +808,7 @@ impl Tm {
             }
             return Err(e);
         }
+        failpoint::hit("tm.subordinate_after_end");
         if entry.is_some() {
             if let Err(e) = self.log.remove_lazy(text.as_bytes()) {
                 tracing::warn!(gtrid = text, error = %e, "cannot remove a completed subordinate entry");
@@ -946,6 +949,103 @@ impl Tm {
         Err(answers.join("; "))
     }
 
+    /// The outcome of a transaction another node coordinates: asks the coordinator
+    /// (QUERY_ADVICE) and, when it cannot be reached, the other nodes from the highest
+    /// SCN down. `Ok((commit, decision))` only on a definite answer; otherwise why
+    /// there is none (the transaction stays in doubt: never a guess).
+    pub(crate) async fn learn_outcome(&self, text: &str) -> Result<(bool, Decision), String> {
+        let g = Gtrid::parse(text.as_bytes()).ok_or("not a tpmon transaction id")?;
+        let node = self
+            .nodes
+            .iter()
+            .position(|n| *n == g.node)
+            .ok_or_else(|| format!("its coordinator {:?} is not a node of this domain", g.node))?;
+        let req = SubRequest {
+            gtrid: text.as_bytes().to_vec(),
+            decision: Decision::default(),
+            branches: Vec::new(),
+        };
+        let asked = match self.ask(node, SubItem::QueryAdvice, req).await {
+            // The coordinator cannot be reached: ask the others, highest SCN first
+            // (spec 02 §2.4).
+            Err(e) => match self.ask_others(&e, node, text).await {
+                Ok(found) => Ok(found),
+                Err(why) => Err(format!("{e}; {why}")),
+            },
+            other => other,
+        };
+        match asked {
+            Ok(a) if a.status == Status::Commit => Ok((true, a.decision)),
+            Ok(a) if a.status == Status::Rollback => Ok((false, Decision::default())),
+            Ok(a) => Err(format!("node {:?}: {}", g.node, a.detail)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `tpmon tx commit|rollback` of a transaction another node coordinates (the
+    /// caller holds it in `deciding`). This node never decides it: the outcome comes
+    /// from the subordinate entry's advice or from asking (as recovery does), and the
+    /// operator's word must match it. With the outcome known and matching, this
+    /// node's branches (the entry's and any prepared one the resource managers hold)
+    /// are ended now.
+    pub(crate) async fn resolve_by_hand(
+        &self,
+        text: &str,
+        coordinator: &str,
+        commit: bool,
+        prepared_here: Vec<(u16, Vec<u8>)>,
+    ) -> Result<String, String> {
+        let word = |c: bool| if c { "commit" } else { "rollback" };
+        let entry = self
+            .log
+            .get(text.as_bytes())
+            .filter(|_| self.log.holds(text.as_bytes()));
+        if entry.is_none() && prepared_here.is_empty() {
+            return Err(format!(
+                "refused: this node holds nothing of {text} (no entry in its log, no prepared \
+                 branch in its resource managers)"
+            ));
+        }
+        let (outcome, decision) = match entry.as_ref().map(|e| (e.advice, e)) {
+            Some((Advice::Commit, e)) => (true, Decision::decode(&e.data)),
+            Some((Advice::Rollback, _)) => (false, Decision::default()),
+            _ => self.learn_outcome(text).await.map_err(|why| {
+                format!(
+                    "refused: {text} is coordinated by node {coordinator:?} and no node can \
+                     tell its outcome now ({why}); it stays in doubt here and is resolved as \
+                     soon as one can. Not supported yet: deciding it on this node by hand \
+                     (a heuristic decision)"
+                )
+            })?,
+        };
+        if outcome != commit {
+            return Err(format!(
+                "refused: its coordinator {coordinator:?} decided {} for {text}",
+                word(outcome)
+            ));
+        }
+        let n = prepared_here
+            .len()
+            .max(entry.map_or(0, |e| e.branches.len()));
+        self.finish_sub(text, prepared_here, commit, decision)
+            .await
+            .map_err(|e| {
+                format!(
+                    "{text}: {} failed here: {e}; recovery retries",
+                    word(commit)
+                )
+            })?;
+        tracing::info!(
+            gtrid = text,
+            commit,
+            "an operator resolved a subordinate's branches with its coordinator's outcome"
+        );
+        Ok(format!(
+            "{text}: {} done on {n} branch(es) here, as its coordinator {coordinator:?} decided",
+            word(commit)
+        ))
+    }
+
     /// Subordinate recovery: resolve the Prepare entries whose coordinator's phase 2
     /// did not come, by the logged advice or by asking the coordinator.
     pub(crate) async fn drive_subordinate(&self, e: Entry) {
@@ -969,35 +1069,9 @@ impl Tm {
                     // coordinator's RECOVER_INDOUBT_GLOBAL_TX can resolve it.
                     return;
                 }
-                let Some(g) = Gtrid::parse(&e.gtrid) else {
-                    return;
-                };
-                let Some(node) = self.nodes.iter().position(|n| *n == g.node) else {
-                    tracing::warn!(gtrid = %text, "a prepared entry of an unknown coordinator; left alone");
-                    return;
-                };
-                let req = SubRequest {
-                    gtrid: e.gtrid.clone(),
-                    decision: Decision::default(),
-                    branches: Vec::new(),
-                };
-                let asked = match self.ask(node, SubItem::QueryAdvice, req).await {
-                    // The coordinator cannot be reached: ask the others, highest SCN
-                    // first (spec 02 §2.4).
-                    Err(e) => match self.ask_others(&e, node, &text).await {
-                        Ok(found) => Ok(found),
-                        Err(why) => Err(format!("{e}; {why}")),
-                    },
-                    other => other,
-                };
-                match asked {
-                    Ok(a) if a.status == Status::Commit => (true, a.decision),
-                    Ok(a) if a.status == Status::Rollback => (false, Decision::default()),
-                    other => {
-                        let why = match other {
-                            Ok(a) => a.detail,
-                            Err(e) => e,
-                        };
+                match self.learn_outcome(&text).await {
+                    Ok(found) => found,
+                    Err(why) => {
                         let mut st = self.lock();
                         if let Some(t) = st.tracked.get_mut(&text) {
                             t.retries += 1;
@@ -1024,7 +1098,7 @@ impl Tm {
                                 },
                             );
                         }
-                        tracing::info!(gtrid = %text, coordinator = %g.node, why, "in doubt: the coordinator gave no outcome yet; will ask again");
+                        tracing::info!(gtrid = %text, why, "in doubt: the coordinator gave no outcome yet; will ask again");
                         return;
                     }
                 }

@@ -148,8 +148,55 @@ impl Tm {
         r
     }
 
+    /// The branches of `gtrid` prepared in this node's resource managers.
+    async fn prepared_in_rms(&self, gtrid: &str) -> Result<Vec<LogBranch>, String> {
+        let mut branches = Vec::new();
+        for (group, pool) in self.pools.iter().enumerate() {
+            let Some(pool) = pool.clone() else { continue };
+            if self.rm_of_group[group] != group {
+                continue;
+            }
+            match pool.recover(gtrid).await {
+                Ok(xids) => {
+                    branches.extend(xids.into_iter().filter(|x| x.gtrid == gtrid).map(|x| {
+                        LogBranch {
+                            rm: group as u32,
+                            bqual: x.bqual.into_bytes(),
+                            state: 0,
+                        }
+                    }))
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot list the branches in group #{group}'s resource manager: {e}"
+                    ))
+                }
+            }
+        }
+        Ok(branches)
+    }
+
     async fn resolve_held(self: &Arc<Self>, gtrid: &str, commit: bool) -> Result<String, String> {
         let word = if commit { "commit" } else { "rollback" };
+        match Gtrid::parse(gtrid.as_bytes()) {
+            Some(g) if g.domain != self.domain => {
+                return Err(format!(
+                    "refused: {gtrid} belongs to domain {:?}; resolve it from there",
+                    g.domain
+                ))
+            }
+            Some(g) if g.node != self.node => {
+                // This node is a subordinate: the coordinator's outcome decides.
+                let here = self
+                    .prepared_in_rms(gtrid)
+                    .await?
+                    .into_iter()
+                    .filter_map(|b| u16::try_from(b.rm).ok().map(|g| (g, b.bqual)))
+                    .collect();
+                return self.resolve_by_hand(gtrid, &g.node, commit, here).await;
+            }
+            _ => {}
+        }
         if let Some(e) = self
             .log
             .get(gtrid.as_bytes())
@@ -184,30 +231,11 @@ impl Tm {
                     }
                 }
             }
-            // Find its branches in every resource manager.
-            let mut branches = Vec::new();
-            for (group, pool) in self.pools.iter().enumerate() {
-                let Some(pool) = pool.clone() else { continue };
-                if self.rm_of_group[group] != group {
-                    continue;
-                }
-                let prefix = gtrid.to_string();
-                match pool.recover(&prefix).await {
-                    Ok(xids) => {
-                        branches.extend(xids.into_iter().filter(|x| x.gtrid == gtrid).map(|x| {
-                            LogBranch {
-                                rm: group as u32,
-                                bqual: x.bqual.into_bytes(),
-                                state: 0,
-                            }
-                        }))
-                    }
-                    Err(e) => {
-                        return Err(format!(
-                            "cannot list the branches in group #{group}'s resource manager: {e}"
-                        ))
-                    }
-                }
+            let branches = self.prepared_in_rms(gtrid).await?;
+            if branches.is_empty() {
+                return Err(format!(
+                    "no resource manager holds a prepared branch of {gtrid}"
+                ));
             }
             if branches.is_empty() {
                 return Err(format!(

@@ -28,7 +28,8 @@ pub enum TxCommand {
         #[arg(long)]
         run_dir: Option<PathBuf>,
     },
-    /// Commit one transaction by hand (refused when the log decided rollback).
+    /// Commit one transaction by hand (refused when the log decided rollback; for a
+    /// transaction another node coordinates, refused unless that node decided commit).
     Commit {
         /// Domain configuration file.
         #[arg(short, long)]
@@ -42,7 +43,8 @@ pub enum TxCommand {
         #[arg(long)]
         run_dir: Option<PathBuf>,
     },
-    /// Roll one transaction back by hand (refused when the log decided commit).
+    /// Roll one transaction back by hand (refused when the log decided commit; for a
+    /// transaction another node coordinates, refused unless that node decided rollback).
     Rollback {
         /// Domain configuration file.
         #[arg(short, long)]

@@ -1498,6 +1498,14 @@ fn tx_list(c: &Cluster, i: usize) -> Value {
     serde_json::from_str(&run.stdout).expect("tx list JSON")
 }
 
+/// `tpmon tx commit|rollback GTRID` on node `i`.
+fn tx_by_hand(c: &Cluster, i: usize, word: &str, gtrid: &str) -> support::Run {
+    let mut args = c.node_args(i, "tx");
+    args.insert(1, OsStr::new(word));
+    args.push(OsStr::new(gtrid));
+    tpmon(args)
+}
+
 /// No branch stays prepared in either RM and neither n1's nor n3's log holds anything.
 fn nothing_open(c: &Cluster, rms: &TempDir) {
     wait_until("nothing stays prepared or logged", LIMIT, || {
@@ -1841,6 +1849,305 @@ fn a_coordinator_killed_before_its_decision_rolls_back_on_both_after_reboot() {
     nothing_open(&c, &rms);
     assert_eq!(rm_calls(&rms, "gs1", "rollback", Some("ok")), 2);
     assert_eq!(rm_calls(&rms, "gs3", "rollback", Some("ok")), 1);
+    assert_eq!(
+        rm_calls(&rms, "gs1", "commit", None) + rm_calls(&rms, "gs3", "commit", None),
+        0
+    );
+}
+
+/// `tpmon tx commit|rollback` on a subordinate: n3 never decides a transaction n1
+/// coordinates. n3 (killed after logging its branch prepared, rebooted with asking
+/// switched off) holds the transaction in doubt; by hand, the word that contradicts
+/// n1's outcome is refused, the matching one ends n3's branch.
+#[test]
+fn by_hand_a_subordinate_follows_its_coordinators_outcome() {
+    let (mut c, rms) = tx_cluster(
+        "xn-hand",
+        &[],
+        &[("TPMON_FAILPOINTS", "tm.subordinate_after_prepare=kill")],
+    );
+    let pids = all_pids(&c.status(2).expect("n3's status"));
+    let mut client = c.client(0, false);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    client
+        .call("NESTED", &s("b"), Flags::NONE)
+        .expect("NESTED (n3)");
+    client
+        .tx_commit()
+        .expect_err("n3 died before it answered Prepare");
+    drop(client);
+    let d = c.daemons[2].take().expect("n3 was up");
+    wait_until("n3 killed itself", LIMIT, || !alive(d.pid));
+    for pid in pids {
+        if alive(pid) {
+            kill9(pid);
+        }
+    }
+    c.boot_env(2, &[("TPMON_FAILPOINTS", "tm.subordinate_no_ask=fire")]);
+    let listed = tx_list(&c, 2);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let gtrid = listed[0]["gtrid"].as_str().expect("gtrid").to_string();
+    let run = tx_by_hand(&c, 2, "commit", &gtrid);
+    assert!(!run.ok(), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "refused: its coordinator \"n1\" decided rollback for {gtrid}"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        tpmon_xa::fake::FakeRm::prepared(&rms.path.join("gs3")).len(),
+        1,
+        "a refused commit changes nothing"
+    );
+    let run = tx_by_hand(&c, 2, "rollback", &gtrid);
+    assert!(run.ok(), "{run:?}");
+    assert!(
+        run.stdout.contains("as its coordinator \"n1\" decided"),
+        "{}",
+        run.stdout
+    );
+    nothing_open(&c, &rms);
+    assert_eq!(rm_calls(&rms, "gs3", "rollback", Some("ok")), 1);
+    assert_eq!(
+        rm_calls(&rms, "gs1", "commit", None) + rm_calls(&rms, "gs3", "commit", None),
+        0
+    );
+}
+
+/// With its coordinator down and no other node knowing the outcome, a subordinate
+/// refuses to decide by hand (no heuristic decisions yet), in either direction, and
+/// the transaction completes once the coordinator is back.
+#[test]
+fn by_hand_a_subordinate_refuses_while_nobody_knows_the_outcome() {
+    let (mut c, rms) = tx_cluster(
+        "xn-hand-doubt",
+        &[("TPMON_FAILPOINTS", "tm.after_decision=kill")],
+        &[],
+    );
+    let pids = all_pids(&c.status(0).expect("n1's status"));
+    let mut client = c.client(0, false);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    client
+        .call("NESTED", &s("b"), Flags::NONE)
+        .expect("NESTED (n3)");
+    client
+        .tx_commit()
+        .expect_err("the coordinator died during commit");
+    drop(client);
+    let listed = tx_list(&c, 2);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let gtrid = listed[0]["gtrid"].as_str().expect("gtrid").to_string();
+    for word in ["commit", "rollback"] {
+        let run = tx_by_hand(&c, 2, word, &gtrid);
+        assert!(!run.ok(), "{run:?}");
+        assert!(
+            run.stderr
+                .contains("is coordinated by node \"n1\" and no node can tell its outcome now")
+                && run
+                    .stderr
+                    .contains("Not supported yet: deciding it on this node by hand"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        rm_calls(&rms, "gs3", "commit", None) + rm_calls(&rms, "gs3", "rollback", None),
+        0
+    );
+    reboot_after_failpoint(&mut c, 0, &pids);
+    nothing_open(&c, &rms);
+    assert_eq!(rm_calls(&rms, "gs3", "commit", Some("ok")), 1);
+}
+
+/// How a transaction of `kill_during_commit` ended in the fake RMs.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    /// Every branch committed exactly once, none rolled back.
+    Committed,
+    /// No branch committed.
+    RolledBack,
+}
+
+/// Which process a failpoint of `kill_during_commit` kills.
+#[derive(Clone, Copy, PartialEq)]
+enum Victim {
+    /// The node's daemon (a `tm.*` failpoint): it is booted again afterwards.
+    Daemon,
+    /// A server instance of the node (a `server.*` failpoint): supervision restarts it.
+    Server,
+}
+
+/// kill -9 at one step of a commit spanning two nodes: node `i` (0 = n1, the
+/// coordinator; 2 = n3, the subordinate) runs with `failpoint` (`NAME=kill`). The
+/// transaction: ECHO on n1 and NESTED on n3, which calls ECHO on n1 (branches gs1,
+/// gs3, gs1). After the reboot of a killed daemon and the recoveries, nothing stays
+/// prepared or logged, the transaction ended the same on both nodes (all committed or
+/// nothing committed) and as the client was told when it was told. Returns how it
+/// ended.
+fn kill_during_commit(tag: &str, i: usize, failpoint: &str, victim: Victim) -> Ended {
+    let env = [("TPMON_FAILPOINTS", failpoint)];
+    let (env1, env3): (&[(&str, &str)], &[(&str, &str)]) =
+        if i == 0 { (&env, &[]) } else { (&[], &env) };
+    let (mut c, rms) = tx_cluster(tag, env1, env3);
+    let pids = all_pids(&c.status(i).expect("the node's status"));
+    let mut client = c.client(0, false);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    let nested = client.call("NESTED", &s("b"), Flags::NONE);
+    let told = client.tx_commit();
+    drop(client);
+    match victim {
+        // The daemon must die: this waits for it.
+        Victim::Daemon => reboot_after_failpoint(&mut c, i, &pids),
+        Victim::Server => {
+            let e = nested.as_ref().expect_err("NESTED's server was killed");
+            assert_eq!(e.kind, ErrorKind::SvcErr, "{e}");
+        }
+    }
+    nothing_open(&c, &rms);
+    let committed = |g| rm_calls(&rms, g, "commit", Some("ok"));
+    let rolled_back = |g| rm_calls(&rms, g, "rollback", Some("ok"));
+    let ended = if committed("gs1") + committed("gs3") == 0 {
+        Ended::RolledBack
+    } else {
+        assert!(
+            nested.is_ok(),
+            "a commit without NESTED's branch: {nested:?}"
+        );
+        assert_eq!(
+            (committed("gs1"), committed("gs3")),
+            (2, 1),
+            "each branch committed once"
+        );
+        assert_eq!(
+            rolled_back("gs1") + rolled_back("gs3"),
+            0,
+            "a commit and a rollback in one transaction"
+        );
+        Ended::Committed
+    };
+    match (&told, &ended) {
+        (Ok(_), Ended::Committed)
+        | (Err(tpmon_client::TxError::RolledBack(_)), Ended::RolledBack) => {}
+        (Ok(_) | Err(tpmon_client::TxError::RolledBack(_)), _) => {
+            panic!("the client was told {told:?} but the transaction {ended:?}")
+        }
+        // The client lost its answer (its coordinator died): either outcome.
+        (Err(_), _) => {}
+    }
+    ended
+}
+
+#[test]
+fn a_coordinator_killed_after_the_other_node_prepared_rolls_back_on_both() {
+    let ended = kill_during_commit(
+        "xk-c-remote",
+        0,
+        "tm.after_remote_prepare=kill",
+        Victim::Daemon,
+    );
+    assert_eq!(ended, Ended::RolledBack);
+}
+
+#[test]
+fn a_coordinator_killed_in_phase_2_commits_on_both_after_reboot() {
+    let ended = kill_during_commit("xk-c-phase2", 0, "tm.phase2=kill", Victim::Daemon);
+    assert_eq!(ended, Ended::Committed);
+}
+
+#[test]
+fn a_coordinator_killed_after_phase_2_commits_on_both_after_reboot() {
+    let ended = kill_during_commit("xk-c-after2", 0, "tm.after_phase2=kill", Victim::Daemon);
+    assert_eq!(ended, Ended::Committed);
+}
+
+#[test]
+fn a_participant_server_killed_before_its_prepare_rolls_back_on_both() {
+    let ended = kill_during_commit(
+        "xk-s-before",
+        2,
+        "server.before_prepare=kill",
+        Victim::Server,
+    );
+    assert_eq!(ended, Ended::RolledBack);
+}
+
+#[test]
+fn a_participant_server_killed_after_its_prepare_rolls_back_on_both() {
+    let ended = kill_during_commit("xk-s-after", 2, "server.after_prepare=kill", Victim::Server);
+    assert_eq!(ended, Ended::RolledBack);
+}
+
+#[test]
+fn a_subordinate_killed_before_it_logged_its_branches_rolls_back_on_both() {
+    let ended = kill_during_commit(
+        "xk-sub-before",
+        2,
+        "tm.subordinate_before_prepare=kill",
+        Victim::Daemon,
+    );
+    assert_eq!(ended, Ended::RolledBack);
+}
+
+#[test]
+fn a_subordinate_killed_before_its_phase_2_commits_on_both_after_reboot() {
+    let ended = kill_during_commit("xk-sub-end", 2, "tm.subordinate_end=kill", Victim::Daemon);
+    assert_eq!(ended, Ended::Committed);
+}
+
+#[test]
+fn a_subordinate_killed_after_its_phase_2_commits_on_both_after_reboot() {
+    let ended = kill_during_commit(
+        "xk-sub-after",
+        2,
+        "tm.subordinate_after_end=kill",
+        Victim::Daemon,
+    );
+    assert_eq!(ended, Ended::Committed);
+}
+
+/// kill -9 of the participant node (daemon and instances) while its service works
+/// inside the transaction: the call in flight fails at once, the commit rolls back,
+/// and n3 booted again leaves nothing prepared.
+#[test]
+fn a_participant_node_killed_while_its_service_runs_rolls_back_on_both() {
+    let dir = TempDir::new("xk-node-held");
+    let hold = dir.path.join("held");
+    let fp = format!("server.before_prepare=wait:{}", hold.display());
+    let (mut c, rms) = tx_cluster("xk-node", &[], &[("TPMON_FAILPOINTS", fp.as_str())]);
+    let mut client = c.client(0, false);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    let nested = std::thread::scope(|scope| {
+        let call = scope.spawn(|| client.call("NESTED", &s("b"), Flags::NONE));
+        wait_until("NESTED's server is about to prepare", LIMIT, || {
+            hold.exists()
+        });
+        c.kill(2);
+        call.join().expect("the calling thread")
+    });
+    let e = nested.expect_err("n3 died during NESTED");
+    assert_eq!(e.kind, ErrorKind::SvcErr, "{e}");
+    match client.tx_commit() {
+        Err(tpmon_client::TxError::RolledBack(_)) => {}
+        other => panic!("commit after a participant node died: {other:?}"),
+    }
+    drop(client);
+    let _ = std::fs::remove_file(&hold);
+    c.boot(2);
+    nothing_open(&c, &rms);
     assert_eq!(
         rm_calls(&rms, "gs1", "commit", None) + rm_calls(&rms, "gs3", "commit", None),
         0
