@@ -1994,8 +1994,11 @@ enum Victim {
 /// ended.
 fn kill_during_commit(tag: &str, i: usize, failpoint: &str, victim: Victim) -> Ended {
     let env = [("TPMON_FAILPOINTS", failpoint)];
-    let (env1, env3): (&[(&str, &str)], &[(&str, &str)]) =
-        if i == 0 { (&env, &[]) } else { (&[], &env) };
+    let (env1, env3) = if i == 0 {
+        (&env[..], &[][..])
+    } else {
+        (&[][..], &env[..])
+    };
     let (mut c, rms) = tx_cluster(tag, env1, env3);
     let pids = all_pids(&c.status(i).expect("the node's status"));
     let mut client = c.client(0, false);
