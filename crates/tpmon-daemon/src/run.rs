@@ -273,7 +273,7 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
         None => None,
     };
     let tm_links = mesh.as_ref().map(|mesh| {
-        let l = crate::tm_link::TmLinks::new(mesh.clone(), node_index as u32);
+        let l = crate::tm_link::TmLinks::new(mesh.clone(), node_index as u32, tm.epoch());
         tm.set_links(Arc::new(l.clone()));
         l
     });
@@ -417,7 +417,7 @@ async fn dispatch_links(dom: Arc<Domain>, mut links: mpsc::Receiver<tpmon_link::
             ) if dom.tm_links.is_some() => {
                 if let Some(l) = &dom.tm_links {
                     if response {
-                        l.on_response(frame);
+                        l.on_response(from, frame);
                     } else {
                         l.on_request(&dom, from, frame);
                     }

@@ -24,11 +24,17 @@ use crate::domain::Domain;
 /// Longest wait for another node's TM to answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A request in flight: the node asked, the item, and where its answer goes.
+type Waiting = HashMap<(u32, u64), (Item, oneshot::Sender<Vec<u8>>)>;
+
 struct Inner {
     mesh: Arc<Mesh>,
     me: u32,
+    /// Request ids: `epoch << 32` plus a counter, so that an answer to a request of an
+    /// earlier boot (a node that answers late, after this one restarted) can never be
+    /// taken for the answer to a new one.
     next: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
+    waiting: Mutex<Waiting>,
 }
 
 /// The TM's side of the node links.
@@ -60,24 +66,36 @@ pub fn sub_item(i: Item) -> Option<SubItem> {
 }
 
 impl TmLinks {
-    /// The TM links of node `me` over `mesh`.
-    pub fn new(mesh: Arc<Mesh>, me: u32) -> TmLinks {
+    /// The TM links of node `me` over `mesh`; `epoch` is this boot's (the TM's).
+    pub fn new(mesh: Arc<Mesh>, me: u32, epoch: u64) -> TmLinks {
         TmLinks(Arc::new(Inner {
             mesh,
             me,
-            next: AtomicU64::new(1),
+            next: AtomicU64::new((epoch << 32) | 1),
             waiting: Mutex::new(HashMap::new()),
         }))
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Vec<u8>>>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.0.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A response from another node's TM.
-    pub fn on_response(&self, frame: Frame) {
-        if let Some(tx) = self.waiting().remove(&frame.async_seq) {
-            let _ = tx.send(frame.body);
+    /// A response from node `from`'s TM: taken only as the answer to a request of
+    /// this boot sent to that node for the same item.
+    pub fn on_response(&self, from: u32, frame: Frame) {
+        let mut waiting = self.waiting();
+        match waiting.get(&(from, frame.async_seq)) {
+            Some((item, _)) if *item == frame.item => {
+                if let Some((_, tx)) = waiting.remove(&(from, frame.async_seq)) {
+                    let _ = tx.send(frame.body);
+                }
+            }
+            _ => tracing::debug!(
+                peer = from,
+                seq = frame.async_seq,
+                item = ?frame.item,
+                "an answer from another node's transaction manager that no request waits for; dropped"
+            ),
         }
     }
 
@@ -116,16 +134,17 @@ impl Links for TmLinks {
                 return Err("cannot reach it: the link is not up both ways".into());
             }
             let id = me.0.next.fetch_add(1, Ordering::Relaxed);
+            let key = (node as u32, id);
             let (tx, rx) = oneshot::channel();
-            me.waiting().insert(id, tx);
+            me.waiting().insert(key, (item_of(item), tx));
             let mut frame = Frame::request(item_of(item), me.0.me, body);
             frame.async_seq = id;
             if let Err(e) = me.0.mesh.send(node as u32, frame) {
-                me.waiting().remove(&id);
+                me.waiting().remove(&key);
                 return Err(format!("cannot reach it: {e}"));
             }
             let r = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
-            me.waiting().remove(&id);
+            me.waiting().remove(&key);
             match r {
                 Ok(Ok(body)) => Ok(body),
                 Ok(Err(_)) => Err("no answer".into()),

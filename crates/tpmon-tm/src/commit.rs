@@ -248,7 +248,13 @@ impl Tm {
         if !remote.is_empty() {
             if let Err(why) = self.prepare_remote(&text, &remote).await {
                 tracing::warn!(gtrid = %text, error = %why, "a subordinate node could not prepare; rolling back");
-                self.lock().deciding.remove(&text);
+                // Marked rolled back in the same critical section that lets it out of
+                // `deciding`: a second end in between would otherwise pass the gate.
+                {
+                    let mut st = self.lock();
+                    st.rolled_back.insert(text.clone(), g.deadline_s);
+                    st.deciding.remove(&text);
+                }
                 self.roll_back(&text, &req.branches, g.deadline_s).await;
                 return done(
                     &req.gtrid,
@@ -331,7 +337,13 @@ impl Tm {
                 // transaction rolls back. An I/O error or a poisoned log may have lost
                 // or kept the record: that case is below.
                 tracing::error!(gtrid = %text, error = %e, "cannot log the commit decision; rolling back");
-                self.lock().deciding.remove(&text);
+                // Marked rolled back in the same critical section that lets it out of
+                // `deciding`: a second end in between would otherwise pass the gate.
+                {
+                    let mut st = self.lock();
+                    st.rolled_back.insert(text.clone(), g.deadline_s);
+                    st.deciding.remove(&text);
+                }
                 self.roll_back(&text, &req.branches, g.deadline_s).await;
                 return done(
                     &req.gtrid,

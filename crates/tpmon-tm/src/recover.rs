@@ -50,6 +50,9 @@ pub(crate) enum Action {
     Leave,
 }
 
+/// At most this many subordinate entries are resolved at once by one recovery pass.
+const SUBORDINATE_DRIVES: usize = 32;
+
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -127,6 +130,40 @@ impl Tm {
             .filter(|e| e.gtrid != EPOCH_KEY && self.log.holds(&e.gtrid))
             .collect();
         let pushed = self.push_decisions(&entries).await;
+        // A subordinate's entries are resolved by asking other nodes, which may take
+        // up to the link request timeout each: they run side by side (at most
+        // SUBORDINATE_DRIVES at once), so that one silent node delays neither the
+        // others nor this node's own decisions below.
+        let (subordinate, entries): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|e| e.state == TxState::Prepare && self.me.is_some());
+        let slots = Arc::new(tokio::sync::Semaphore::new(SUBORDINATE_DRIVES));
+        let mut drives = Vec::with_capacity(subordinate.len());
+        for e in subordinate {
+            let (me, slots) = (self.clone(), slots.clone());
+            drives.push(tokio::spawn(async move {
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return;
+                };
+                let gtrid = String::from_utf8_lossy(&e.gtrid).into_owned();
+                if !me.lock().deciding.insert(gtrid.clone()) {
+                    return;
+                }
+                let _hold = Hold {
+                    tm: &me,
+                    gtrid,
+                    keep: false,
+                };
+                // Read it again: it may have been resolved meanwhile.
+                if let Some(e) = me
+                    .log
+                    .get(&e.gtrid)
+                    .filter(|x| me.log.holds(&e.gtrid) && x.state == TxState::Prepare)
+                {
+                    me.drive_subordinate(e).await;
+                }
+            }));
+        }
         for e in entries {
             let gtrid = String::from_utf8_lossy(&e.gtrid).into_owned();
             // Held while driven, so that a manual resolution or a second end does not
@@ -307,6 +344,9 @@ impl Tm {
                     })
                     .collect();
             }
+        }
+        for d in drives {
+            let _ = d.await;
         }
     }
 

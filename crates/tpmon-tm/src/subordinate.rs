@@ -476,8 +476,8 @@ impl Tm {
             }
             SubItem::QueryAdvice => self.advise(&req),
             SubItem::Prepare => self.sub_prepare(from, req).await,
-            SubItem::Commit => self.sub_end(req, true).await,
-            SubItem::Rollback => self.sub_end(req, false).await,
+            SubItem::Commit => self.sub_end(from, req, true).await,
+            SubItem::Rollback => self.sub_end(from, req, false).await,
         };
         answer.encode()
     }
@@ -519,14 +519,17 @@ impl Tm {
             .get(&req.gtrid)
             .filter(|_| self.log.holds(&req.gtrid))
         {
-            // A decision covers the branches it lists (no branches asked about: those
-            // this node told the subordinate to prepare, which it lists); another
-            // branch of the same transaction falls to the rules below.
-            let covered = req.branches.iter().all(|(g, b)| {
-                e.branches
-                    .iter()
-                    .any(|x| x.rm == u32::from(*g) && x.bqual == *b)
-            });
+            // A commit decision covers the branches it lists (no branches asked about:
+            // those this node told the subordinate to prepare). A branch is matched by
+            // its bqual alone, as recovery's `presume` does: groups of two nodes may
+            // share one database, whose sweep then finds the other node's branches
+            // under its own group. A branch the decision does not list (an orphan,
+            // prepared by a server whose reply never came) is never answered "roll
+            // back" while the decision is kept: it waits until phase 2 is over.
+            let covered = req
+                .branches
+                .iter()
+                .all(|(_, b)| e.branches.iter().any(|x| x.bqual == *b));
             match e.state {
                 TxState::Commit if covered => {
                     return SubAnswer {
@@ -534,6 +537,12 @@ impl Tm {
                         decision: Decision::decode(&e.data),
                         detail: String::new(),
                     }
+                }
+                TxState::Commit => {
+                    return SubAnswer::new(
+                        Status::Wait,
+                        "a commit decision that does not list this branch is being completed",
+                    )
                 }
                 TxState::Rollback => return SubAnswer::new(Status::Rollback, ""),
                 _ => {}
@@ -667,6 +676,20 @@ impl Tm {
             );
         }
         let text = String::from_utf8_lossy(&req.gtrid).into_owned();
+        // Held while logged, like every other end of it here: a Rollback (after the
+        // coordinator gave up waiting) or this node's recovery must not act on the
+        // entry between its write and its registration below.
+        if !self.lock().deciding.insert(text.clone()) {
+            return SubAnswer::new(Status::Failed, "being resolved here already");
+        }
+        let answer = self.sub_prepare_held(&text, req).await;
+        self.lock().deciding.remove(&text);
+        answer
+    }
+
+    /// [`Tm::sub_prepare`] with the transaction held in `deciding`.
+    async fn sub_prepare_held(&self, text: &str, req: SubRequest) -> SubAnswer {
+        let text = text.to_string();
         let mut branches: Vec<LogBranch> = self
             .log
             .get(&req.gtrid)
@@ -726,10 +749,15 @@ impl Tm {
 
     /// Subordinate: commit or roll back the branches (those listed and those the
     /// Prepare entry holds), then forget the entry.
-    async fn sub_end(&self, req: SubRequest, commit: bool) -> SubAnswer {
+    async fn sub_end(&self, from: usize, req: SubRequest, commit: bool) -> SubAnswer {
         let text = String::from_utf8_lossy(&req.gtrid).into_owned();
         match Gtrid::parse(&req.gtrid) {
-            Some(g) if g.domain == self.domain && g.node != self.node => {}
+            Some(g) if g.domain == self.domain && g.node != self.node => {
+                if self.nodes.get(from).map(String::as_str) != Some(g.node.as_str()) {
+                    tracing::warn!(gtrid = %text, peer = from, commit, "a node that does not coordinate a transaction asked to end it; refused");
+                    return SubAnswer::new(Status::Failed, "only the coordinator may end it");
+                }
+            }
             _ => {
                 return SubAnswer::new(Status::Failed, "not a transaction another node coordinates")
             }
@@ -769,8 +797,16 @@ impl Tm {
         }
         failpoint::hit("tm.subordinate_end");
         let mut tasks = Vec::new();
+        let mut last = None;
         for (grp, bq) in branches {
             let Some(pool) = self.pool(grp).cloned() else {
+                // Not silently done: the branch stays prepared in a database this node
+                // no longer reaches (the configuration changed), and the coordinator
+                // keeps its decision.
+                last = Some(format!(
+                    "group #{grp} has no resource manager on node {:?} (configuration changed?)",
+                    self.node
+                ));
                 continue;
             };
             let xid = Xid::new(text, String::from_utf8_lossy(&bq).into_owned());
@@ -786,7 +822,6 @@ impl Tm {
                 }
             }));
         }
-        let mut last = None;
         for t in tasks {
             match t.await {
                 Ok(None) => {}

@@ -72,6 +72,8 @@ struct Extra {
     /// Gives groups gs1 (n1) and gs3 (n3) a fake resource manager each, in
     /// `DIR/gs1` and `DIR/gs3`, and makes recovery run every 100 ms.
     rms: Option<PathBuf>,
+    /// With `rms`: gs3 opens `DIR/gs1` too (one database shared by two nodes' groups).
+    shared_rm: bool,
 }
 
 /// The domain's file with the given link secret and link ports.
@@ -105,7 +107,15 @@ fn config_text(secret: &str, links: &[u16], extra: &Extra) -> String {
         if let Some(dir) = extra.rms.as_ref().filter(|_| server != "s2") {
             t.push_str(&format!(
                 "[group.rm]\nkind = \"fake\"\nopen = {}\n",
-                toml_string(&dir.join(format!("g{server}")).display().to_string())
+                toml_string(
+                    &dir.join(if extra.shared_rm {
+                        "gs1".to_string()
+                    } else {
+                        format!("g{server}")
+                    })
+                    .display()
+                    .to_string()
+                )
             ));
         }
     }
@@ -1125,7 +1135,7 @@ fn calls_a_node_cannot_take_are_answered_and_the_link_stays_up() {
             Extra {
                 limits: &["pending_calls_max = 2", "link_calls_max = 2"],
                 services: &[("s1", "SLEEP")],
-                rms: None,
+                ..Extra::default()
             },
         )
     });
@@ -1452,6 +1462,16 @@ fn each_node_keeps_its_files_in_its_own_run_directory() {
 /// Three nodes whose groups gs1 (n1) and gs3 (n3) have fake resource managers in
 /// `rms/gs1` and `rms/gs3`; node 2 (n3) booted with `env3`, node 0 (n1) with `env1`.
 fn tx_cluster(tag: &str, env1: &[(&str, &str)], env3: &[(&str, &str)]) -> (Cluster, TempDir) {
+    tx_cluster_opts(tag, env1, env3, false)
+}
+
+/// [`tx_cluster`]; with `shared_rm`, gs3 uses gs1's fake RM (`rms/gs1`).
+fn tx_cluster_opts(
+    tag: &str,
+    env1: &[(&str, &str)],
+    env3: &[(&str, &str)],
+    shared_rm: bool,
+) -> (Cluster, TempDir) {
     let rms = TempDir::new(&format!("{tag}-rms"));
     for g in ["gs1", "gs3"] {
         std::fs::create_dir_all(rms.path.join(g)).expect("a fake RM directory");
@@ -1462,6 +1482,7 @@ fn tx_cluster(tag: &str, env1: &[(&str, &str)], env3: &[(&str, &str)]) -> (Clust
             SECRET,
             Extra {
                 rms: Some(dir.clone()),
+                shared_rm,
                 ..Extra::default()
             },
         )
@@ -1965,6 +1986,62 @@ fn by_hand_a_subordinate_refuses_while_nobody_knows_the_outcome() {
     reboot_after_failpoint(&mut c, 0, &pids);
     nothing_open(&c, &rms);
     assert_eq!(rm_calls(&rms, "gs3", "commit", Some("ok")), 1);
+}
+
+/// Groups of two nodes on one database (gs1 on n1 and gs3 on n3 share one fake RM):
+/// n3's sweep finds n1's prepared branches as if they were its group's and asks n1
+/// about them. While n1 completes a commit decision (its RM refuses commits for
+/// seconds, well past the transaction's deadline), n1 never answers "roll back" for
+/// a branch its decision lists under another group, so n3 rolls nothing back.
+#[test]
+fn a_database_shared_by_two_nodes_never_rolls_back_a_committed_branch() {
+    let (c, rms) = tx_cluster_opts("xn-shared", &[], &[], true);
+    let gs1 = rms.path.join("gs1");
+    std::fs::write(gs1.join("script"), "commit rmfail 1000000\n").expect("a script");
+    let mut client = c.client(0, false);
+    client
+        .tx_set_timeout(Duration::from_secs(1))
+        .expect("a 1 s transaction");
+    client.tx_begin().expect("begin");
+    for word in ["a", "b"] {
+        client
+            .call("ECHO", &s(word), Flags::NONE)
+            .expect("ECHO (n1)");
+    }
+    client.tx_commit().expect("the decision is logged");
+    drop(client);
+    let listed = tx_list(&c, 0);
+    let gtrid = listed[0]["gtrid"]
+        .as_str()
+        .expect("n1 lists it")
+        .to_string();
+    let deadline_s = gtrid
+        .rsplit(':')
+        .next()
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .expect("the deadline in the gtrid");
+    // Past the deadline and its 2 s grace (from then on an unlisted branch could be
+    // presumed aborted), then a further 20 refused commits (recovery passes of n1,
+    // with n3's passes at the same rate) before the database accepts commits again.
+    wait_until("the deadline and its grace passed", LIMIT, || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|d| d.as_secs() > deadline_s + 3)
+    });
+    let refused = tpmon_xa::fake::FakeRm::count_calls(&gs1, "commit", Some("rmfail"));
+    wait_until("20 more passes (or a rollback)", LIMIT, || {
+        tpmon_xa::fake::FakeRm::count_calls(&gs1, "commit", Some("rmfail")) >= refused + 20
+            || rm_calls(&rms, "gs1", "rollback", None) > 0
+    });
+    assert_eq!(
+        rm_calls(&rms, "gs1", "rollback", None),
+        0,
+        "a committed branch rolled back"
+    );
+    std::fs::remove_file(gs1.join("script")).expect("the database accepts commits again");
+    nothing_open(&c, &rms);
+    assert_eq!(rm_calls(&rms, "gs1", "rollback", Some("ok")), 0);
+    assert_eq!(rm_calls(&rms, "gs1", "commit", Some("ok")), 2);
 }
 
 /// How a transaction of `kill_during_commit` ended in the fake RMs.
