@@ -6,7 +6,8 @@
 //! path, through the relay, from nested calls and forwards, from the command line).
 //! Remote calls behave as local ones (asynchronous calls, TPNOREPLY, TPESVCFAIL with
 //! its urcode and data, TPENOENT from the far side); inside a global transaction they
-//! are refused. A node killed with `kill -9` leaves routing at once: its calls in
+//! carry it, and the transaction commits or rolls back on every node, whichever
+//! process is killed at whichever step of the two-phase commit. A node killed with `kill -9` leaves routing at once: its calls in
 //! flight fail with TPESVCERR, new calls go to another node or get TPENOENT; booted
 //! again it links up and serves again. A node shutting down announces it
 //! (INVALIDATE_SHARD_TARGET) and still answers the calls it has. Malformed and
