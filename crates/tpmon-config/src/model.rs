@@ -101,6 +101,9 @@ pub struct TxSettings {
     pub recovery_interval: Duration,
     /// Most transactions the log holds at once.
     pub entries_max: u32,
+    /// Longest wait of a log flush for decisions of transactions committing side by
+    /// side (`log_commit_delay_us`; 0 turns it off).
+    pub log_commit_delay: Duration,
 }
 
 impl Domain {

@@ -59,6 +59,7 @@ pub(crate) struct RawTx {
     pub one_phase_commit: Option<bool>,
     pub recovery_interval_ms: Option<Int>,
     pub entries_max: Option<Int>,
+    pub log_commit_delay_us: Option<Int>,
 }
 
 /// `[domain.limits]`.

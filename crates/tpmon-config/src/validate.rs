@@ -81,6 +81,7 @@ const TX_TIMEOUT_S: Bound = bound(30, 1, 86_400);
 const TX_TIMEOUT_MAX_S: Bound = bound(300, 1, 86_400);
 const RECOVERY_INTERVAL_MS: Bound = bound(1000, 10, 600_000);
 const TX_ENTRIES: Bound = bound(65_536, 16, 10_000_000);
+const LOG_COMMIT_DELAY_US: Bound = bound(100, 0, 10_000);
 // `[group.rm]`.
 const RM_POOL: Bound = bound(8, 1, 1024);
 /// An embedded site's checkpoint interval (delta), in ms: 10 ms to a day.
@@ -627,6 +628,12 @@ fn tx_settings(
         RECOVERY_INTERVAL_MS,
     )?;
     let entries_max = ctx.int(&scope, "entries_max", raw.entries_max.as_ref(), TX_ENTRIES)?;
+    let log_commit_delay_us = ctx.int(
+        &scope,
+        "log_commit_delay_us",
+        raw.log_commit_delay_us.as_ref(),
+        LOG_COMMIT_DELAY_US,
+    )?;
     Ok(TxSettings {
         log_dir,
         timeout: Duration::from_secs(timeout_s),
@@ -634,6 +641,7 @@ fn tx_settings(
         one_phase_commit: raw.one_phase_commit.unwrap_or(true),
         recovery_interval: Duration::from_millis(recovery_interval_ms),
         entries_max: narrow(entries_max),
+        log_commit_delay: Duration::from_micros(log_commit_delay_us),
     })
 }
 

@@ -230,6 +230,7 @@ impl Tm {
         let identity = LogIdentity::new(cfg.domain.name.clone(), node.to_string());
         let options = Options {
             entries_max: settings.entries_max as usize + 1,
+            commit_delay: settings.log_commit_delay,
             ..Options::default()
         };
         let log_err = |source| TmError::Log {

@@ -62,7 +62,7 @@ pub use entry::{
 pub use error::LogError;
 pub use log::{
     GroupCommit, LogStats, Options, TxLog, BATCH_BYTES_MAX_DEFAULT, BATCH_BYTES_MAX_LIMIT,
-    ENTRIES_MAX_DEFAULT, SEGMENT_BYTES_MAX_DEFAULT,
+    COMMIT_DELAY_DEFAULT, COMMIT_DELAY_MAX, ENTRIES_MAX_DEFAULT, SEGMENT_BYTES_MAX_DEFAULT,
 };
 pub use record::{Lsn, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 pub use recover::{decision_table_markdown, Case, Decision, OpenReport, Repair};

@@ -55,7 +55,17 @@ pub struct Options {
     pub segment_bytes_max: u64,
     /// Group commit on (the default) or off (the baseline).
     pub group_commit: GroupCommit,
+    /// Longest wait of a flush for callers committing side by side to join its batch
+    /// (0: never wait). A flush waits only when the previous one showed concurrent
+    /// callers and fewer are in its batch, and stops waiting as soon as they are in.
+    /// At most [`COMMIT_DELAY_MAX`].
+    pub commit_delay: std::time::Duration,
 }
+
+/// The default [`Options::commit_delay`].
+pub const COMMIT_DELAY_DEFAULT: std::time::Duration = std::time::Duration::from_micros(100);
+/// The largest [`Options::commit_delay`].
+pub const COMMIT_DELAY_MAX: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Default for Options {
     fn default() -> Options {
@@ -64,6 +74,7 @@ impl Default for Options {
             batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             group_commit: GroupCommit::On,
+            commit_delay: COMMIT_DELAY_DEFAULT,
         }
     }
 }
@@ -78,6 +89,9 @@ impl Options {
             return bad(format!(
                 "batch_bytes_max must be in {RECORD_BYTES_MAX}..={BATCH_BYTES_MAX_LIMIT} (the largest record must fit one batch)"
             ));
+        }
+        if self.commit_delay > COMMIT_DELAY_MAX {
+            return bad(format!("commit_delay must be at most {COMMIT_DELAY_MAX:?}"));
         }
         if self.segment_bytes_max < 2 * HEADER_BLOCK_BYTES as u64 {
             return bad(format!(
@@ -100,6 +114,9 @@ pub struct LogStats {
     pub bytes: u64,
     /// Segment rotations.
     pub rotations: u64,
+    /// Flushes that first waited for callers committing side by side
+    /// ([`Options::commit_delay`]).
+    pub delayed: u64,
 }
 
 /// The durable global transaction log: a map gtrid → [`Entry`] whose every change is

@@ -22,6 +22,7 @@ pub(crate) fn small_options() -> Options {
         batch_bytes_max: RECORD_BYTES_MAX,
         segment_bytes_max: 1 << 20,
         group_commit: GroupCommit::On,
+        commit_delay: crate::COMMIT_DELAY_DEFAULT,
     }
 }
 
@@ -856,4 +857,62 @@ fn lazy_removals_ride_on_the_next_flush() {
     let f = log.stats().flushes;
     log.sync().expect("idle sync");
     assert_eq!(log.stats().flushes, f);
+}
+
+#[test]
+fn a_lone_caller_never_waits_for_the_commit_delay() {
+    let opts = Options {
+        commit_delay: crate::COMMIT_DELAY_MAX,
+        ..small_options()
+    };
+    let log = TxLog::create_in(SimStorage::new(), ident(), opts).expect("create");
+    for i in 0..200 {
+        let k = format!("k{i}");
+        log.put(entry(&k, TxState::Commit, 0)).expect("put");
+        log.remove(k.as_bytes()).expect("remove");
+    }
+    let st = log.stats();
+    assert_eq!((st.records, st.flushes, st.delayed), (400, 400, 0));
+}
+
+#[test]
+fn callers_committing_side_by_side_all_become_durable_with_the_commit_delay() {
+    let opts = Options {
+        commit_delay: crate::COMMIT_DELAY_MAX,
+        ..small_options()
+    };
+    let log = Arc::new(TxLog::create_in(SimStorage::new(), ident(), opts).expect("create"));
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let k = format!("{t}-{i}");
+                    log.put(entry(&k, TxState::Commit, 0)).expect("put");
+                    assert!(log.get(k.as_bytes()).is_some(), "durable once put returns");
+                    log.remove_lazy(k.as_bytes()).expect("remove");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("join");
+    }
+    log.sync().expect("sync");
+    assert!(log.is_empty());
+    let st = log.stats();
+    assert_eq!(st.records, 800);
+    assert!(st.flushes < 800, "{st:?}");
+}
+
+#[test]
+fn a_commit_delay_above_the_maximum_is_refused() {
+    let opts = Options {
+        commit_delay: crate::COMMIT_DELAY_MAX + std::time::Duration::from_micros(1),
+        ..small_options()
+    };
+    assert!(matches!(
+        TxLog::create_in(SimStorage::new(), ident(), opts),
+        Err(LogError::InvalidOptions { .. })
+    ));
 }
