@@ -85,6 +85,10 @@ pub enum BenchCommand {
         /// Database 2.
         #[arg(long, requires = "db1")]
         db2: Option<String>,
+        /// The domains' `[domain.tx] log_commit_delay_us` (default: the default, 100;
+        /// 0 turns the commit delay off, for comparison).
+        #[arg(long)]
+        log_commit_delay_us: Option<u64>,
     },
     /// The embedded resource manager: transactions/s over two embedded sites with and
     /// without checkpoints (p99 interference), messages and storage per checkpoint,
@@ -172,6 +176,7 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
             no_postgres,
             db1,
             db2,
+            log_commit_delay_us,
         } => crate::bench_tx::bench_tx(
             json,
             seconds,
@@ -179,6 +184,7 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
             &concurrency,
             no_postgres,
             db1.zip(db2),
+            log_commit_delay_us,
         ),
     }
 }

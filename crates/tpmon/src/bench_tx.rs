@@ -33,7 +33,13 @@ const BANK_FLD: &str = include_str!("../../../examples/bank/bank.fld");
 /// Accounts per database in the PostgreSQL benchmark (few conflicts at 32).
 const ACCOUNTS: i64 = 10_000;
 
-fn noop_domain_toml(instances: usize) -> String {
+/// The `[domain.tx]` line setting the log's commit delay, if one is asked for.
+fn commit_delay_line(us: Option<u64>) -> String {
+    us.map_or(String::new(), |us| format!("log_commit_delay_us = {us}\n"))
+}
+
+fn noop_domain_toml(instances: usize, commit_delay_us: Option<u64>) -> String {
+    let delay = commit_delay_line(commit_delay_us);
     format!(
         r#"[domain]
 name = "benchtx"
@@ -43,7 +49,7 @@ run_dir = "run"
 [domain.tx]
 # Every commit writes and fsyncs its decision, even with one branch.
 one_phase_commit = false
-
+{delay}
 [[group]]
 name = "null"
 rm = "noop"
@@ -62,7 +68,13 @@ server = "echo"
     )
 }
 
-fn bank_domain_toml(db1: &str, db2: &str, instances: usize) -> String {
+fn bank_domain_toml(
+    db1: &str,
+    db2: &str,
+    instances: usize,
+    commit_delay_us: Option<u64>,
+) -> String {
+    let delay = commit_delay_line(commit_delay_us);
     let spin_us: u64 = std::env::var("TPMON_BENCH_SPIN_US")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -78,6 +90,8 @@ field_tables = ["bank.fld"]
 [domain.limits]
 spin_us = {spin_us}
 
+[domain.tx]
+{delay}
 [[group]]
 name = "db1"
 [group.rm]
@@ -168,9 +182,18 @@ fn pj(p: &Point) -> serde_json::Value {
 }
 
 /// The no-op resource manager part.
-fn noop_part(seconds: f64, clients: &[usize], as_json: bool) -> anyhow::Result<serde_json::Value> {
+fn noop_part(
+    seconds: f64,
+    clients: &[usize],
+    as_json: bool,
+    commit_delay_us: Option<u64>,
+) -> anyhow::Result<serde_json::Value> {
     let instances = clients.iter().copied().max().unwrap_or(1);
-    let dom = TempDomain::boot("bench-tx-noop", &noop_domain_toml(instances), false)?;
+    let dom = TempDomain::boot(
+        "bench-tx-noop",
+        &noop_domain_toml(instances, commit_delay_us),
+        false,
+    )?;
     let addr = dom.addr.clone();
     if !as_json {
         println!("no-op resource manager: tx_begin, tpcall ECHO, tx_commit (decision fsynced)");
@@ -350,6 +373,7 @@ pub(crate) fn postgres_part(
     concurrency: &[usize],
     urls: Option<(String, String)>,
     as_json: bool,
+    commit_delay_us: Option<u64>,
 ) -> anyhow::Result<serde_json::Value> {
     let server;
     let (db1, db2) = match urls {
@@ -380,7 +404,7 @@ pub(crate) fn postgres_part(
         // server as clients, as an operator would configure.
         let dom = TempDomain::boot_with(
             "bench-tx-pg",
-            &bank_domain_toml(&db1, &db2, n),
+            &bank_domain_toml(&db1, &db2, n, commit_delay_us),
             false,
             &[("bank.fld", BANK_FLD)],
         )?;
@@ -423,16 +447,17 @@ pub fn bench_tx(
     concurrency: &[usize],
     skip_postgres: bool,
     urls: Option<(String, String)>,
+    commit_delay_us: Option<u64>,
 ) -> anyhow::Result<()> {
     if !(seconds.is_finite() && seconds > 0.0) {
         bail!("--seconds must be positive");
     }
     crate::quickstart::require_example_server()?;
-    let noop = noop_part(seconds, clients, as_json)?;
+    let noop = noop_part(seconds, clients, as_json, commit_delay_us)?;
     let pg = if skip_postgres {
         serde_json::Value::Null
     } else {
-        postgres_part(seconds, concurrency, urls, as_json)?
+        postgres_part(seconds, concurrency, urls, as_json, commit_delay_us)?
     };
     if as_json {
         println!("{}", json!({"noop": noop, "postgres": pg}));
