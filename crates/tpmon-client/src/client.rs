@@ -146,7 +146,8 @@ impl Client {
         let transport = match local {
             Some((endpoint, table)) => {
                 let mut l = local_parts(&welcome, endpoint, Arc::new(table));
-                l._session = Some(stream);
+                // Only peeked at, never read: non-blocking, or it is not kept.
+                l.session = stream.set_nonblocking(true).is_ok().then_some(stream);
                 Transport::Local(l)
             }
             None => {
@@ -704,7 +705,7 @@ fn local_parts(welcome: &Welcome, endpoint: Endpoint, table: Arc<StatusTable>) -
             .collect(),
         senders: Vec::new(),
         spin: tpmon_ipc::Spin::new(Duration::from_micros(u64::from(welcome.spin_us))),
-        _session: None,
+        session: None,
         tm: None,
     }
 }

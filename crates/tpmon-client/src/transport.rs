@@ -35,8 +35,9 @@ pub(crate) struct Local {
     pub senders: Vec<Option<Endpoint>>,
     /// Adaptive polling for replies.
     pub spin: Spin,
-    /// The authenticated session with the daemon, held open for the client's lifetime.
-    pub _session: Option<TcpStream>,
+    /// The authenticated session with the daemon, held open for the client's lifetime
+    /// (non-blocking: only peeked at, to learn that the daemon is gone).
+    pub session: Option<TcpStream>,
     /// Connection to the transaction manager's socket, made at the first commit.
     pub tm: Option<(std::os::unix::net::UnixStream, FrameDecoder)>,
 }
@@ -61,6 +62,28 @@ pub(crate) struct Relay {
 pub(crate) enum Transport {
     Local(Local),
     Relay(Relay),
+}
+
+/// Longest a local caller waits for a reply before it checks that its node's daemon
+/// is still there.
+const DAEMON_CHECK: Duration = Duration::from_millis(500);
+
+impl Local {
+    /// Whether the daemon closed the session (it died or shut down).
+    fn daemon_gone(&self) -> bool {
+        let Some(s) = &self.session else {
+            return false;
+        };
+        let mut b = [0u8; 1];
+        match s.peek(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+        }
+    }
 }
 
 /// Granularity of the socket receive timeout.
@@ -220,8 +243,16 @@ impl Transport {
     ) -> Result<Reply, RecvFailure> {
         match self {
             Transport::Local(l) => loop {
+                // Waits in slices of at most DAEMON_CHECK: a reply can only come while
+                // the node's daemon lives (it owns the servers), so between slices the
+                // session tells whether it is gone.
+                let deadline = timeout.map(|t| Instant::now() + t);
+                let slice = deadline.map_or(DAEMON_CHECK, |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .min(DAEMON_CHECK)
+                });
                 l.endpoint
-                    .set_recv_timeout(timeout.map(coarse))
+                    .set_recv_timeout(Some(coarse(slice)))
                     .map_err(|e| RecvFailure::Fatal(ipc_error(e)))?;
                 let got = match if nonblock {
                     l.endpoint.recv(true)
@@ -229,7 +260,19 @@ impl Transport {
                     l.endpoint.recv_spinning(&mut l.spin, &*l.table)
                 } {
                     Ok(r) => r,
-                    Err(IpcError::TimedOut) => return Err(RecvFailure::TimedOut),
+                    Err(IpcError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                        return Err(RecvFailure::TimedOut)
+                    }
+                    Err(IpcError::TimedOut) => {
+                        if l.daemon_gone() {
+                            return Err(RecvFailure::Fatal(CallError::new(
+                                ErrorKind::System,
+                                "the node's daemon went away while waiting for the reply \
+                                 (the call's outcome is unknown)",
+                            )));
+                        }
+                        continue;
+                    }
                     Err(IpcError::WouldBlock) => return Err(RecvFailure::WouldBlock),
                     // A malformed datagram from some other local process is dropped;
                     // it must not fail the caller's call.

@@ -984,6 +984,40 @@ impl Tm {
         Err(answers.join("; "))
     }
 
+    /// Whether none of `branches` (of transaction `text`) is still prepared in this
+    /// node's resource managers. False when one of them cannot be asked.
+    async fn branches_all_ended(&self, text: &str, branches: &[LogBranch]) -> bool {
+        let mut asked: Vec<usize> = Vec::new();
+        for b in branches {
+            let Some(group) = u16::try_from(b.rm).ok() else {
+                return false;
+            };
+            let Some(pool) = self.pool(group).cloned() else {
+                return false;
+            };
+            let rm = self
+                .rm_of_group
+                .get(group as usize)
+                .copied()
+                .unwrap_or(usize::MAX);
+            if asked.contains(&rm) {
+                continue;
+            }
+            asked.push(rm);
+            match pool.recover(text).await {
+                Ok(xids) => {
+                    if xids.iter().any(|x| {
+                        x.gtrid == text && branches.iter().any(|b| b.bqual == x.bqual.as_bytes())
+                    }) {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        !branches.is_empty()
+    }
+
     /// The outcome of a transaction another node coordinates: asks the coordinator
     /// (QUERY_ADVICE) and, when it cannot be reached, the other nodes from the highest
     /// SCN down. `Ok((commit, decision))` only on a definite answer; otherwise why
@@ -1094,6 +1128,20 @@ impl Tm {
             {
                 return;
             }
+        }
+        if self.branches_all_ended(&text, &e.branches).await {
+            // Phase 2 ended every branch here and the entry's removal (lazy: not
+            // synced) was lost in a crash. Nothing is left to resolve: asking would
+            // only find a coordinator that forgot the transaction too.
+            if let Err(err) = self.log.remove_lazy(&e.gtrid) {
+                tracing::warn!(gtrid = %text, error = %err, "cannot remove a subordinate entry");
+                return;
+            }
+            let mut st = self.lock();
+            st.sub_prepared.remove(&text);
+            st.tracked.remove(&text);
+            tracing::info!(gtrid = %text, "a subordinate entry whose branches are all ended already (its removal was lost in a crash); forgotten");
+            return;
         }
         let (commit, decision) = match e.advice {
             Advice::Commit => (true, Decision::decode(&e.data)),

@@ -2305,6 +2305,46 @@ impl Bank {
         }
     }
 
+    /// BALANCE1 of `account` (site 1, on n1).
+    fn balance1(&self, client: &mut Client, account: i64) -> Result<i64, String> {
+        let r = client
+            .call("BALANCE1", &self.fields(&[("FROM", account)]), Flags::NONE)
+            .map_err(|e| e.to_string())?;
+        match &r.buffer {
+            Some(tpmon_client::Buffer::Field(f)) => f
+                .get_long(self.table.key_of("TOTAL").expect("field"), 0)
+                .map_err(|e| e.to_string()),
+            other => Err(format!("BALANCE1 answered {other:?}")),
+        }
+    }
+
+    /// One TRANSFER as [`Bank::transfer`], but failures are outcomes: `Ok(true)` when
+    /// the commit answered *committed*, `Ok(false)` when the transaction certainly did
+    /// not commit (the call failed, or the commit answered *rolled back*), `Err` when
+    /// the outcome is unknown to the client (its commit got no answer).
+    fn try_transfer(&self, client: &mut Client, amount: i64) -> Result<bool, String> {
+        client.tx_begin().map_err(|e| format!("begin: {e}"))?;
+        if let Err(e) = client.call(
+            "TRANSFER",
+            &self.fields(&[("FROM", 1), ("TO", 2), ("AMOUNT", amount)]),
+            Flags::NONE,
+        ) {
+            // Doomed: the commit rolls it back (or the originator is gone, and its
+            // transaction with it: nothing was decided).
+            let _ = client.tx_rollback();
+            return if e.kind == ErrorKind::System {
+                Err(e.to_string())
+            } else {
+                Ok(false)
+            };
+        }
+        match client.tx_commit() {
+            Ok(tpmon_client::Committed::Done) => Ok(true),
+            Err(tpmon_client::TxError::RolledBack(_)) => Ok(false),
+            other => Err(format!("commit: {other:?}")),
+        }
+    }
+
     /// One TRANSFER of `amount` from account 1 (site 1) to account 2 (site 2), in a
     /// global transaction that commits.
     fn transfer(&self, client: &mut Client, amount: i64) {
@@ -2367,6 +2407,109 @@ fn the_multinode_example_serves_nodeinfo_on_n3_and_transfers_across_nodes() {
     wait_until("no transaction left on any node", LIMIT, || {
         (0..NODES.len()).all(|i| tx_list(&c, i).as_array().is_some_and(Vec::is_empty))
     });
+}
+
+/// A seeded kill loop on the multinode example: in each round a client of n1 or n2
+/// (the coordinator) runs transfers (site 1 on n1 → site 2 on n3, TRANSFER on n2)
+/// until, after a seeded number of them, one node chosen by the seed is killed with
+/// kill -9 while the next transfer is under way, wherever in its two-phase commit.
+/// The node is booted again; then nothing stays in doubt on any node, TOTAL is the
+/// opening total, and account 1 paid for every transfer its client saw committed
+/// and at most for those whose outcome the client did not learn. The seed is
+/// `TPMON_KILL_SEED` (printed).
+#[test]
+fn a_seeded_kill_loop_across_nodes_keeps_the_books() {
+    let seed: u64 = std::env::var("TPMON_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_2026);
+    eprintln!("kill loop seed {seed} (TPMON_KILL_SEED)");
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut c = example_cluster("killloop");
+    for i in 0..NODES.len() {
+        c.boot(i);
+    }
+    let all_linked = |c: &Cluster| {
+        for i in 0..NODES.len() {
+            c.wait_status(i, "both other nodes linked and recovered", |st| {
+                others(i).all(|j| linked(st, NODES[j]) && routable(st, NODES[j]))
+            });
+        }
+    };
+    all_linked(&c);
+    let bank = Bank::new();
+    let (total, opening1) = {
+        let mut client = c.client(1, false);
+        (
+            bank.total(&mut client),
+            bank.balance1(&mut client, 1).expect("BALANCE1"),
+        )
+    };
+    let (mut committed, mut unknown) = (0i64, 0i64);
+    for round in 0..6 {
+        let origin = next(2) as usize;
+        let victim = next(3) as usize;
+        let after = next(5) as usize;
+        eprintln!(
+            "round {round}: client of {}, kill {} after {after} transfer(s)",
+            NODES[origin], NODES[victim]
+        );
+        let started = std::time::Instant::now();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let mut client = c.client(origin, false);
+        let (seen, lost) = std::thread::scope(|scope| {
+            let (stop, done, bank) = (&stop, &done, &bank);
+            let worker = scope.spawn(move || {
+                let (mut seen, mut lost) = (0i64, 0i64);
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    match bank.try_transfer(&mut client, 10) {
+                        Ok(true) => seen += 1,
+                        Ok(false) => {}
+                        Err(_) => {
+                            // The outcome is unknown to this client; its node may be
+                            // gone: stop here.
+                            lost += 1;
+                            break;
+                        }
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                (seen, lost)
+            });
+            wait_until("the transfers before the kill", LIMIT, || {
+                done.load(std::sync::atomic::Ordering::Acquire) >= after
+            });
+            c.kill(victim);
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            worker.join().expect("the client thread")
+        });
+        committed += seen;
+        unknown += lost;
+        c.boot(victim);
+        all_linked(&c);
+        wait_until("nothing in doubt on any node", LIMIT, || {
+            (0..NODES.len()).all(|i| tx_list(&c, i).as_array().is_some_and(Vec::is_empty))
+        });
+        let mut client = c.client(1, false);
+        wait_until("TOTAL is the opening total", LIMIT, || {
+            bank.total(&mut client) == total
+        });
+        let b1 = bank.balance1(&mut client, 1).expect("BALANCE1");
+        let paid = (opening1 - b1) / 10;
+        assert!(
+            (committed..=committed + unknown).contains(&paid),
+            "round {round}: account 1 paid for {paid} transfers; the clients saw {committed} committed and {unknown} unknown (seed {seed})"
+        );
+        eprintln!("round {round}: books kept after {:?}", started.elapsed());
+    }
+    assert!(committed > 0, "no transfer committed at all (seed {seed})");
 }
 
 /// Rollback-recovery across nodes (spec 03 Algorithms 3 and 4 over the links), on the

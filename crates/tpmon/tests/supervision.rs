@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{
-    alive, kill9, restarts, s, server, serving_pids, text, wait_for, wait_until, Config, Domain,
+    alive, all_pids, kill9, restarts, s, server, serving_pids, text, wait_for, wait_until, Config,
+    Domain,
 };
 use tpmon_client::{Client, ErrorKind, Flags};
 
@@ -535,4 +536,32 @@ fn instances_die_with_a_killed_daemon_and_the_domain_boots_again() {
     drop(c);
     assert!(dom.down().ok(), "down after the second boot");
     assert!(new_pids.iter().all(|p| !alive(*p)));
+}
+
+/// A local client waiting for a reply whose node daemon dies (kill -9; its instances
+/// die with it) is not left waiting until its blocking timeout: it notices that the
+/// daemon closed its session and answers TPESYSTEM, the outcome unknown.
+#[test]
+fn a_local_caller_learns_at_once_that_its_daemon_died() {
+    let mut dom = Domain::boot("daemon-dies", &faulty(&[]));
+    let mut c = dom.client();
+    c.set_blocking_timeout(Duration::from_secs(120));
+    let pids = all_pids(&dom.status());
+    let e = std::thread::scope(|scope| {
+        let call = scope.spawn(|| c.call("SLEEP", &s("60000"), Flags::NONE));
+        dom.wait_status("SLEEP is being served", AWAIT, |st| {
+            st["servers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["instances"].as_array().into_iter().flatten())
+                .any(|i| i["state"] == "busy")
+        });
+        dom.kill_all(&pids);
+        call.join().expect("the calling thread")
+    })
+    .expect_err("the daemon died during the call");
+    assert_eq!(e.kind, ErrorKind::System, "{e}");
+    assert!(e.detail.contains("daemon went away"), "{e}");
+    dom.reboot(&faulty(&[]), &[]);
 }

@@ -80,6 +80,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // TPMON_TEST_KEEP=1 keeps the directories of failed tests (logs, run dirs).
+        if std::thread::panicking() && std::env::var_os("TPMON_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.path.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
