@@ -195,6 +195,8 @@ pub struct Mesh {
     changes: watch::Sender<u64>,
     /// By position: wakes that peer's connect loop out of its back-off.
     wake: Vec<Arc<tokio::sync::Notify>>,
+    /// The runtime the mesh was started on ([`Mesh::send_or_wait`] waits there).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Mesh {
@@ -264,6 +266,7 @@ impl Mesh {
             wake: (0..n)
                 .map(|_| Arc::new(tokio::sync::Notify::new()))
                 .collect(),
+            runtime: tokio::runtime::Handle::current(),
         });
         let mut handles = vec![tokio::spawn(accept_loop(
             Arc::downgrade(&mesh),
@@ -309,6 +312,45 @@ impl Mesh {
             mpsc::error::TrySendError::Full(_) => SendError::Busy(to),
             mpsc::error::TrySendError::Closed(_) => SendError::Down(to),
         })
+    }
+
+    /// Like [`Mesh::send`], but when the peer's outbox is full the frame waits up to
+    /// `wait` for room (in a task of the mesh's runtime: callable from any thread)
+    /// instead of being refused; for frames that must not be lost to a moment of
+    /// congestion, such as replies. A frame still without room after `wait` is dropped
+    /// with a warning (the link is congested for that long: the peer is as good as
+    /// unreachable, and its own limits answer its caller).
+    pub fn send_or_wait(&self, to: u32, frame: Frame, wait: Duration) -> Result<(), SendError> {
+        let size = frame.packet_bytes();
+        if size > self.cfg.packet_max {
+            return Err(SendError::TooLarge {
+                size,
+                max: self.cfg.packet_max,
+            });
+        }
+        let out = self
+            .slot(to)
+            .ok_or(SendError::NoSuchMember(to))?
+            .out
+            .clone()
+            .ok_or(SendError::Down(to))?;
+        match out.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Down(to)),
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                self.runtime.spawn(async move {
+                    let item = frame.item;
+                    if !matches!(tokio::time::timeout(wait, out.send(frame)).await, Ok(Ok(()))) {
+                        tracing::warn!(
+                            peer = to,
+                            ?item,
+                            "node link: a frame found no room on the link within {wait:?} (or the link went down): dropped"
+                        );
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Every peer's state, by position (ourselves left out).

@@ -1316,6 +1316,50 @@ fn calls_a_node_cannot_take_are_answered_and_the_link_stays_up() {
     assert_eq!(text(&r), "still here");
 }
 
+/// A caller without a timeout (TPNOTIME) of a node that never answers is not left
+/// waiting forever: the call has a lifetime of the blocking timeout (and a grace), at
+/// the end of which its daemon answers TPETIME.
+#[test]
+fn a_notime_call_that_gets_no_reply_ends_after_the_blocking_timeout() {
+    let mut c = Cluster::with("notime", |_| {
+        (
+            SECRET,
+            Extra {
+                limits: &["blocking_timeout_s = 1"],
+                services: &[],
+                rms: None,
+            },
+        )
+    });
+    c.boot(0);
+    c.boot(1);
+    let mut fake = FakeNode::join(&c, 2);
+    c.wait_status(0, "n3 (the test) linked and recovered", |st| {
+        linked(st, "n3")
+    });
+    let mut client = c.client(0, false);
+    let cd = client
+        .acall("STRONLY", &s("never answered"), Flags::NOTIME)
+        .expect("acall");
+    let inc = fake.next("n1's call");
+    match Message::decode(&inc.frame.body) {
+        Ok(Message::Call(call)) => assert_eq!(call.timeout_ms, 0, "{call:?}"),
+        other => panic!("not a call: {other:?}"),
+    }
+    // The test never answers. The caller waits in another thread, so that a
+    // regression fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.getrply(Some(cd), Flags::NOTIME));
+    });
+    let e = rx
+        .recv_timeout(LIMIT)
+        .expect("an answer within the test's limit")
+        .expect_err("no reply came");
+    assert_eq!(e.kind, ErrorKind::Time, "{e}");
+    assert!(e.detail.contains("blocking timeout"), "{}", e.detail);
+}
+
 /// CONNECT_GLOBAL_RECOVERY_MEMBER: n1 and n2 run with a two-minute reconnection
 /// back-off, so they would not try to reach a node that went away for two minutes.
 /// They link up with each other and with n3 at boot only because each node, once its
