@@ -1316,6 +1316,74 @@ fn calls_a_node_cannot_take_are_answered_and_the_link_stays_up() {
     assert_eq!(text(&r), "still here");
 }
 
+/// A node that cannot take more calls (`link_calls_max` in flight to it) is skipped
+/// like a down one: the next node offering the service serves the call, rather than
+/// the caller getting TPELIMIT. NODE is offered on n2 and on n3 (the test, which
+/// holds the calls it gets).
+#[test]
+fn a_saturated_node_is_skipped_for_another_offering_the_service() {
+    let mut c = Cluster::with("saturated", |_| {
+        (
+            SECRET,
+            Extra {
+                limits: &["link_calls_max = 2"],
+                services: &[],
+                rms: None,
+            },
+        )
+    });
+    c.boot(0);
+    c.boot(1);
+    let mut fake = FakeNode::join(&c, 2);
+    c.wait_status(0, "n2 and n3 (the test) linked", |st| {
+        linked(st, "n2") && linked(st, "n3")
+    });
+    let mut client = c.client(0, false);
+    // Round-robin over n2 and n3: half of these would go to n3, which takes two.
+    // One at a time, each to n2 answered before the next (n2 must not saturate).
+    let mut cds = Vec::new();
+    for i in 0..8u64 {
+        cds.push(client.acall("NODE", &s(""), Flags::NONE).expect("acall"));
+        c.wait_status(0, "the call sent, none in flight to n2", |st| {
+            calls(st, "n2", "calls_sent") + calls(st, "n3", "calls_sent") == i + 1
+                && calls(st, "n2", "calls_in_flight") == 0
+        });
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let inc = fake.next("n1's calls to n3");
+        assert!(
+            inc.frame.item == Item::Call && !inc.frame.response,
+            "{inc:?}"
+        );
+        held.push(inc.frame.async_seq);
+    }
+    // The others were all served by n2 (none refused): answer n3's two by hand.
+    for id in held {
+        let reply = tpmon_proto::Reply {
+            call_id: id,
+            status: ReplyStatus::Success,
+            urcode: 0,
+            buffer: Some(tpmon_client::to_wire(&s("n3 (the test)"))),
+            detail: String::new(),
+            branches: Vec::new(),
+        };
+        let f = Frame {
+            response: true,
+            async_seq: id,
+            ..Frame::request(Item::Call, 2, Message::Reply(reply).encode())
+        };
+        fake.send(0, f);
+    }
+    let mut by = std::collections::BTreeMap::<String, usize>::new();
+    for cd in cds {
+        let r = client.getrply(Some(cd), Flags::NONE).expect("served");
+        *by.entry(text(&r.1)).or_default() += 1;
+    }
+    assert_eq!(by.get("n3 (the test)"), Some(&2), "{by:?}");
+    assert_eq!(by.values().sum::<usize>(), 8, "{by:?}");
+}
+
 /// A caller without a timeout (TPNOTIME) of a node that never answers is not left
 /// waiting forever: the call has a lifetime of the blocking timeout (and a grace), at
 /// the end of which its daemon answers TPETIME.
