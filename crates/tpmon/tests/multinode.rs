@@ -1384,6 +1384,55 @@ fn a_saturated_node_is_skipped_for_another_offering_the_service() {
     assert_eq!(by.values().sum::<usize>(), 8, "{by:?}");
 }
 
+/// A node shutting down tells every other node (INVALIDATE_SHARD_TARGET), and tells
+/// it again on a new link: the receiver forgets the notice when its link changes, so a
+/// link made while the node is still leaving must carry it too. n1 serves a long call
+/// while it shuts down; the test (n3) leaves and joins again meanwhile.
+#[test]
+fn the_shutdown_notice_is_sent_again_on_a_new_link() {
+    let mut c = Cluster::with("leaving", |_| {
+        (
+            SECRET,
+            Extra {
+                limits: &[],
+                services: &[("s1", "SLEEP")],
+                rms: None,
+            },
+        )
+    });
+    c.boot(0);
+    c.boot(1);
+    let mut fake = FakeNode::join(&c, 2);
+    c.wait_status(0, "n3 (the test) linked", |st| linked(st, "n3"));
+    let mut client = c.client(0, false);
+    // In n1's queue once acall returns: served before n1's instances stop.
+    let _cd = client
+        .acall("SLEEP", &s("4000"), Flags::NONE)
+        .expect("SLEEP on n1");
+    let down = {
+        let args: Vec<std::ffi::OsString> = c
+            .node_args(0, "down")
+            .into_iter()
+            .map(|a| a.to_os_string())
+            .collect();
+        std::thread::spawn(move || tpmon(args))
+    };
+    let notice = |fake: &mut FakeNode, what: &str| loop {
+        let inc = fake.next(what);
+        if inc.from == 0 && inc.frame.item == Item::InvalidateTarget && !inc.frame.response {
+            return;
+        }
+    };
+    notice(&mut fake, "n1's shutdown notice");
+    // The test leaves and comes back while n1 still serves SLEEP.
+    drop(fake);
+    let mut fake = FakeNode::join(&c, 2);
+    notice(&mut fake, "n1's shutdown notice on the new link");
+    let run = down.join().expect("the down thread");
+    assert!(run.ok(), "{run:?}");
+    c.daemons[0] = None;
+}
+
 /// A caller without a timeout (TPNOTIME) of a node that never answers is not left
 /// waiting forever: the call has a lifetime of the blocking timeout (and a grace), at
 /// the end of which its daemon answers TPETIME.
