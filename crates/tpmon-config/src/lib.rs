@@ -124,6 +124,13 @@ pub fn parse_with_env(
 /// servers and services fits many times over).
 pub const FILE_BYTES_MAX: usize = 1024 * 1024;
 
+/// Largest `frame_bytes_max` of a multi-node domain: a node-link packet is at most
+/// 16 MiB with its 48-byte header and 16-byte tag, and a call carried in it takes a
+/// few bytes of envelope (its timeout, the message kind) beyond the frame itself; 4 KiB
+/// are kept for that. The daemon asserts at compile time that this fits the link's
+/// limit.
+pub const LINK_FRAME_BYTES_MAX: u32 = (16 << 20) - 64 - 4096;
+
 fn parse_inner(
     text: &str,
     source: &Path,

@@ -404,6 +404,44 @@ fn multi_node_domain() {
     assert_eq!((c.groups[0].node, c.groups[1].node), (0, 1));
 }
 
+#[test]
+fn a_multi_node_domain_refuses_frames_larger_than_a_node_link_carries() {
+    let file = |frame: u32| {
+        vec![
+            "[domain]".to_string(),
+            "name = \"qs\"".into(),
+            "listen = \"0.0.0.0:7480\"".into(),
+            "link_secret = \"0123456789abcdef\"".into(),
+            "[domain.limits]".into(),
+            format!("frame_bytes_max = {frame}"),
+            "[[node]]".into(),
+            "name = \"a\"".into(),
+            "link = \"10.0.0.1:7490\"".into(),
+            "[[node]]".into(),
+            "name = \"b\"".into(),
+            "link = \"10.0.0.2:7490\"".into(),
+        ]
+    };
+    let ok = file(crate::LINK_FRAME_BYTES_MAX);
+    assert_eq!(
+        parse_ok(&lines(&ok)).limits.frame_bytes_max,
+        crate::LINK_FRAME_BYTES_MAX
+    );
+    let too_big = file(32 << 20);
+    let e = parse_err(&lines(&too_big));
+    check(
+        &e,
+        ErrorKind::InvalidValue,
+        6,
+        None,
+        Some("domain.limits.frame_bytes_max"),
+    );
+    assert!(e.message().contains("node-link packets"), "{e}");
+    // One node: no links, the local limit only.
+    let v = with_domain(&["[domain.limits]", "frame_bytes_max = 33554432"]);
+    assert_eq!(parse_ok(&lines(&v)).limits.frame_bytes_max, 32 << 20);
+}
+
 // ---------------------------------------------------------------------------------------
 // Errors, each with its exact line
 

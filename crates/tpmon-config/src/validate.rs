@@ -376,6 +376,29 @@ pub(crate) fn build(
             ),
         ));
     }
+    if nodes.len() > 1 && limits.frame_bytes_max > crate::LINK_FRAME_BYTES_MAX {
+        // Calls and replies between nodes travel in node-link packets: a frame that
+        // fits locally but not in a packet would fail only when it is sent.
+        let raw_limits = raw_domain.get_ref().limits.as_ref();
+        let offset = raw_limits
+            .and_then(|l| l.get_ref().frame_bytes_max.as_ref())
+            .map_or(raw_domain.span().start, |v| v.span().start);
+        return Err(ctx.err(
+            &Scope {
+                item: None,
+                prefix: "domain.limits.",
+            },
+            "frame_bytes_max",
+            offset,
+            ErrorKind::InvalidValue,
+            format!(
+                "must be at most {} in a domain of {} nodes (calls between nodes travel \
+                 in node-link packets of at most 16 MiB)",
+                crate::LINK_FRAME_BYTES_MAX,
+                nodes.len()
+            ),
+        ));
+    }
     let (groups, group_names) = groups(&ctx, &raw.group, &nodes, &node_names)?;
     if groups.iter().any(|g| g.rm.xa().is_some()) {
         for node in &nodes {

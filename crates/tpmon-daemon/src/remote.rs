@@ -49,6 +49,13 @@ const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 const SWEEP_PERIOD: Duration = Duration::from_millis(100);
 /// How often a node that answered "recovering" is asked again.
 const CHECK_PERIOD: Duration = Duration::from_millis(200);
+/// Bytes a Call or Reply message adds around a frame of `frame_bytes_max` (its
+/// timeout, the message kind): what the configuration keeps free in a link packet.
+const LINK_CALL_ENVELOPE_BYTES: usize = 4096;
+const _: () = assert!(
+    tpmon_config::LINK_FRAME_BYTES_MAX as usize + LINK_CALL_ENVELOPE_BYTES
+        <= tpmon_link::frame::BODY_BYTES_MAX
+);
 
 /// Why no new call goes to a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +95,12 @@ struct OutCall {
     peer: u32,
     /// The link's `downs` count when the call was sent.
     downs: u64,
-    expires: Option<Instant>,
+    /// When the call is given up: the caller's timeout, or the blocking timeout for
+    /// a caller without one (TPNOTIME), plus [`EXPIRY_GRACE`].
+    expires: Instant,
+    /// The caller has no timeout: at expiry it is answered TPETIME (a caller with a
+    /// timeout has stopped waiting by then).
+    notime: bool,
     origin: Origin,
     service: String,
 }
@@ -122,6 +134,9 @@ struct PeerCalls {
     asked_ms: AtomicU64,
     /// CONNECT_GLOBAL_RECOVERY_MEMBER has been sent to it since this daemon booted.
     member_sent: std::sync::atomic::AtomicBool,
+    /// `downs + 1` of the link on which our INVALIDATE_SHARD_TARGET was last sent to
+    /// it (0: never); while we are leaving, it is sent again on every new link.
+    leaving_sent: AtomicU64,
 }
 
 /// The calls of one node daemon to and from the other nodes.
@@ -137,6 +152,11 @@ pub struct Remote {
     peers: Vec<PeerCalls>,
     link_calls_max: usize,
     pending_calls_max: usize,
+    /// The caller's limit for calls without a timeout (TPNOTIME), and how long a
+    /// reply may wait for room on a congested link.
+    blocking_timeout: Duration,
+    /// This node announced that it is shutting down.
+    leaving: std::sync::atomic::AtomicBool,
     /// The daemon's own reply address: calls forwarded on behalf of relayed clients
     /// and other nodes carry it, and are bounded where they entered this node, not as
     /// one caller.
@@ -199,6 +219,8 @@ impl Remote {
             peers: config.nodes.iter().map(|_| PeerCalls::default()).collect(),
             link_calls_max: config.limits.link_calls_max as usize,
             pending_calls_max: config.limits.pending_calls_max as usize,
+            blocking_timeout: config.limits.blocking_timeout,
+            leaving: std::sync::atomic::AtomicBool::new(false),
             relay_address: relay_address.to_vec(),
             socket: Mutex::new(Some(socket)),
             path,
@@ -313,8 +335,15 @@ impl Remote {
                 ));
             }
         }
-        let expires = (timeout_ms > 0)
-            .then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)) + EXPIRY_GRACE);
+        // Every call has a lifetime, even without a timeout: a reply lost on the way
+        // (a link too congested to carry it) must not keep its caller waiting forever.
+        let notime = timeout_ms == 0;
+        let lifetime = if notime {
+            self.blocking_timeout
+        } else {
+            Duration::from_millis(u64::from(timeout_ms))
+        };
+        let expires = Instant::now() + lifetime + EXPIRY_GRACE;
         let service = request.service.clone();
         let client = request.client.0;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -327,14 +356,26 @@ impl Remote {
         .encode();
         let mut tried = Vec::new();
         let mut origin = Some(origin);
+        // A node that cannot take the call now (link_calls_max reached, its link
+        // busy) is skipped like one whose link is down; only when no node is left is
+        // the caller told why the last one refused (TPELIMIT).
+        let mut saturated: Option<InjectError> = None;
         loop {
-            let (peer, downs) = self.pick(&service, &tried)?;
+            let (peer, downs) = match self.pick(&service, &tried) {
+                Ok(x) => x,
+                Err(e) => return Err(saturated.unwrap_or(e)),
+            };
             let counters = &self.peers[peer as usize];
             // Counted before the check passes, so that concurrent callers cannot
-            // pass the bound together; `release` uncounts it.
-            if !noreply && counters.out_now.fetch_add(1, Ordering::AcqRel) >= self.link_calls_max {
+            // pass the bound together; `release` uncounts it. A TPNOREPLY call is
+            // checked against the bound too, but not kept (no reply will end it).
+            let taken = counters.out_now.fetch_add(1, Ordering::AcqRel);
+            if noreply || taken >= self.link_calls_max {
                 counters.out_now.fetch_sub(1, Ordering::AcqRel);
-                return Err((
+            }
+            if taken >= self.link_calls_max {
+                tried.push(peer);
+                saturated = Some((
                     ErrorKind::Limit,
                     format!(
                         "{} calls to node {:?} are in flight already (link_calls_max)",
@@ -342,6 +383,7 @@ impl Remote {
                         self.name(peer)
                     ),
                 ));
+                continue;
             }
             // Recorded before sending, so that the fastest response finds it.
             if let Some(o) = origin.take().filter(|_| !noreply) {
@@ -351,6 +393,7 @@ impl Remote {
                         peer,
                         downs,
                         expires,
+                        notime,
                         origin: o,
                         service: service.clone(),
                     },
@@ -377,10 +420,11 @@ impl Remote {
                         // The link went down since it was picked: try another node.
                         SendError::Down(_) | SendError::NoSuchMember(_) => tried.push(peer),
                         SendError::Busy(_) => {
-                            return Err((
+                            tried.push(peer);
+                            saturated = Some((
                                 ErrorKind::Limit,
                                 format!("the link to node {:?} is busy", self.name(peer)),
-                            ))
+                            ));
                         }
                         SendError::TooLarge { size, max } => {
                             return Err((
@@ -519,10 +563,37 @@ impl Remote {
             async_seq: link_call,
             ..Frame::request(Item::Call, self.me, Message::Reply(reply).encode())
         };
-        if let Err(e) = self.mesh.send(peer, frame) {
-            // The caller's node fails the call itself when the link is down; a busy
-            // or oversized one leaves it to the caller's timeout.
-            tracing::warn!(peer, node = self.name(peer), error = %e, "could not send a reply to another node");
+        // A congested link makes the reply wait for room rather than be lost.
+        match self.mesh.send_or_wait(peer, frame, self.blocking_timeout) {
+            Ok(()) => {}
+            Err(SendError::TooLarge { size, max }) => {
+                // The caller must hear something: a small error in place of the reply.
+                tracing::warn!(
+                    peer,
+                    node = self.name(peer),
+                    size,
+                    "a reply to another node exceeds the node links' packet limit; answered TPELIMIT"
+                );
+                let error = error_reply(
+                    link_call,
+                    ErrorKind::Limit,
+                    format!(
+                        "the reply is {size} bytes with its frame; node links carry at most {max}"
+                    ),
+                );
+                let frame = Frame {
+                    response: true,
+                    async_seq: link_call,
+                    ..Frame::request(Item::Call, self.me, Message::Reply(error).encode())
+                };
+                if let Err(e) = self.mesh.send_or_wait(peer, frame, self.blocking_timeout) {
+                    tracing::warn!(peer, node = self.name(peer), error = %e, "could not send a reply to another node");
+                }
+            }
+            // Down: the caller's node fails the call itself when it sees the link down.
+            Err(e) => {
+                tracing::warn!(peer, node = self.name(peer), error = %e, "could not send a reply to another node")
+            }
         }
     }
 
@@ -585,8 +656,9 @@ impl Remote {
             );
         }
         // Counted now, before the call is queued, so that a burst of frames cannot
-        // pass the bound (the relay uncounts it when it ends).
-        if !noreply && counters.in_now.fetch_add(1, Ordering::AcqRel) >= self.link_calls_max {
+        // pass the bound (the relay uncounts it when it ends; a TPNOREPLY call is
+        // uncounted once it is in the queue, below).
+        if counters.in_now.fetch_add(1, Ordering::AcqRel) >= self.link_calls_max {
             counters.in_now.fetch_sub(1, Ordering::AcqRel);
             return refuse(
                 ErrorKind::Limit,
@@ -606,7 +678,12 @@ impl Remote {
         } else {
             Duration::from_millis(u64::from(timeout_ms))
         };
-        let expires = (timeout_ms > 0).then(|| now + wait + EXPIRY_GRACE * 2);
+        // Kept at most as long as the caller's side keeps the call (see `start`).
+        let expires = Some(now + wait + EXPIRY_GRACE * 2);
+        // A TPNOREPLY call does not wait for room in a full queue: nobody waits for
+        // it, and waiting calls would pile up behind a stuck server (each with a
+        // task). It is refused (logged) instead.
+        let give_up = if noreply { now } else { now + wait };
         let to = ReplyTo::Peer {
             peer: from,
             link_call: id,
@@ -615,12 +692,23 @@ impl Remote {
         let counter = counters.in_now.clone();
         let (me, dom) = (self.clone(), dom.clone());
         let mut serve = Box::pin(async move {
-            if let Err((kind, detail)) = dom
+            let service = request.service.clone();
+            let result = dom
                 .relay
-                .inject(&dom, server, request, to, counter, expires, now + wait)
-                .await
-            {
-                if !noreply {
+                .inject(&dom, server, request, to, counter.clone(), expires, give_up)
+                .await;
+            if noreply {
+                counter.fetch_sub(1, Ordering::AcqRel);
+            }
+            if let Err((kind, detail)) = result {
+                if noreply {
+                    tracing::warn!(
+                        peer = from,
+                        node = me.name(from),
+                        %service,
+                        "a TPNOREPLY call from another node was not queued: {detail}"
+                    );
+                } else {
                     me.respond(from, id, error_reply(id, kind, detail));
                 }
             }
@@ -651,13 +739,36 @@ impl Remote {
     /// Tells every other node that this one is shutting down
     /// (INVALIDATE_SHARD_TARGET, empty body): they stop routing new calls here at
     /// once, while the calls already here are served.
+    ///
+    /// Reliable: the notice waits for room on a busy link, and [`Remote::sweep`]
+    /// sends it again on every link that comes up (or is replaced) while this node is
+    /// leaving, since the other side forgets it when the link changes.
     pub fn announce_leaving(&self) {
+        self.leaving.store(true, Ordering::Release);
+        self.resend_leaving();
+    }
+
+    /// Sends INVALIDATE_SHARD_TARGET on every link that is up and has not carried it.
+    fn resend_leaving(&self) {
+        if !self.leaving.load(Ordering::Acquire) {
+            return;
+        }
         for p in 0..self.nodes.len() as u32 {
-            if p != self.me {
-                let _ = self.mesh.send(
-                    p,
-                    Frame::request(Item::InvalidateTarget, self.me, Vec::new()),
-                );
+            if p == self.me {
+                continue;
+            }
+            let Some((true, downs)) = self.mesh.link_state(p) else {
+                continue;
+            };
+            let sent = &self.peers[p as usize].leaving_sent;
+            if sent.swap(downs.wrapping_add(1), Ordering::AcqRel) == downs.wrapping_add(1) {
+                continue;
+            }
+            let frame = Frame::request(Item::InvalidateTarget, self.me, Vec::new());
+            if let Err(e) = self.mesh.send_or_wait(p, frame, self.blocking_timeout) {
+                // Down since: the next link gets it.
+                sent.store(0, Ordering::Release);
+                tracing::debug!(peer = p, error = %e, "could not tell another node that this one is leaving");
             }
         }
     }
@@ -667,6 +778,9 @@ impl Remote {
     /// drops calls whose caller has stopped waiting.
     pub fn sweep(&self, dom: &Domain) {
         let now = Instant::now();
+        let mut out = self.out();
+        // The link states are read under the lock of the calls: a call recorded on a
+        // link that came up after a snapshot taken earlier would look broken.
         let states: Vec<Option<(bool, u64)>> = (0..self.nodes.len() as u32)
             .map(|p| self.mesh.link_state(p))
             .collect();
@@ -677,15 +791,14 @@ impl Remote {
                 .flatten()
                 .is_none_or(|(up, d)| !up || d != downs)
         };
-        let (failed, expired) = {
-            let mut out = self.out();
+        let (failed, expired, unanswered) = {
             let ids: Vec<(u64, bool)> = out
                 .calls
                 .iter()
                 .filter_map(|(&id, c)| {
                     if broken(c.peer, c.downs) {
                         Some((id, true))
-                    } else if c.expires.is_some_and(|e| e <= now) {
+                    } else if c.expires <= now {
                         Some((id, false))
                     } else {
                         None
@@ -694,18 +807,43 @@ impl Remote {
                 .collect();
             let mut failed = Vec::new();
             let mut expired = 0usize;
+            let mut unanswered = Vec::new();
             for (id, link) in ids {
                 if let Some(c) = out.calls.remove(&id) {
                     Self::release(&mut out, &self.peers, &c);
                     if link {
                         failed.push((id, c));
+                    } else if c.notime {
+                        unanswered.push((id, c));
                     } else {
                         expired += 1;
                     }
                 }
             }
-            (failed, expired)
+            drop(out);
+            (failed, expired, unanswered)
         };
+        for (id, c) in unanswered {
+            // A caller without a timeout still waits: it is told.
+            tracing::warn!(
+                peer = c.peer,
+                node = self.name(c.peer),
+                service = %c.service,
+                "no reply from another node within the blocking timeout; answered TPETIME"
+            );
+            let reply = error_reply(
+                id,
+                ErrorKind::Time,
+                format!(
+                    "no reply from node {:?} to the call of {} within the blocking timeout \
+                     ({:?}); the service may or may not have run",
+                    self.name(c.peer),
+                    c.service,
+                    self.blocking_timeout
+                ),
+            );
+            Self::deliver(dom, c.origin, reply);
+        }
         if expired > 0 {
             tracing::debug!(
                 expired,
@@ -736,6 +874,7 @@ impl Remote {
         }
         dom.relay.forget(None, broken, now);
         self.check_recovered();
+        self.resend_leaving();
     }
 
     /// Forgets the calls of a relayed client's closed connection.

@@ -1,6 +1,8 @@
 //! Node-link frames (spec 02 §2.4): a 4-byte packet size, a header of seven
 //! big-endian fields (item type, sender position, session id, session sequence,
-//! driver transaction id, async sequence, response queue id), then the body.
+//! driver transaction id, async sequence, response queue id), the body, then a
+//! 16-byte integrity tag ([`crate::seal`] computes and checks it; the packet size
+//! counts header, body and tag).
 //!
 //! Owns the byte layout and its limits; decoding never panics and refuses unknown
 //! item types (the connection that sent one is closed). It does no I/O.
@@ -9,8 +11,12 @@ use thiserror::Error;
 
 /// Bytes of the header after the packet size.
 pub const HEADER_BYTES: usize = 4 + 4 + 8 + 8 + 8 + 8 + 8;
-/// Default largest packet (header and body).
+/// Bytes of the integrity tag that ends every packet ([`crate::seal`]).
+pub const TAG_BYTES: usize = 16;
+/// Default largest packet (header, body and tag; the size field excluded).
 pub const PACKET_BYTES_MAX: usize = 16 << 20;
+/// Largest body a packet of [`PACKET_BYTES_MAX`] bytes can carry.
+pub const BODY_BYTES_MAX: usize = PACKET_BYTES_MAX - HEADER_BYTES - TAG_BYTES;
 /// Item types with this bit set are responses; without it, requests.
 pub const RESPONSE_BIT: u32 = 0x8000_0000;
 
@@ -130,9 +136,16 @@ impl Frame {
         }
     }
 
-    /// The bytes on the wire, packet size first.
+    /// Size of its packet on the wire (header, body and tag; the size field
+    /// excluded).
+    pub fn packet_bytes(&self) -> usize {
+        HEADER_BYTES + self.body.len() + TAG_BYTES
+    }
+
+    /// The bytes on the wire up to the tag: packet size (which counts the tag),
+    /// header, body. [`crate::seal::Sealer::seal`] appends the tag.
     pub fn encode(&self) -> Vec<u8> {
-        let size = (HEADER_BYTES + self.body.len()) as u32;
+        let size = self.packet_bytes() as u32;
         let mut out = Vec::with_capacity(4 + size as usize);
         out.extend_from_slice(&size.to_be_bytes());
         let code = self.item.code() | if self.response { RESPONSE_BIT } else { 0 };
@@ -151,7 +164,8 @@ impl Frame {
         out
     }
 
-    /// Decodes one packet (without its 4-byte size prefix).
+    /// Decodes one packet without its 4-byte size prefix and without its tag
+    /// (checked already).
     pub fn decode(packet: &[u8]) -> Result<Frame, FrameError> {
         if packet.len() < HEADER_BYTES {
             return Err(FrameError::Short(packet.len()));
@@ -182,7 +196,7 @@ impl Frame {
 /// Checks a packet size read from the wire.
 pub fn check_size(size: u32, max: usize) -> Result<usize, FrameError> {
     let n = size as usize;
-    if n < HEADER_BYTES {
+    if n < HEADER_BYTES + TAG_BYTES {
         return Err(FrameError::Short(n));
     }
     if n > max {
@@ -194,8 +208,11 @@ pub fn check_size(size: u32, max: usize) -> Result<usize, FrameError> {
 /// A malformed frame.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
-    /// Smaller than a header.
-    #[error("packet of {0} bytes is shorter than the {HEADER_BYTES}-byte header")]
+    /// Smaller than a header and a tag.
+    #[error(
+        "packet of {0} bytes is shorter than the {HEADER_BYTES}-byte header and the \
+         {TAG_BYTES}-byte tag"
+    )]
     Short(usize),
     /// Over the limit.
     #[error("packet of {size} bytes exceeds the limit of {max}")]
@@ -227,7 +244,7 @@ mod tests {
             let fr = Frame { item, response, sender, session: f[0], seq: f[1], txid: f[2], async_seq: f[3], reply_queue: f[4], body };
             let bytes = fr.encode();
             let size = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            prop_assert_eq!(check_size(size, PACKET_BYTES_MAX), Ok(bytes.len() - 4));
+            prop_assert_eq!(check_size(size, PACKET_BYTES_MAX), Ok(bytes.len() - 4 + TAG_BYTES));
             prop_assert_eq!(Frame::decode(&bytes[4..]), Ok(fr));
         }
 
@@ -249,6 +266,13 @@ mod tests {
             check_size(3, PACKET_BYTES_MAX),
             Err(FrameError::Short(3))
         ));
+        // A header without a tag is short too.
+        assert!(matches!(
+            check_size(HEADER_BYTES as u32, PACKET_BYTES_MAX),
+            Err(FrameError::Short(_))
+        ));
+        assert!(check_size(PACKET_BYTES_MAX as u32, PACKET_BYTES_MAX).is_ok());
+        assert!(check_size(PACKET_BYTES_MAX as u32 + 1, PACKET_BYTES_MAX).is_err());
         assert!(matches!(
             check_size(u32::MAX, PACKET_BYTES_MAX),
             Err(FrameError::TooLarge { .. })

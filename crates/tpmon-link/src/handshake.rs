@@ -1,22 +1,36 @@
 //! The node-link handshake: spec 02 §2.4's position exchange, then a mutual
 //! challenge-response over the domain secret, before anything else is read or sent.
 //!
-//! 1. connector → acceptor: its position and the position it believes the acceptor
-//!    has (two big-endian u32), and a 32-byte random challenge;
-//! 2. the acceptor checks the positions (the spec's two refusals, with its
-//!    messages), then answers with its own challenge and
+//! 1. connector → acceptor: the link protocol's magic and version (`"TPL"` and
+//!    [`LINK_PROTOCOL_VERSION`]), its position and the position it believes the
+//!    acceptor has (two big-endian u32), and a 32-byte random challenge;
+//! 2. the acceptor refuses another version (naming both), checks the positions (the
+//!    spec's two refusals, with its messages), then answers with its own challenge and
 //!    HMAC-SHA256(secret, "tpmon-link/accept" | domain | positions | both challenges);
 //! 3. the connector checks that MAC (the acceptor knows the secret) and answers with
 //!    HMAC-SHA256(secret, "tpmon-link/connect" | domain | positions | both challenges);
-//! 4. the acceptor checks it. Only then is the link up.
+//! 4. the acceptor checks it. Only then is the link up, and both sides derive the
+//!    connection's two direction keys (HMAC-SHA256(secret, "tpmon-link-frames v1" |
+//!    direction | domain | positions | both challenges)) with which every later
+//!    packet is tagged ([`crate::seal`]).
 //!
 //! Owns the message layouts and the checks; the caller owns the socket and its time
-//! limits. It must never log the secret or a MAC.
+//! limits. It must never log the secret, a MAC or a key. A challenge comes from
+//! /dev/urandom only: without it the handshake fails (a predictable challenge would
+//! let a recorded handshake be replayed).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::seal::{DirectionKey, LinkKeys, KEY_BYTES};
+
+/// The node-link protocol version this build speaks. 1 was the unversioned
+/// handshake with untagged packets; 2 adds the version field and the per-packet tags.
+pub const LINK_PROTOCOL_VERSION: u8 = 2;
+/// The first bytes of a hello: `"TPL"` then the version.
+const MAGIC: [u8; 3] = *b"TPL";
 
 /// Bytes of a challenge.
 pub const CHALLENGE_BYTES: usize = 32;
@@ -56,27 +70,33 @@ pub enum HandshakeError {
         /// The position the connector claimed.
         from: u32,
     },
+    /// The peer speaks another version of the link protocol (another tpmon build).
+    #[error(
+        "the peer speaks node-link protocol {theirs}, this node speaks {LINK_PROTOCOL_VERSION}: \
+         run the same tpmon version on every node"
+    )]
+    Version {
+        /// Its version (1: a build from before the version field).
+        theirs: String,
+    },
+    /// No random challenge could be drawn.
+    #[error("cannot read /dev/urandom for a handshake challenge: {0}")]
+    Random(std::io::Error),
     /// The socket failed or closed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-fn random_bytes() -> [u8; CHALLENGE_BYTES] {
+fn random_bytes() -> Result<[u8; CHALLENGE_BYTES], HandshakeError> {
     let mut b = [0u8; CHALLENGE_BYTES];
-    let ok = std::fs::File::open("/dev/urandom")
+    std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok();
-    if !ok {
-        // No /dev/urandom: mix what is at hand (the challenge must only not repeat).
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        b[..16].copy_from_slice(&t.to_le_bytes());
-        b[16..20].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    b
+        .map_err(HandshakeError::Random)?;
+    Ok(b)
 }
 
+/// HMAC-SHA256(secret, label | u32 BE len(domain) | domain | from | to | a | b), not
+/// finalized yet (the caller finalizes or verifies it).
 fn mac(
     secret: &[u8],
     label: &str,
@@ -85,12 +105,9 @@ fn mac(
     to: u32,
     a: &[u8],
     b: &[u8],
-) -> [u8; MAC_BYTES] {
-    // HMAC accepts keys of any length.
-    let mut m = match <Hmac<Sha256> as Mac>::new_from_slice(secret) {
-        Ok(m) => m,
-        Err(_) => return [0u8; MAC_BYTES],
-    };
+) -> Hmac<Sha256> {
+    let mut m =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
     m.update(label.as_bytes());
     m.update(&(domain.len() as u32).to_be_bytes());
     m.update(domain.as_bytes());
@@ -98,14 +115,36 @@ fn mac(
     m.update(&to.to_be_bytes());
     m.update(a);
     m.update(b);
-    let mut out = [0u8; MAC_BYTES];
-    out.copy_from_slice(&m.finalize().into_bytes());
-    out
+    m
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    // Constant time: a MAC must not be guessable byte by byte from timing.
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The two direction keys of a connection from `from` (the connector) to `to`, with
+/// the connector's challenge `c` and the acceptor's `a`.
+fn keys(id: &Identity, from: u32, to: u32, c: &[u8], a: &[u8]) -> (DirectionKey, DirectionKey) {
+    let key = |dir: &str| {
+        let label = format!("tpmon-link-frames v1/{dir}");
+        let mut k = [0u8; KEY_BYTES];
+        k.copy_from_slice(
+            &mac(&id.secret, &label, &id.domain, from, to, c, a)
+                .finalize()
+                .into_bytes(),
+        );
+        DirectionKey(k)
+    };
+    (key("connector-to-acceptor"), key("acceptor-to-connector"))
+}
+
+fn hello_version(head: [u8; 4]) -> Result<(), HandshakeError> {
+    if head[..3] != MAGIC {
+        // A build from before the version field sends its position first.
+        return Err(HandshakeError::Version { theirs: "1".into() });
+    }
+    if head[3] != LINK_PROTOCOL_VERSION {
+        return Err(HandshakeError::Version {
+            theirs: head[3].to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Who is on each side and what they share.
@@ -121,13 +160,19 @@ pub struct Identity {
     pub members: u32,
 }
 
-/// Runs the connecting side towards the member at position `peer`.
-pub async fn connect<S>(s: &mut S, id: &Identity, peer: u32) -> Result<(), HandshakeError>
+/// Bytes of a hello.
+pub const HELLO_BYTES: usize = 4 + 8 + CHALLENGE_BYTES;
+
+/// Runs the connecting side towards the member at position `peer`; returns the keys
+/// of the connection.
+pub async fn connect<S>(s: &mut S, id: &Identity, peer: u32) -> Result<LinkKeys, HandshakeError>
 where
     S: AsyncReadExt + AsyncWriteExt + Unpin,
 {
-    let mine = random_bytes();
-    let mut hello = Vec::with_capacity(8 + CHALLENGE_BYTES);
+    let mine = random_bytes()?;
+    let mut hello = Vec::with_capacity(HELLO_BYTES);
+    hello.extend_from_slice(&MAGIC);
+    hello.push(LINK_PROTOCOL_VERSION);
     hello.extend_from_slice(&id.me.to_be_bytes());
     hello.extend_from_slice(&peer.to_be_bytes());
     hello.extend_from_slice(&mine);
@@ -135,7 +180,8 @@ where
     let mut answer = [0u8; CHALLENGE_BYTES + MAC_BYTES];
     s.read_exact(&mut answer).await?;
     let (theirs, their_mac) = answer.split_at(CHALLENGE_BYTES);
-    let want = mac(
+    // Constant time: a MAC must not be guessable byte by byte from timing.
+    mac(
         &id.secret,
         "tpmon-link/accept",
         &id.domain,
@@ -143,10 +189,9 @@ where
         peer,
         &mine,
         theirs,
-    );
-    if !same(&want, their_mac) {
-        return Err(HandshakeError::Auth);
-    }
+    )
+    .verify_slice(their_mac)
+    .map_err(|_| HandshakeError::Auth)?;
     let proof = mac(
         &id.secret,
         "tpmon-link/connect",
@@ -155,23 +200,30 @@ where
         peer,
         &mine,
         theirs,
-    );
+    )
+    .finalize()
+    .into_bytes();
     s.write_all(&proof).await?;
-    Ok(())
+    let (send, recv) = keys(id, id.me, peer, &mine, theirs);
+    Ok(LinkKeys { send, recv })
 }
 
-/// Runs the accepting side; returns the connector's position.
-pub async fn accept<S>(s: &mut S, id: &Identity) -> Result<u32, HandshakeError>
+/// Runs the accepting side; returns the connector's position and the keys of the
+/// connection.
+pub async fn accept<S>(s: &mut S, id: &Identity) -> Result<(u32, LinkKeys), HandshakeError>
 where
     S: AsyncReadExt + AsyncWriteExt + Unpin,
 {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await?;
+    hello_version(head)?;
     let mut hello = [0u8; 8 + CHALLENGE_BYTES];
     s.read_exact(&mut hello).await?;
     let from = u32::from_be_bytes([hello[0], hello[1], hello[2], hello[3]]);
     let to = u32::from_be_bytes([hello[4], hello[5], hello[6], hello[7]]);
     check_positions(id, from, to)?;
     let theirs = &hello[8..];
-    let mine = random_bytes();
+    let mine = random_bytes()?;
     let proof = mac(
         &id.secret,
         "tpmon-link/accept",
@@ -180,7 +232,9 @@ where
         to,
         theirs,
         &mine,
-    );
+    )
+    .finalize()
+    .into_bytes();
     let mut answer = Vec::with_capacity(CHALLENGE_BYTES + MAC_BYTES);
     answer.extend_from_slice(&mine);
     answer.extend_from_slice(&proof);
@@ -193,7 +247,7 @@ where
             HandshakeError::Io(e)
         }
     })?;
-    let want = mac(
+    mac(
         &id.secret,
         "tpmon-link/connect",
         &id.domain,
@@ -201,11 +255,11 @@ where
         to,
         theirs,
         &mine,
-    );
-    if !same(&want, &their_mac) {
-        return Err(HandshakeError::Auth);
-    }
-    Ok(from)
+    )
+    .verify_slice(&their_mac)
+    .map_err(|_| HandshakeError::Auth)?;
+    let (recv, send) = keys(id, from, to, theirs, &mine);
+    Ok((from, LinkKeys { send, recv }))
 }
 
 /// The spec's two checks: the peer believes we are who we are, and its own position
@@ -251,7 +305,10 @@ mod tests {
         a: Identity,
         b: Identity,
         believed: u32,
-    ) -> (Result<(), HandshakeError>, Result<u32, HandshakeError>) {
+    ) -> (
+        Result<LinkKeys, HandshakeError>,
+        Result<(u32, LinkKeys), HandshakeError>,
+    ) {
         let (mut x, mut y) = tokio::io::duplex(4096);
         let c = tokio::spawn(async move { connect(&mut x, &a, believed).await });
         let r = accept(&mut y, &b).await;
@@ -263,8 +320,47 @@ mod tests {
     async fn both_sides_prove_the_secret() {
         let (a, b) = ids("s3cret");
         let (c, r) = run(a, b, 2).await;
-        assert!(c.is_ok(), "{c:?}");
-        assert_eq!(r.expect("accepted"), 0);
+        let c = c.expect("connected");
+        let (from, r) = r.expect("accepted");
+        assert_eq!(from, 0);
+        // Each side's sending key is the other's receiving key, and the two
+        // directions differ.
+        assert_eq!(c.send.0, r.recv.0);
+        assert_eq!(c.recv.0, r.send.0);
+        assert_ne!(c.send.0, c.recv.0);
+    }
+
+    #[tokio::test]
+    async fn every_connection_gets_new_keys() {
+        let (a, b) = ids("s3cret");
+        let (c1, _) = run(a.clone(), b.clone(), 2).await;
+        let (c2, _) = run(a, b, 2).await;
+        assert_ne!(c1.expect("c1").send.0, c2.expect("c2").send.0);
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_is_refused_naming_both() {
+        let (_, b) = ids("s3cret");
+        // A build from before the version field: position, believed position,
+        // challenge.
+        let mut old = Vec::new();
+        old.extend_from_slice(&0u32.to_be_bytes());
+        old.extend_from_slice(&2u32.to_be_bytes());
+        old.extend_from_slice(&[9u8; CHALLENGE_BYTES]);
+        for (hello, theirs) in [(old, "1"), (b"TPL\x07".to_vec(), "7")] {
+            let (mut x, mut y) = tokio::io::duplex(4096);
+            tokio::io::AsyncWriteExt::write_all(&mut x, &hello)
+                .await
+                .expect("write");
+            let e = accept(&mut y, &b).await.expect_err("refused");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "the peer speaks node-link protocol {theirs}, this node speaks 2: run the \
+                     same tpmon version on every node"
+                )
+            );
+        }
     }
 
     #[tokio::test]

@@ -3,8 +3,11 @@
 //!
 //! * [`frame`]: the packet layout (size, seven-field big-endian header, body) and the
 //!   item types, requests and responses, including the recovery commands;
-//! * [`handshake`]: the position exchange with the spec's two refusals, then a
-//!   mutual HMAC-SHA256 challenge-response over the domain secret;
+//! * [`handshake`]: the version and position exchange with the spec's two refusals,
+//!   then a mutual HMAC-SHA256 challenge-response over the domain secret, which also
+//!   derives the connection's keys;
+//! * [`seal`]: the integrity tag on every packet after the handshake (authenticated
+//!   and integrity-protected, not encrypted);
 //! * [`mesh`]: one active and one passive connection per pair of members,
 //!   heartbeats, failure detection, reconnection with back-off, per-peer state.
 //!
@@ -20,6 +23,7 @@
 pub mod frame;
 pub mod handshake;
 pub mod mesh;
+pub mod seal;
 
 pub use frame::{Frame, Item};
 pub use handshake::{HandshakeError, Identity};

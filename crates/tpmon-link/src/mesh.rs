@@ -3,17 +3,34 @@
 //! connects to it (passive). Everything this member sends to a peer goes out on its
 //! active connection; everything it receives from a peer arrives on the passive one.
 //!
-//! Owns the connections, the handshake's time limit, heartbeats and failure
-//! detection (a passive connection that carries nothing, not even a heartbeat, for
-//! `dead_after` is closed; the passive side answers each heartbeat, and an active
-//! connection that hears no answer for `dead_after` is closed too, so a peer whose
-//! traffic is dropped, not refused, is found dead from both sides), reconnection with
-//! exponential back-off (cut short by [`Mesh::reconnect_now`]), the per-peer
-//! state shown by `tpmon status`, and the frame size limit. It must not interpret
-//! bodies: frames other than heartbeats go to the owner's channel.
+//! Owns the connections, the handshake's time and count limits, the packet tags
+//! ([`crate::seal`]: a packet whose tag does not match closes its connection),
+//! heartbeats and failure detection, reconnection with exponential back-off (cut
+//! short by [`Mesh::reconnect_now`]), the per-peer state shown by `tpmon status`, and
+//! the frame size limit. It must not interpret bodies: frames other than heartbeats go
+//! to the owner's channel.
+//!
+//! Faults it survives:
+//! * a peer that dies, or whose traffic is dropped rather than refused: a passive
+//!   connection on which no byte arrives for `dead_after` is closed (progress, not
+//!   whole frames: a large frame on a slow network is not death); the passive side
+//!   answers each heartbeat, and an active connection whose oldest unanswered
+//!   heartbeat is `dead_after` old is closed (bytes already received are read before
+//!   that is judged); a write that makes no progress for `dead_after` (a peer that
+//!   stopped reading) closes the connection too;
+//! * a slow owner: a passive connection keeps reading and answering heartbeats while
+//!   the owner's channel is full, holding what it read in a bounded per-connection
+//!   backlog; a peer that overflows it is closed (counted in `downs`, so the owner
+//!   knows frames may be lost) instead of stalling the other peers' links;
+//! * strangers: handshakes have their own small cap ([`HANDSHAKES_MAX`]) and a short
+//!   time limit, only authenticated connections count towards the per-member limit
+//!   ([`INBOUND_PER_MEMBER`]), and refusals are logged at most once a second;
+//! * a link that authenticates and dies at once: the back-off is reset only after a
+//!   link stayed up for `dead_after`.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,11 +39,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::frame::{check_size, Frame, Item};
+use crate::frame::{Frame, Item};
 use crate::handshake::{self, Identity};
+use crate::seal::{Opener, Sealer};
 
 /// Frames waiting to go out to one peer before `send` reports the link busy.
 pub const OUTBOX_FRAMES: usize = 4096;
+/// Frames received on one passive connection and waiting for room in the owner's
+/// channel; one more closes the connection (the peer overloads us).
+pub const INBOX_FRAMES: usize = 4096;
+/// Bytes of the frames waiting as [`INBOX_FRAMES`] counts them, at most.
+pub const INBOX_BYTES_MAX: usize = 64 << 20;
+/// Inbound connections still in their handshake at a time; more are refused at once.
+pub const HANDSHAKES_MAX: usize = 16;
+/// Authenticated inbound connections from one member at a time (one, two while a new
+/// one replaces an old one, and some slack).
+pub const INBOUND_PER_MEMBER: usize = 4;
+/// Largest write or read in one piece: a long frame goes out in pieces of this size,
+/// each of which must make progress within `dead_after`.
+const IO_CHUNK_BYTES: usize = 64 << 10;
+/// Send buffer of an active connection. The kernel wakes a blocked writer only once
+/// about a third of its send buffer has drained: with the megabytes that Linux grows
+/// a buffer to, a long frame to a slow (but reading) peer would show no progress for
+/// seconds and be taken for a wedged peer. With this, a peer reading faster than
+/// about 256 KiB per `dead_after` shows progress in time.
+const SEND_BUFFER_BYTES: u32 = 256 << 10;
 
 /// How a member joins the mesh.
 #[derive(Clone)]
@@ -40,10 +77,11 @@ pub struct MeshConfig {
     /// A passive connection silent for this long is dead, and so is an active one
     /// whose heartbeats got no answer for this long.
     pub dead_after: Duration,
-    /// Longest a connection may take to connect and authenticate.
+    /// Longest a connection may take to connect and authenticate (both sides).
     pub handshake_timeout: Duration,
     /// First wait before reconnecting after a failure; it doubles at each failed
-    /// attempt up to `backoff_max` and is back to this after a success or
+    /// attempt (and each link that went down within `dead_after` of coming up) up to
+    /// `backoff_max`, and is back to this after a link stayed up for `dead_after` or
     /// [`Mesh::reconnect_now`].
     pub backoff_min: Duration,
     /// Longest wait between two reconnection attempts.
@@ -54,16 +92,15 @@ pub struct MeshConfig {
 
 impl MeshConfig {
     /// Defaults for everything but who and where: heartbeats every 500 ms, dead
-    /// after 2 s of silence, 5 s to connect and authenticate, back-off from 50 ms up
-    /// to 5 s,
-    /// packets up to 16 MiB.
+    /// after 2 s of silence, 1 s to connect and authenticate, back-off from 50 ms up
+    /// to 5 s, packets up to 16 MiB (tag included).
     pub fn new(identity: Identity, addrs: Vec<SocketAddr>) -> MeshConfig {
         MeshConfig {
             identity,
             addrs,
             heartbeat: Duration::from_millis(500),
             dead_after: Duration::from_secs(2),
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             packet_max: crate::frame::PACKET_BYTES_MAX,
@@ -135,6 +172,14 @@ struct Slot {
     status: PeerStatus,
     /// Generation of the current inbound connection (a newer one replaces it).
     inbound_gen: u64,
+    /// Authenticated inbound connections from this member open now.
+    inbound_links: usize,
+}
+
+/// Refusal warnings are logged at most once per second; this counts the others.
+struct Refusals {
+    last: Option<Instant>,
+    suppressed: u64,
 }
 
 /// A running member of the mesh; dropping it stops every task.
@@ -143,12 +188,15 @@ pub struct Mesh {
     slots: Vec<Mutex<Slot>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     gens: AtomicU64,
-    /// Inbound connections open (authenticated or not), bounded.
-    inbound: std::sync::atomic::AtomicUsize,
+    /// Inbound connections in their handshake now, bounded by [`HANDSHAKES_MAX`].
+    handshakes: Arc<AtomicUsize>,
+    refusals: Mutex<Refusals>,
     /// Counts every change of any peer's state (a direction up or down).
     changes: watch::Sender<u64>,
     /// By position: wakes that peer's connect loop out of its back-off.
     wake: Vec<Arc<tokio::sync::Notify>>,
+    /// The runtime the mesh was started on ([`Mesh::send_or_wait`] waits there).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Mesh {
@@ -200,6 +248,7 @@ impl Mesh {
                         downs: 0,
                     },
                     inbound_gen: 0,
+                    inbound_links: 0,
                 })
             })
             .collect();
@@ -208,11 +257,16 @@ impl Mesh {
             slots,
             tasks: Mutex::new(Vec::new()),
             gens: AtomicU64::new(1),
-            inbound: std::sync::atomic::AtomicUsize::new(0),
+            handshakes: Arc::new(AtomicUsize::new(0)),
+            refusals: Mutex::new(Refusals {
+                last: None,
+                suppressed: 0,
+            }),
             changes: watch::channel(0).0,
             wake: (0..n)
                 .map(|_| Arc::new(tokio::sync::Notify::new()))
                 .collect(),
+            runtime: tokio::runtime::Handle::current(),
         });
         let mut handles = vec![tokio::spawn(accept_loop(
             Arc::downgrade(&mesh),
@@ -241,7 +295,7 @@ impl Mesh {
 
     /// Sends `frame` to the member at position `to` on our active connection.
     pub fn send(&self, to: u32, frame: Frame) -> Result<(), SendError> {
-        let size = crate::frame::HEADER_BYTES + frame.body.len();
+        let size = frame.packet_bytes();
         if size > self.cfg.packet_max {
             return Err(SendError::TooLarge {
                 size,
@@ -258,6 +312,45 @@ impl Mesh {
             mpsc::error::TrySendError::Full(_) => SendError::Busy(to),
             mpsc::error::TrySendError::Closed(_) => SendError::Down(to),
         })
+    }
+
+    /// Like [`Mesh::send`], but when the peer's outbox is full the frame waits up to
+    /// `wait` for room (in a task of the mesh's runtime: callable from any thread)
+    /// instead of being refused; for frames that must not be lost to a moment of
+    /// congestion, such as replies. A frame still without room after `wait` is dropped
+    /// with a warning (the link is congested for that long: the peer is as good as
+    /// unreachable, and its own limits answer its caller).
+    pub fn send_or_wait(&self, to: u32, frame: Frame, wait: Duration) -> Result<(), SendError> {
+        let size = frame.packet_bytes();
+        if size > self.cfg.packet_max {
+            return Err(SendError::TooLarge {
+                size,
+                max: self.cfg.packet_max,
+            });
+        }
+        let out = self
+            .slot(to)
+            .ok_or(SendError::NoSuchMember(to))?
+            .out
+            .clone()
+            .ok_or(SendError::Down(to))?;
+        match out.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Down(to)),
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                self.runtime.spawn(async move {
+                    let item = frame.item;
+                    if !matches!(tokio::time::timeout(wait, out.send(frame)).await, Ok(Ok(()))) {
+                        tracing::warn!(
+                            peer = to,
+                            ?item,
+                            "node link: a frame found no room on the link within {wait:?} (or the link went down): dropped"
+                        );
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Every peer's state, by position (ourselves left out).
@@ -294,6 +387,11 @@ impl Mesh {
         down
     }
 
+    /// Our link address as configured.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.cfg.addrs[self.cfg.identity.me as usize]
+    }
+
     /// Our position.
     pub fn me(&self) -> u32 {
         self.cfg.identity.me
@@ -318,34 +416,70 @@ impl Mesh {
             s.status.last_error = what;
         }
     }
-}
 
-/// Removes the whole frames at the front of `buf` (bytes read on our active
-/// connection to `peer`), which must all be heartbeat answers from `peer`; a partial
-/// frame stays for the next read.
-fn take_heartbeat_answers(buf: &mut Vec<u8>, peer: u32, max: usize) -> Result<(), String> {
-    loop {
-        let Some(size) = buf.get(..4) else {
-            return Ok(());
-        };
-        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]);
-        let n = check_size(size, max).map_err(|e| e.to_string())?;
-        if buf.len() < 4 + n {
-            return Ok(());
+    /// Logs a refused inbound connection, at most once a second (strangers can open
+    /// connections faster than anyone reads logs), with the number left unlogged.
+    fn refused(&self, addr: SocketAddr, why: &str) {
+        let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        if r.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            r.suppressed += 1;
+            return;
         }
-        let frame = Frame::decode(&buf[4..4 + n]).map_err(|e| e.to_string())?;
-        if frame.item != Item::Heartbeat || !frame.response || frame.sender != peer {
-            return Err(format!(
-                "unexpected {:?} (response: {}) from member {} instead of a heartbeat answer",
-                frame.item, frame.response, frame.sender
-            ));
-        }
-        buf.drain(..4 + n);
+        let unlogged = std::mem::take(&mut r.suppressed);
+        r.last = Some(Instant::now());
+        drop(r);
+        tracing::warn!(peer = %addr, unlogged, "node link refused: {why}");
     }
 }
 
-async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), f: &Frame) -> std::io::Result<()> {
-    w.write_all(&f.encode()).await
+/// Writes `bytes`, each piece of [`IO_CHUNK_BYTES`] within `limit`: a peer that stops
+/// reading is found out, one that reads slowly is not taken for dead.
+async fn write_all_progress(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
+    for piece in bytes.chunks(IO_CHUNK_BYTES) {
+        match tokio::time::timeout(limit, w.write_all(piece)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "no write progress for {limit:?} (the peer stopped reading)"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes the whole packets at the front of `buf` (bytes read on our active
+/// connection to `peer`), which must all be heartbeat answers from `peer`; returns how
+/// many. A partial packet stays for the next read.
+fn take_heartbeat_answers(
+    buf: &mut Vec<u8>,
+    opener: &mut Opener,
+    peer: u32,
+) -> Result<usize, String> {
+    let mut pos = 0;
+    let mut answers = 0;
+    let r = loop {
+        match opener.take(buf, &mut pos) {
+            Ok(None) => break Ok(answers),
+            Ok(Some(frame)) => {
+                if frame.item != Item::Heartbeat || !frame.response || frame.sender != peer {
+                    break Err(format!(
+                        "unexpected {:?} (response: {}) from member {} instead of a heartbeat answer",
+                        frame.item, frame.response, frame.sender
+                    ));
+                }
+                answers += 1;
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    buf.drain(..pos);
+    r
 }
 
 /// Waits `backoff`, or less if [`Mesh::reconnect_now`] wakes `peer`'s loop; true
@@ -370,40 +504,39 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
     let Some(start) = mesh.upgrade().map(|m| m.cfg.backoff_min) else {
         return;
     };
+    // The wait before the next attempt.
     let mut backoff = start;
     loop {
         let Some(m) = mesh.upgrade() else { return };
         let cfg = m.cfg.clone();
         let addr = cfg.addrs[peer as usize];
         let attempt = tokio::time::timeout(cfg.handshake_timeout, async {
-            let mut s = TcpStream::connect(addr).await?;
+            let sock = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            sock.set_send_buffer_size(SEND_BUFFER_BYTES)?;
+            let mut s = sock.connect(addr).await?;
             s.set_nodelay(true)?;
-            handshake::connect(&mut s, &cfg.identity, peer)
+            let keys = handshake::connect(&mut s, &cfg.identity, peer)
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            Ok::<TcpStream, std::io::Error>(s)
+            Ok::<_, std::io::Error>((s, keys))
         })
         .await;
-        let stream = match attempt {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                m.note_error(peer, format!("cannot connect to {addr}: {e}"));
-                drop(m);
-                backoff = if back_off(&mesh, peer, backoff).await {
-                    cfg.backoff_min
-                } else {
-                    (backoff * 2).min(cfg.backoff_max)
-                };
-                continue;
-            }
-            Err(_) => {
-                m.note_error(
-                    peer,
-                    format!(
-                        "no handshake with {addr} within {:?}",
-                        cfg.handshake_timeout
-                    ),
-                );
+        let failure = match attempt {
+            Ok(Ok(x)) => Ok(x),
+            Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
+            Err(_) => Err(format!(
+                "no handshake with {addr} within {:?}",
+                cfg.handshake_timeout
+            )),
+        };
+        let (stream, keys) = match failure {
+            Ok(x) => x,
+            Err(why) => {
+                m.note_error(peer, why);
                 drop(m);
                 backoff = if back_off(&mesh, peer, backoff).await {
                     cfg.backoff_min
@@ -413,7 +546,6 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
                 continue;
             }
         };
-        backoff = cfg.backoff_min;
         let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOX_FRAMES);
         if let Some(mut s) = m.slot(peer) {
             s.out = Some(tx);
@@ -424,45 +556,59 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
         m.changed();
         let me = cfg.identity.me;
         drop(m);
+        let up_at = Instant::now();
         let (mut rd, mut wr) = stream.into_split();
+        let mut sealer = Sealer::new(keys.send);
+        let mut opener = Opener::new(keys.recv, cfg.packet_max);
         let mut tick = tokio::time::interval(cfg.heartbeat);
-        let mut last_heard = Instant::now();
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When each heartbeat not answered yet was sent, oldest first.
+        let mut unanswered: VecDeque<Instant> = VecDeque::new();
         let mut acks = Vec::new();
         let mut chunk = [0u8; 512];
         let why = loop {
+            // Biased, reads first: answers that arrived while a long write blocked
+            // this loop are taken before any heartbeat is judged unanswered.
             tokio::select! {
-                f = rx.recv() => {
-                    let Some(f) = f else { break "closed".to_string() };
-                    if let Err(e) = write_frame(&mut wr, &f).await {
-                        break format!("write to {addr} failed: {e}");
+                biased;
+                r = rd.read(&mut chunk) => {
+                    // Only heartbeat answers come back on an active connection.
+                    match r {
+                        Ok(0) => break format!("{addr} closed the link"),
+                        Ok(n) => {
+                            acks.extend_from_slice(&chunk[..n]);
+                            match take_heartbeat_answers(&mut acks, &mut opener, peer) {
+                                Ok(k) => {
+                                    for _ in 0..k {
+                                        unanswered.pop_front();
+                                    }
+                                }
+                                Err(e) => break format!("{addr} on our outbound link: {e}; closing it"),
+                            }
+                        }
+                        Err(e) => break format!("read from {addr} failed: {e}"),
                     }
                 }
                 _ = tick.tick() => {
                     // Writes into a peer that went silent (traffic dropped, not
                     // refused) may succeed for a long time: its answers to our
                     // heartbeats are what proves it alive.
-                    if last_heard.elapsed() >= cfg.dead_after {
+                    if unanswered.front().is_some_and(|t| t.elapsed() >= cfg.dead_after) {
                         break format!(
                             "{addr} answered no heartbeat for {:?}, taken for dead",
                             cfg.dead_after
                         );
                     }
-                    if let Err(e) = write_frame(&mut wr, &Frame::request(Item::Heartbeat, me, Vec::new())).await {
+                    let hb = sealer.seal(&Frame::request(Item::Heartbeat, me, Vec::new()));
+                    if let Err(e) = write_all_progress(&mut wr, &hb, cfg.dead_after).await {
                         break format!("heartbeat to {addr} failed: {e}");
                     }
+                    unanswered.push_back(Instant::now());
                 }
-                r = rd.read(&mut chunk) => {
-                    // Only heartbeat answers come back on an active connection.
-                    match r {
-                        Ok(0) => break format!("{addr} closed the link"),
-                        Ok(n) => {
-                            last_heard = Instant::now();
-                            acks.extend_from_slice(&chunk[..n]);
-                            if let Err(e) = take_heartbeat_answers(&mut acks, peer, cfg.packet_max) {
-                                break format!("{addr} on our outbound link: {e}");
-                            }
-                        }
-                        Err(e) => break format!("read from {addr} failed: {e}"),
+                f = rx.recv() => {
+                    let Some(f) = f else { break "closed".to_string() };
+                    if let Err(e) = write_all_progress(&mut wr, &sealer.seal(&f), cfg.dead_after).await {
+                        break format!("write to {addr} failed: {e}");
                     }
                 }
             }
@@ -476,7 +622,25 @@ async fn connect_loop(mesh: std::sync::Weak<Mesh>, peer: u32) {
         m.changed();
         m.note_error(peer, why);
         drop(m);
-        back_off(&mesh, peer, backoff).await;
+        // A link that died soon after it came up (a peer that authenticates then
+        // fails at once) must not make us reconnect at the shortest back-off forever.
+        if up_at.elapsed() >= cfg.dead_after {
+            backoff = cfg.backoff_min;
+        }
+        backoff = if back_off(&mesh, peer, backoff).await {
+            cfg.backoff_min
+        } else {
+            (backoff * 2).min(cfg.backoff_max)
+        };
+    }
+}
+
+/// Gives back a handshake slot when dropped (the task may also be aborted).
+struct HandshakeSlot(Arc<AtomicUsize>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -495,21 +659,19 @@ async fn accept_loop(
             }
         };
         let Some(m) = mesh.upgrade() else { return };
-        // Each peer needs one inbound connection (two while one replaces another):
-        // anything beyond a few per member is someone else, refused before reading.
-        let cap = m.cfg.addrs.len() * 4;
-        if m.inbound.fetch_add(1, Ordering::AcqRel) >= cap {
-            m.inbound.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(peer = %addr, "node link refused: {cap} inbound connections open already");
+        // Handshakes have their own small cap: strangers that never finish theirs
+        // cannot take the places of authenticated links.
+        if m.handshakes.fetch_add(1, Ordering::AcqRel) >= HANDSHAKES_MAX {
+            m.handshakes.fetch_sub(1, Ordering::AcqRel);
+            m.refused(
+                addr,
+                &format!("{HANDSHAKES_MAX} handshakes in progress already"),
+            );
             continue;
         }
+        let slot = HandshakeSlot(m.handshakes.clone());
         let (w, cfg, tx) = (mesh.clone(), m.cfg.clone(), tx.clone());
-        tokio::spawn(async move {
-            passive(w.clone(), cfg, stream, addr, tx).await;
-            if let Some(m) = w.upgrade() {
-                m.inbound.fetch_sub(1, Ordering::AcqRel);
-            }
-        });
+        tokio::spawn(passive(w, cfg, stream, addr, tx, slot));
     }
 }
 
@@ -519,108 +681,163 @@ async fn passive(
     mut stream: TcpStream,
     addr: SocketAddr,
     tx: mpsc::Sender<Incoming>,
+    slot: HandshakeSlot,
 ) {
     let _ = stream.set_nodelay(true);
-    let from = match tokio::time::timeout(
+    let accepted = tokio::time::timeout(
         cfg.handshake_timeout,
         handshake::accept(&mut stream, &cfg.identity),
     )
-    .await
-    {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            tracing::warn!(peer = %addr, "node link refused: {e}");
-            return;
+    .await;
+    drop(slot);
+    let refuse = |why: String| {
+        if let Some(m) = mesh.upgrade() {
+            m.refused(addr, &why);
         }
-        Err(_) => {
-            tracing::warn!(peer = %addr, "node link refused: no handshake within {:?}", cfg.handshake_timeout);
-            return;
-        }
+    };
+    let (from, keys) = match accepted {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return refuse(e.to_string()),
+        Err(_) => return refuse(format!("no handshake within {:?}", cfg.handshake_timeout)),
     };
     let generation = {
         let Some(m) = mesh.upgrade() else { return };
         let g = m.gens.fetch_add(1, Ordering::Relaxed);
-        if let Some(mut s) = m.slot(from) {
-            s.inbound_gen = g;
-            if s.status.inbound_up {
-                // A new connection replaces one that looked alive: what the peer sent
-                // on the old one may be lost.
-                s.status.downs += 1;
-            }
-            s.status.inbound_up = true;
+        let Some(mut s) = m.slot(from) else { return };
+        if s.inbound_links >= INBOUND_PER_MEMBER {
+            drop(s);
+            return m.refused(
+                addr,
+                &format!("member {from} has {INBOUND_PER_MEMBER} inbound links open already"),
+            );
         }
+        s.inbound_links += 1;
+        s.inbound_gen = g;
+        if s.status.inbound_up {
+            // A new connection replaces one that looked alive: what the peer sent
+            // on the old one may be lost.
+            s.status.downs += 1;
+        }
+        s.status.inbound_up = true;
+        drop(s);
         m.changed();
         tracing::info!(peer = from, %addr, "node link up (inbound)");
         g
     };
-    let why = loop {
+    let why = serve_passive(&mesh, &cfg, stream, addr, from, keys, &tx).await;
+    let Some(m) = mesh.upgrade() else { return };
+    // One guard for the check and the update: a newer connection from the same
+    // member must not be marked down by this one's end.
+    let current = match m.slot(from) {
+        Some(mut s) => {
+            s.inbound_links = s.inbound_links.saturating_sub(1);
+            let current = s.inbound_gen == generation;
+            if current {
+                s.status.inbound_up = false;
+                s.status.downs += 1;
+            }
+            current
+        }
+        None => false,
+    };
+    if current {
+        m.changed();
+        if let Some(why) = why {
+            m.note_error(from, why);
+        }
+    }
+}
+
+/// Reads the frames of an authenticated passive connection from `from` until it
+/// fails; returns why (`None` when the member or its owner stopped).
+async fn serve_passive(
+    mesh: &std::sync::Weak<Mesh>,
+    cfg: &MeshConfig,
+    stream: TcpStream,
+    addr: SocketAddr,
+    from: u32,
+    keys: crate::seal::LinkKeys,
+    tx: &mpsc::Sender<Incoming>,
+) -> Option<String> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut opener = Opener::new(keys.recv, cfg.packet_max);
+    let mut sealer = Sealer::new(keys.send);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; IO_CHUNK_BYTES];
+    // Frames read and authenticated, waiting for room in the owner's channel.
+    let mut backlog: VecDeque<Incoming> = VecDeque::new();
+    let mut backlog_bytes = 0usize;
+    let mut last_read = Instant::now();
+    loop {
         if mesh.strong_count() == 0 {
             // The member stopped: its inbound links go with it.
-            return;
+            return None;
         }
-        let mut size = [0u8; 4];
-        let read = tokio::time::timeout(cfg.dead_after, async {
-            stream.read_exact(&mut size).await?;
-            let n = check_size(u32::from_be_bytes(size), cfg.packet_max)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-            let mut packet = Vec::new();
-            (&mut stream)
-                .take(n as u64)
-                .read_to_end(&mut packet)
-                .await?;
-            if packet.len() < n {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed inside a frame",
+        let mut frames = Vec::new();
+        let mut pos = 0;
+        let parsed = loop {
+            match opener.take(&buf, &mut pos) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        buf.drain(..pos);
+        for frame in frames {
+            if frame.sender != from {
+                return Some(format!("inbound link from {addr}: a frame claims sender {} on member {from}'s link; closing it", frame.sender));
+            }
+            if frame.item == Item::Heartbeat {
+                // Answered at once, before anything that may wait: the peer's proof
+                // that we still hear it, whatever the owner is doing.
+                let mut answer = Frame::request(Item::Heartbeat, cfg.identity.me, Vec::new());
+                answer.response = true;
+                if let Err(e) =
+                    write_all_progress(&mut wr, &sealer.seal(&answer), cfg.dead_after).await
+                {
+                    return Some(format!(
+                        "inbound link from {addr}: answering a heartbeat: {e}"
+                    ));
+                }
+                continue;
+            }
+            backlog_bytes += frame.packet_bytes();
+            backlog.push_back(Incoming { from, frame });
+            if backlog.len() > INBOX_FRAMES || backlog_bytes > INBOX_BYTES_MAX {
+                return Some(format!(
+                    "inbound link from {addr}: overloaded ({} frames, {backlog_bytes} bytes wait for this node to take them); closing it",
+                    backlog.len()
                 ));
             }
-            Ok(packet)
-        })
-        .await;
-        let packet = match read {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => break format!("inbound link from {addr}: {e}"),
-            Err(_) => {
-                break format!(
-                    "inbound link from {addr}: silent for {:?}, taken for dead",
-                    cfg.dead_after
-                )
-            }
-        };
-        let frame = match Frame::decode(&packet) {
-            Ok(f) => f,
-            Err(e) => break format!("inbound link from {addr}: {e}; closing it"),
-        };
-        if frame.sender != from {
-            break format!("inbound link from {addr}: a frame claims sender {} on member {from}'s link; closing it", frame.sender);
         }
-        if frame.item == Item::Heartbeat {
-            // Answered on this connection: the peer's proof that we still hear it.
-            let mut answer = Frame::request(Item::Heartbeat, cfg.identity.me, Vec::new());
-            answer.response = true;
-            match tokio::time::timeout(cfg.dead_after, write_frame(&mut stream, &answer)).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => break format!("inbound link from {addr}: answering a heartbeat: {e}"),
-                Err(_) => {
-                    break format!(
-                        "inbound link from {addr}: a heartbeat answer could not be written for {:?}, taken for dead",
-                        cfg.dead_after
-                    )
+        if let Err(e) = parsed {
+            return Some(format!("inbound link from {addr}: {e}; closing it"));
+        }
+        // Biased: hand a frame over when there is room, else read; silence is judged
+        // last, so bytes that arrived are read before the peer is taken for dead.
+        tokio::select! {
+            biased;
+            permit = tx.reserve(), if !backlog.is_empty() => {
+                let Ok(permit) = permit else { return None };
+                if let Some(inc) = backlog.pop_front() {
+                    backlog_bytes -= inc.frame.packet_bytes();
+                    permit.send(inc);
                 }
             }
+            r = rd.read(&mut chunk) => match r {
+                Ok(0) => return Some(format!("inbound link from {addr}: closed")),
+                Ok(n) => {
+                    last_read = Instant::now();
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) => return Some(format!("inbound link from {addr}: {e}")),
+            },
+            _ = tokio::time::sleep_until((last_read + cfg.dead_after).into()) => {
+                return Some(format!(
+                    "inbound link from {addr}: silent for {:?}, taken for dead",
+                    cfg.dead_after
+                ));
+            }
         }
-        if tx.send(Incoming { from, frame }).await.is_err() {
-            return;
-        }
-    };
-    let Some(m) = mesh.upgrade() else { return };
-    let current = m.slot(from).is_some_and(|s| s.inbound_gen == generation);
-    if current {
-        if let Some(mut s) = m.slot(from) {
-            s.status.inbound_up = false;
-            s.status.downs += 1;
-        }
-        m.changed();
-        m.note_error(from, why);
     }
 }

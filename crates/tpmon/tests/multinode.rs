@@ -1327,6 +1327,167 @@ fn calls_a_node_cannot_take_are_answered_and_the_link_stays_up() {
     assert_eq!(text(&r), "still here");
 }
 
+/// A node that cannot take more calls (`link_calls_max` in flight to it) is skipped
+/// like a down one: the next node offering the service serves the call, rather than
+/// the caller getting TPELIMIT. NODE is offered on n2 and on n3 (the test, which
+/// holds the calls it gets).
+#[test]
+fn a_saturated_node_is_skipped_for_another_offering_the_service() {
+    let mut c = Cluster::with("saturated", |_| {
+        (
+            SECRET,
+            Extra {
+                limits: &["link_calls_max = 2"],
+                services: &[],
+                rms: None,
+            },
+        )
+    });
+    c.boot(0);
+    c.boot(1);
+    let mut fake = FakeNode::join(&c, 2);
+    c.wait_status(0, "n2 and n3 (the test) linked", |st| {
+        linked(st, "n2") && linked(st, "n3")
+    });
+    let mut client = c.client(0, false);
+    // Round-robin over n2 and n3: half of these would go to n3, which takes two.
+    // One at a time, each to n2 answered before the next (n2 must not saturate).
+    let mut cds = Vec::new();
+    for i in 0..8u64 {
+        cds.push(client.acall("NODE", &s(""), Flags::NONE).expect("acall"));
+        c.wait_status(0, "the call sent, none in flight to n2", |st| {
+            calls(st, "n2", "calls_sent") + calls(st, "n3", "calls_sent") == i + 1
+                && calls(st, "n2", "calls_in_flight") == 0
+        });
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let inc = fake.next("n1's calls to n3");
+        assert!(
+            inc.frame.item == Item::Call && !inc.frame.response,
+            "{inc:?}"
+        );
+        held.push(inc.frame.async_seq);
+    }
+    // The others were all served by n2 (none refused): answer n3's two by hand.
+    for id in held {
+        let reply = tpmon_proto::Reply {
+            call_id: id,
+            status: ReplyStatus::Success,
+            urcode: 0,
+            buffer: Some(tpmon_client::to_wire(&s("n3 (the test)"))),
+            detail: String::new(),
+            branches: Vec::new(),
+        };
+        let f = Frame {
+            response: true,
+            async_seq: id,
+            ..Frame::request(Item::Call, 2, Message::Reply(reply).encode())
+        };
+        fake.send(0, f);
+    }
+    let mut by = std::collections::BTreeMap::<String, usize>::new();
+    for cd in cds {
+        let r = client.getrply(Some(cd), Flags::NONE).expect("served");
+        *by.entry(text(&r.1)).or_default() += 1;
+    }
+    assert_eq!(by.get("n3 (the test)"), Some(&2), "{by:?}");
+    assert_eq!(by.values().sum::<usize>(), 8, "{by:?}");
+}
+
+/// A node shutting down tells every other node (INVALIDATE_SHARD_TARGET), and tells
+/// it again on a new link: the receiver forgets the notice when its link changes, so a
+/// link made while the node is still leaving must carry it too. n1 serves a long call
+/// while it shuts down; the test (n3) leaves and joins again meanwhile.
+#[test]
+fn the_shutdown_notice_is_sent_again_on_a_new_link() {
+    let mut c = Cluster::with("leaving", |_| {
+        (
+            SECRET,
+            Extra {
+                limits: &[],
+                services: &[("s1", "SLEEP")],
+                rms: None,
+            },
+        )
+    });
+    c.boot(0);
+    c.boot(1);
+    let mut fake = FakeNode::join(&c, 2);
+    c.wait_status(0, "n3 (the test) linked", |st| linked(st, "n3"));
+    let mut client = c.client(0, false);
+    // In n1's queue once acall returns: served before n1's instances stop.
+    let _cd = client
+        .acall("SLEEP", &s("4000"), Flags::NONE)
+        .expect("SLEEP on n1");
+    let down = {
+        let args: Vec<std::ffi::OsString> = c
+            .node_args(0, "down")
+            .into_iter()
+            .map(|a| a.to_os_string())
+            .collect();
+        std::thread::spawn(move || tpmon(args))
+    };
+    let notice = |fake: &mut FakeNode, what: &str| loop {
+        let inc = fake.next(what);
+        if inc.from == 0 && inc.frame.item == Item::InvalidateTarget && !inc.frame.response {
+            return;
+        }
+    };
+    notice(&mut fake, "n1's shutdown notice");
+    // The test leaves and comes back while n1 still serves SLEEP.
+    drop(fake);
+    let mut fake = FakeNode::join(&c, 2);
+    notice(&mut fake, "n1's shutdown notice on the new link");
+    let run = down.join().expect("the down thread");
+    assert!(run.ok(), "{run:?}");
+    c.daemons[0] = None;
+}
+
+/// A caller without a timeout (TPNOTIME) of a node that never answers is not left
+/// waiting forever: the call has a lifetime of the blocking timeout (and a grace), at
+/// the end of which its daemon answers TPETIME.
+#[test]
+fn a_notime_call_that_gets_no_reply_ends_after_the_blocking_timeout() {
+    let mut c = Cluster::with("notime", |_| {
+        (
+            SECRET,
+            Extra {
+                limits: &["blocking_timeout_s = 1"],
+                services: &[],
+                rms: None,
+            },
+        )
+    });
+    c.boot(0);
+    c.boot(1);
+    let mut fake = FakeNode::join(&c, 2);
+    c.wait_status(0, "n3 (the test) linked and recovered", |st| {
+        linked(st, "n3")
+    });
+    let mut client = c.client(0, false);
+    let cd = client
+        .acall("STRONLY", &s("never answered"), Flags::NOTIME)
+        .expect("acall");
+    let inc = fake.next("n1's call");
+    match Message::decode(&inc.frame.body) {
+        Ok(Message::Call(call)) => assert_eq!(call.timeout_ms, 0, "{call:?}"),
+        other => panic!("not a call: {other:?}"),
+    }
+    // The test never answers. The caller waits in another thread, so that a
+    // regression fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.getrply(Some(cd), Flags::NOTIME));
+    });
+    let e = rx
+        .recv_timeout(LIMIT)
+        .expect("an answer within the test's limit")
+        .expect_err("no reply came");
+    assert_eq!(e.kind, ErrorKind::Time, "{e}");
+    assert!(e.detail.contains("blocking timeout"), "{}", e.detail);
+}
+
 /// CONNECT_GLOBAL_RECOVERY_MEMBER: n1 and n2 run with a two-minute reconnection
 /// back-off, so they would not try to reach a node that went away for two minutes.
 /// They link up with each other and with n3 at boot only because each node, once its
