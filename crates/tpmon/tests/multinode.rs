@@ -1339,7 +1339,7 @@ fn a_saturated_node_is_skipped_for_another_offering_the_service() {
             Extra {
                 limits: &["link_calls_max = 2"],
                 services: &[],
-                rms: None,
+                ..Extra::default()
             },
         )
     });
@@ -1407,7 +1407,7 @@ fn the_shutdown_notice_is_sent_again_on_a_new_link() {
             Extra {
                 limits: &[],
                 services: &[("s1", "SLEEP")],
-                rms: None,
+                ..Extra::default()
             },
         )
     });
@@ -1455,7 +1455,7 @@ fn a_notime_call_that_gets_no_reply_ends_after_the_blocking_timeout() {
             Extra {
                 limits: &["blocking_timeout_s = 1"],
                 services: &[],
-                rms: None,
+                ..Extra::default()
             },
         )
     });
