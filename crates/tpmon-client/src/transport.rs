@@ -242,49 +242,56 @@ impl Transport {
         nonblock: bool,
     ) -> Result<Reply, RecvFailure> {
         match self {
-            Transport::Local(l) => loop {
+            Transport::Local(l) => {
                 // Waits in slices of at most DAEMON_CHECK: a reply can only come while
                 // the node's daemon lives (it owns the servers), so between slices the
                 // session tells whether it is gone.
                 let deadline = timeout.map(|t| Instant::now() + t);
-                let slice = deadline.map_or(DAEMON_CHECK, |d| {
-                    d.saturating_duration_since(Instant::now())
-                        .min(DAEMON_CHECK)
-                });
-                l.endpoint
-                    .set_recv_timeout(Some(coarse(slice)))
-                    .map_err(|e| RecvFailure::Fatal(ipc_error(e)))?;
-                let got = match if nonblock {
-                    l.endpoint.recv(true)
-                } else {
-                    l.endpoint.recv_spinning(&mut l.spin, &*l.table)
-                } {
-                    Ok(r) => r,
-                    Err(IpcError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                        return Err(RecvFailure::TimedOut)
+                loop {
+                    let slice = deadline.map_or(DAEMON_CHECK, |d| {
+                        d.saturating_duration_since(Instant::now())
+                            .min(DAEMON_CHECK)
+                    });
+                    if slice.is_zero() && !nonblock {
+                        return Err(RecvFailure::TimedOut);
                     }
-                    Err(IpcError::TimedOut) => {
-                        if l.daemon_gone() {
-                            return Err(RecvFailure::Fatal(CallError::new(
-                                ErrorKind::System,
-                                "the node's daemon went away while waiting for the reply \
-                                 (the call's outcome is unknown)",
-                            )));
+                    l.endpoint
+                        .set_recv_timeout(Some(coarse(slice)))
+                        .map_err(|e| RecvFailure::Fatal(ipc_error(e)))?;
+                    let got = match if nonblock {
+                        l.endpoint.recv(true)
+                    } else {
+                        l.endpoint.recv_spinning(&mut l.spin, &*l.table)
+                    } {
+                        Ok(r) => r,
+                        Err(IpcError::TimedOut)
+                            if deadline.is_some_and(|d| Instant::now() >= d) =>
+                        {
+                            return Err(RecvFailure::TimedOut)
                         }
-                        continue;
+                        Err(IpcError::TimedOut) => {
+                            if l.daemon_gone() {
+                                return Err(RecvFailure::Fatal(CallError::new(
+                                    ErrorKind::System,
+                                    "the node's daemon went away while waiting for the reply \
+                                 (the call's outcome is unknown)",
+                                )));
+                            }
+                            continue;
+                        }
+                        Err(IpcError::WouldBlock) => return Err(RecvFailure::WouldBlock),
+                        // A malformed datagram from some other local process is dropped;
+                        // it must not fail the caller's call.
+                        Err(IpcError::Malformed(_))
+                        | Err(IpcError::TooLarge { .. })
+                        | Err(IpcError::Foreign { .. }) => continue,
+                        Err(e) => return Err(RecvFailure::Fatal(ipc_error(e))),
+                    };
+                    if let Ok(Message::Reply(r)) = Message::decode(&got.body) {
+                        return Ok(r);
                     }
-                    Err(IpcError::WouldBlock) => return Err(RecvFailure::WouldBlock),
-                    // A malformed datagram from some other local process is dropped;
-                    // it must not fail the caller's call.
-                    Err(IpcError::Malformed(_))
-                    | Err(IpcError::TooLarge { .. })
-                    | Err(IpcError::Foreign { .. }) => continue,
-                    Err(e) => return Err(RecvFailure::Fatal(ipc_error(e))),
-                };
-                if let Ok(Message::Reply(r)) = Message::decode(&got.body) {
-                    return Ok(r);
                 }
-            },
+            }
             Transport::Relay(r) => loop {
                 if !r.stash.is_empty() {
                     return Ok(r.stash.remove(0));

@@ -293,8 +293,9 @@ impl Mesh {
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Sends `frame` to the member at position `to` on our active connection.
-    pub fn send(&self, to: u32, frame: Frame) -> Result<(), SendError> {
+    /// The outbox of the active connection to `to`, once `frame` is known to fit a
+    /// packet.
+    fn outbox(&self, to: u32, frame: &Frame) -> Result<mpsc::Sender<Frame>, SendError> {
         let size = frame.packet_bytes();
         if size > self.cfg.packet_max {
             return Err(SendError::TooLarge {
@@ -302,12 +303,16 @@ impl Mesh {
                 max: self.cfg.packet_max,
             });
         }
-        let out = self
-            .slot(to)
+        self.slot(to)
             .ok_or(SendError::NoSuchMember(to))?
             .out
             .clone()
-            .ok_or(SendError::Down(to))?;
+            .ok_or(SendError::Down(to))
+    }
+
+    /// Sends `frame` to the member at position `to` on our active connection.
+    pub fn send(&self, to: u32, frame: Frame) -> Result<(), SendError> {
+        let out = self.outbox(to, &frame)?;
         out.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Busy(to),
             mpsc::error::TrySendError::Closed(_) => SendError::Down(to),
@@ -321,19 +326,7 @@ impl Mesh {
     /// with a warning (the link is congested for that long: the peer is as good as
     /// unreachable, and its own limits answer its caller).
     pub fn send_or_wait(&self, to: u32, frame: Frame, wait: Duration) -> Result<(), SendError> {
-        let size = frame.packet_bytes();
-        if size > self.cfg.packet_max {
-            return Err(SendError::TooLarge {
-                size,
-                max: self.cfg.packet_max,
-            });
-        }
-        let out = self
-            .slot(to)
-            .ok_or(SendError::NoSuchMember(to))?
-            .out
-            .clone()
-            .ok_or(SendError::Down(to))?;
+        let out = self.outbox(to, &frame)?;
         match out.try_send(frame) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Down(to)),

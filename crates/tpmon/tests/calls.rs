@@ -408,3 +408,22 @@ fn tpcall_with_noblock_still_waits_for_the_reply() {
         assert_eq!(c.outstanding(), 0, "{path}");
     }
 }
+
+/// A blocking timeout longer than the slices in which a local caller waits (500 ms,
+/// checking its daemon between them) still ends the wait: TPETIME after 1.2 s, not
+/// later.
+#[test]
+fn a_blocking_timeout_longer_than_a_wait_slice_still_ends_the_wait() {
+    let dom = domain("long-timeout", 1);
+    for (path, mut c) in dom.both_clients() {
+        c.set_blocking_timeout(Duration::from_millis(1200));
+        let t = Instant::now();
+        let e = c.call("SLEEP", &s("4000"), Flags::NONE).unwrap_err();
+        let waited = t.elapsed();
+        assert_eq!(e.kind, ErrorKind::Time, "{path}: {e}");
+        assert!(
+            waited >= Duration::from_millis(1100) && waited < Duration::from_millis(3500),
+            "{path}: TPETIME after the 1.2 s blocking timeout, not {waited:?}"
+        );
+    }
+}
