@@ -497,7 +497,8 @@ impl Tm {
                         failpoint::hit("tm.phase2");
                         match me.remote_end(node, &g, bs, true, decision).await {
                             Ok(()) => BranchEnd::Done,
-                            Err(e) => BranchEnd::Pending(e),
+                            Err(e @ XaError::Failed(_)) => BranchEnd::Heuristic(e.to_string()),
+                            Err(e) => BranchEnd::Pending(e.to_string()),
                         }
                     }),
                 ));

@@ -236,10 +236,7 @@ impl Tm {
                     remote_results.push((node, Ok(())));
                     continue;
                 }
-                let r = self
-                    .remote_end(node, &gtrid, bs, commit, decision)
-                    .await
-                    .map_err(XaError::Unavailable);
+                let r = self.remote_end(node, &gtrid, bs, commit, decision).await;
                 remote_results.push((node, r));
             }
             for b in &e.branches {

@@ -35,6 +35,7 @@ use tpmon_proto::Gtrid;
 use tpmon_txlog::{Advice, Branch as LogBranch, Entry, TxState};
 use tpmon_xa::{failpoint, XaError, Xid};
 
+use crate::commit::{BRANCH_DONE, BRANCH_HEURISTIC};
 use crate::{now_unix_ms, Decision, Tm, Tracked, DEADLINE_GRACE};
 
 /// What the coordinator asks another node's transaction manager.
@@ -176,6 +177,9 @@ pub enum Status {
     Rollback = 3,
     /// QueryAdvice: nothing decided yet; ask again later.
     Wait = 4,
+    /// Commit: a resource manager refused to commit a branch (a heuristic outcome
+    /// there, kept for the operator); the detail says which.
+    Heuristic = 5,
 }
 
 /// How a transaction manager reaches the others (the daemon implements it over the
@@ -319,6 +323,7 @@ impl SubAnswer {
             2 => Status::Commit,
             3 => Status::Rollback,
             4 => Status::Wait,
+            5 => Status::Heuristic,
             _ => return None,
         };
         let gcpn = r.u64()?;
@@ -391,7 +396,7 @@ impl Tm {
         branches: Vec<(u16, Vec<u8>)>,
         commit: bool,
         decision: Decision,
-    ) -> Result<(), String> {
+    ) -> Result<(), XaError> {
         let req = SubRequest {
             gtrid: gtrid.as_bytes().to_vec(),
             decision,
@@ -402,14 +407,20 @@ impl Tm {
         } else {
             SubItem::Rollback
         };
-        let a = self.ask(node, item, req).await?;
+        let a = self
+            .ask(node, item, req)
+            .await
+            .map_err(XaError::Unavailable)?;
+        let why = format!(
+            "node {:?}: {}",
+            self.nodes.get(node).map_or("?", String::as_str),
+            a.detail
+        );
         match a.status {
             Status::Ok => Ok(()),
-            _ => Err(format!(
-                "node {:?}: {}",
-                self.nodes.get(node).map_or("?", String::as_str),
-                a.detail
-            )),
+            // Its resource manager refused the commit: a heuristic outcome there.
+            Status::Heuristic if commit => Err(XaError::Failed(why)),
+            _ => Err(XaError::Unavailable(why)),
         }
     }
 
@@ -771,18 +782,24 @@ impl Tm {
         self.lock().deciding.remove(&text);
         match r {
             Ok(()) => SubAnswer::new(Status::Ok, ""),
-            Err(e) => SubAnswer::new(Status::Failed, e),
+            Err(XaError::Failed(e)) => SubAnswer::new(Status::Heuristic, e),
+            Err(e) => SubAnswer::new(Status::Failed, e.to_string()),
         }
     }
 
     /// Ends a subordinate's branches (the caller holds the transaction in `deciding`).
+    ///
+    /// `Err(XaError::Failed)` when a resource manager refused to commit a branch: a
+    /// heuristic outcome here, recorded in the entry (the branch's state
+    /// [`BRANCH_HEURISTIC`], the coordinator's advice and decision) and kept for the
+    /// operator; any other error leaves the branches for a later attempt.
     async fn finish_sub(
         &self,
         text: &str,
         mut branches: Vec<(u16, Vec<u8>)>,
         commit: bool,
         decision: Decision,
-    ) -> Result<(), String> {
+    ) -> Result<(), XaError> {
         let entry = self
             .log
             .get(text.as_bytes())
@@ -803,45 +820,96 @@ impl Tm {
                 // Not silently done: the branch stays prepared in a database this node
                 // no longer reaches (the configuration changed), and the coordinator
                 // keeps its decision.
-                last = Some(format!(
+                last = Some(XaError::Unavailable(format!(
                     "group #{grp} has no resource manager on node {:?} (configuration changed?)",
                     self.node
-                ));
+                )));
                 continue;
             };
             let xid = Xid::new(text, String::from_utf8_lossy(&bq).into_owned());
-            tasks.push(tokio::spawn(async move {
-                let r = if commit {
-                    pool.commit(&xid, decision).await
-                } else {
-                    pool.rollback(&xid).await
-                };
-                match r {
-                    Ok(()) | Err(XaError::NotFound(_)) => None,
-                    Err(e) => Some(e.to_string()),
-                }
-            }));
+            tasks.push((
+                grp,
+                bq,
+                tokio::spawn(async move {
+                    let r = if commit {
+                        pool.commit(&xid, decision).await
+                    } else {
+                        pool.rollback(&xid).await
+                    };
+                    match r {
+                        Ok(()) | Err(XaError::NotFound(_)) => None,
+                        Err(e) => Some(e),
+                    }
+                }),
+            ));
         }
-        for t in tasks {
+        let mut refused: Vec<(u16, Vec<u8>, String)> = Vec::new();
+        let mut done: Vec<(u16, Vec<u8>)> = Vec::new();
+        for (grp, bq, t) in tasks {
             match t.await {
-                Ok(None) => {}
+                Ok(None) => done.push((grp, bq)),
+                Ok(Some(XaError::Failed(e))) if commit => refused.push((grp, bq, e)),
                 Ok(Some(e)) => last = Some(e),
-                Err(e) => last = Some(e.to_string()),
+                Err(e) => last = Some(XaError::Unavailable(e.to_string())),
             }
         }
-        if let Some(e) = last {
+        if !refused.is_empty() || last.is_some() {
             // Keep the coordinator's advice, so that recovery finishes it without
-            // asking again.
-            if let Some(mut e) = entry {
-                e.advice = if commit {
-                    Advice::Commit
-                } else {
-                    Advice::Rollback
-                };
-                e.data = decision.encode();
-                let _ = self.log_op(move |log| log.put(e)).await;
+            // asking again; a refused branch is marked heuristic (left to the
+            // operator, never retried automatically).
+            let mut e = entry.unwrap_or_else(|| Entry {
+                gtrid: text.as_bytes().to_vec(),
+                state: TxState::Prepare,
+                advice: Advice::None,
+                branches: Vec::new(),
+                data: Vec::new(),
+            });
+            for (grp, bq, _) in &refused {
+                if !e
+                    .branches
+                    .iter()
+                    .any(|b| b.rm == u32::from(*grp) && b.bqual == *bq)
+                {
+                    e.branches.push(LogBranch {
+                        rm: u32::from(*grp),
+                        bqual: bq.clone(),
+                        state: 0,
+                    });
+                }
             }
-            return Err(e);
+            for b in &mut e.branches {
+                let k = (b.rm as u16, b.bqual.clone());
+                if refused.iter().any(|(g, q, _)| (*g, q) == (k.0, &k.1)) {
+                    b.state = BRANCH_HEURISTIC;
+                } else if done.contains(&k) {
+                    b.state = BRANCH_DONE;
+                }
+            }
+            e.advice = if commit {
+                Advice::Commit
+            } else {
+                Advice::Rollback
+            };
+            e.data = decision.encode();
+            let logged = self.log_op(move |log| log.put(e)).await;
+            if let Some((grp, bq, why)) = refused.first() {
+                let why = format!(
+                    "group #{grp}'s resource manager refused to commit branch {} on node {:?}: {why}",
+                    String::from_utf8_lossy(bq),
+                    self.node
+                );
+                tracing::error!(gtrid = text, error = %why, "a heuristic outcome on a subordinate: kept for the operator (tpmon tx commit)");
+                if let Some(t) = self.lock().tracked.get_mut(text) {
+                    t.state = "heuristic (operator)";
+                    t.last_error = why.clone();
+                }
+                return Err(match logged {
+                    Ok(_) => XaError::Failed(why),
+                    // Not durable: the next attempt finds the refusal again.
+                    Err(e) => XaError::Unavailable(format!("{why}; not recorded: {e}")),
+                });
+            }
+            return Err(last.unwrap_or_else(|| XaError::Unavailable("not finished".into())));
         }
         failpoint::hit("tm.subordinate_after_end");
         if entry.is_some() {
@@ -1128,6 +1196,29 @@ impl Tm {
             {
                 return;
             }
+        }
+        if e.branches.iter().any(|b| b.state == BRANCH_HEURISTIC) {
+            // A resource manager here refused the coordinator's commit: kept for the
+            // operator (`tpmon tx commit` on this node or on the coordinator).
+            let mut st = self.lock();
+            st.tracked.entry(text.clone()).or_insert_with(|| Tracked {
+                state: "heuristic (operator)",
+                since: SystemTime::now(),
+                branches: e
+                    .branches
+                    .iter()
+                    .map(|b| {
+                        (
+                            b.rm as u16,
+                            String::from_utf8_lossy(&b.bqual).into_owned(),
+                            b.state == BRANCH_DONE,
+                        )
+                    })
+                    .collect(),
+                retries: 0,
+                last_error: "a resource manager refused the coordinator's commit".into(),
+            });
+            return;
         }
         if self.branches_all_ended(&text, &e.branches).await {
             // Phase 2 ended every branch here and the entry's removal (lazy: not

@@ -268,7 +268,25 @@ impl Tm {
         let mut left = 0;
         let mut last = String::new();
         let decision = crate::Decision::decode(&e.data);
+        // Branches on other nodes: through their TMs (which carry out this decision,
+        // their own heuristic outcome included).
+        let remote: Vec<(u16, Vec<u8>)> = e
+            .branches
+            .iter()
+            .filter_map(|b| u16::try_from(b.rm).ok().map(|g| (g, b.bqual.clone())))
+            .filter(|(g, _)| self.remote_node(*g).is_some())
+            .collect();
+        for (node, bs) in self.by_node(&remote) {
+            let n = bs.len();
+            if let Err(err) = self.remote_end(node, gtrid, bs, commit, decision).await {
+                left += n;
+                last = err.to_string();
+            }
+        }
         for b in &e.branches {
+            if u16::try_from(b.rm).is_ok_and(|g| self.remote_node(g).is_some()) {
+                continue;
+            }
             let Some(pool) = u16::try_from(b.rm).ok().and_then(|g| self.pool(g)).cloned() else {
                 left += 1;
                 continue;

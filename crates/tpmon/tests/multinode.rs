@@ -2206,6 +2206,61 @@ fn a_database_shared_by_two_nodes_never_rolls_back_a_committed_branch() {
     assert_eq!(rm_calls(&rms, "gs1", "commit", Some("ok")), 2);
 }
 
+/// A heuristic outcome on another node: n3's resource manager refuses (once) to
+/// commit its branch. The originator, waiting for completion, hears TX_MIXED; both
+/// nodes keep the transaction for the operator as heuristic; `tpmon tx commit` on the
+/// coordinator then completes it on both nodes (n3's branch committed at the second
+/// attempt).
+#[test]
+fn a_branch_refused_on_another_node_is_a_heuristic_mix_kept_for_the_operator() {
+    let (c, rms) = tx_cluster("xn-heur", &[], &[]);
+    std::fs::write(rms.path.join("gs3").join("script"), "commit fail 1\n").expect("a script");
+    let mut client = c.client(0, false);
+    client.tx_set_commit_return(tpmon_client::CommitReturn::Completed);
+    client.tx_begin().expect("begin");
+    client
+        .call("ECHO", &s("a"), Flags::NONE)
+        .expect("ECHO (n1)");
+    client
+        .call("NESTED", &s("b"), Flags::NONE)
+        .expect("NESTED (n3)");
+    match client.tx_commit() {
+        Err(tpmon_client::TxError::Mixed(why)) => {
+            assert!(why.contains("refused"), "{why}")
+        }
+        other => panic!("commit with a branch refused on n3: {other:?}"),
+    }
+    drop(client);
+    let listed = tx_list(&c, 0);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let gtrid = listed[0]["gtrid"].as_str().expect("gtrid").to_string();
+    assert!(
+        listed[0]["state"]
+            .as_str()
+            .is_some_and(|s| s.contains("heuristic")),
+        "{listed}"
+    );
+    let on3 = tx_list(&c, 2);
+    assert_eq!(on3.as_array().map(Vec::len), Some(1), "{on3}");
+    assert_eq!(on3[0]["state"], "heuristic (operator)", "{on3}");
+    assert_eq!(
+        tpmon_xa::fake::FakeRm::prepared(&rms.path.join("gs3")).len(),
+        1,
+        "the refused branch stays prepared"
+    );
+    let run = tx_by_hand(&c, 0, "commit", &gtrid);
+    assert!(run.ok(), "{run:?}");
+    assert!(run.stdout.contains("commit done"), "{}", run.stdout);
+    nothing_open(&c, &rms);
+    assert_eq!(rm_calls(&rms, "gs3", "commit", Some("fail")), 1);
+    assert_eq!(rm_calls(&rms, "gs3", "commit", Some("ok")), 1);
+    assert_eq!(rm_calls(&rms, "gs1", "commit", Some("ok")), 2);
+    assert_eq!(
+        rm_calls(&rms, "gs1", "rollback", None) + rm_calls(&rms, "gs3", "rollback", None),
+        0
+    );
+}
+
 /// How a transaction of `kill_during_commit` ended in the fake RMs.
 #[derive(Debug, PartialEq)]
 enum Ended {
