@@ -147,6 +147,35 @@ pub(crate) struct Tracked {
     pub last_error: String,
 }
 
+impl Tracked {
+    /// A transaction known from its log entry `e`, in `state`: a branch is done when
+    /// its state in the entry says so.
+    pub(crate) fn of_entry(
+        e: &tpmon_txlog::Entry,
+        state: &'static str,
+        retries: u32,
+        last_error: String,
+    ) -> Tracked {
+        Tracked {
+            state,
+            since: SystemTime::now(),
+            branches: e
+                .branches
+                .iter()
+                .map(|b| {
+                    (
+                        b.rm as u16,
+                        String::from_utf8_lossy(&b.bqual).into_owned(),
+                        b.state == commit::BRANCH_DONE,
+                    )
+                })
+                .collect(),
+            retries,
+            last_error,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct State {
     /// Transactions whose commit is being decided or driven: recovery leaves them alone.

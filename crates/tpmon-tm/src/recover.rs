@@ -201,22 +201,13 @@ impl Tm {
             if e.branches.iter().any(|b| b.state == BRANCH_HEURISTIC) {
                 // Kept for the operator (`tpmon tx commit` drives it again).
                 let mut st = self.lock();
-                st.tracked.entry(gtrid.clone()).or_insert_with(|| Tracked {
-                    state: "heuristic (operator)",
-                    since: SystemTime::now(),
-                    branches: e
-                        .branches
-                        .iter()
-                        .map(|b| {
-                            (
-                                b.rm as u16,
-                                String::from_utf8_lossy(&b.bqual).into_owned(),
-                                b.state == BRANCH_DONE,
-                            )
-                        })
-                        .collect(),
-                    retries: 0,
-                    last_error: "a resource manager refused the decision".into(),
+                st.tracked.entry(gtrid.clone()).or_insert_with(|| {
+                    Tracked::of_entry(
+                        &e,
+                        "heuristic (operator)",
+                        0,
+                        "a resource manager refused the decision".into(),
+                    )
                 });
                 continue;
             }

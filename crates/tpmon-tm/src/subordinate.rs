@@ -1201,22 +1201,13 @@ impl Tm {
             // A resource manager here refused the coordinator's commit: kept for the
             // operator (`tpmon tx commit` on this node or on the coordinator).
             let mut st = self.lock();
-            st.tracked.entry(text.clone()).or_insert_with(|| Tracked {
-                state: "heuristic (operator)",
-                since: SystemTime::now(),
-                branches: e
-                    .branches
-                    .iter()
-                    .map(|b| {
-                        (
-                            b.rm as u16,
-                            String::from_utf8_lossy(&b.bqual).into_owned(),
-                            b.state == BRANCH_DONE,
-                        )
-                    })
-                    .collect(),
-                retries: 0,
-                last_error: "a resource manager refused the coordinator's commit".into(),
+            st.tracked.entry(text.clone()).or_insert_with(|| {
+                Tracked::of_entry(
+                    &e,
+                    "heuristic (operator)",
+                    0,
+                    "a resource manager refused the coordinator's commit".into(),
+                )
             });
             return;
         }
@@ -1253,23 +1244,12 @@ impl Tm {
                         } else {
                             st.tracked.insert(
                                 text.clone(),
-                                Tracked {
-                                    state: "prepared (subordinate, waiting for the coordinator)",
-                                    since: SystemTime::now(),
-                                    branches: e
-                                        .branches
-                                        .iter()
-                                        .map(|b| {
-                                            (
-                                                b.rm as u16,
-                                                String::from_utf8_lossy(&b.bqual).into_owned(),
-                                                false,
-                                            )
-                                        })
-                                        .collect(),
-                                    retries: 1,
-                                    last_error: why.clone(),
-                                },
+                                Tracked::of_entry(
+                                    &e,
+                                    "prepared (subordinate, waiting for the coordinator)",
+                                    1,
+                                    why.clone(),
+                                ),
                             );
                         }
                         tracing::info!(gtrid = %text, why, "in doubt: the coordinator gave no outcome yet; will ask again");
