@@ -139,7 +139,7 @@ fn serve_blocking(
                     // Phase 2 on this thread, after the answer: the originator's next
                     // request waits for it, which is the back-pressure it needs.
                     if let Some(job) = after {
-                        handle.block_on(job.run());
+                        job.run_blocking(handle);
                     }
                     if sent.is_err() {
                         return;

@@ -28,6 +28,19 @@ impl PhaseTwoJob {
             .phase_two(&self.gtrid, &self.branches, self.decision)
             .await;
     }
+
+    /// [`PhaseTwoJob::run`] on a thread of its own outside the runtime (never on a
+    /// runtime worker): branches on local PostgreSQL databases are committed on this
+    /// thread with blocking sessions, which saves the hand-offs to the runtime's
+    /// threads and back; anything else runs as `run` does, on `handle`.
+    pub fn run_blocking(self, handle: &tokio::runtime::Handle) {
+        let done = self
+            .tm
+            .phase_two_blocking(handle, &self.gtrid, &self.branches, self.decision);
+        if done.is_none() {
+            handle.block_on(self.run());
+        }
+    }
 }
 
 /// How [`Tm::end_on`] makes its blocking log write.
@@ -65,6 +78,16 @@ pub(crate) const BRANCH_DONE: u8 = 1;
 /// Branch state in a log entry: the resource manager refused the decision; kept for
 /// the operator, never retried by recovery on its own.
 pub(crate) const BRANCH_HEURISTIC: u8 = 2;
+
+/// What a resource manager's answer to a commit means for the branch.
+fn branch_end(r: Result<(), XaError>) -> BranchEnd {
+    match r {
+        // Unknown after a commit decision: an earlier attempt committed it.
+        Ok(()) | Err(XaError::NotFound(_)) => BranchEnd::Done,
+        Err(e @ XaError::Failed(_)) => BranchEnd::Heuristic(e.to_string()),
+        Err(e) => BranchEnd::Pending(e.to_string()),
+    }
+}
 
 fn done(gtrid: &[u8], outcome: TxOutcome, detail: impl Into<String>) -> TxDone {
     TxDone {
@@ -540,23 +563,60 @@ impl Tm {
                 }
             }
         } else {
-            // In parallel: one branch's slow database does not hold up the others.
-            let mut tasks = Vec::with_capacity(branches.len());
-            for b in branches {
-                let me = self.clone();
-                let (g, b) = (gtrid.to_string(), b.clone());
-                tasks.push(tokio::spawn(async move {
-                    failpoint::hit("tm.phase2");
-                    me.commit_branch(&g, &b, decision).await
-                }));
-            }
-            for t in tasks {
-                results.push(t.await);
-            }
+            // In parallel (one branch's slow database does not hold up the others),
+            // on the calling task: no hand-off to other runtime threads per branch.
+            let ends = futures_util::future::join_all(branches.iter().map(|b| async move {
+                failpoint::hit("tm.phase2");
+                self.commit_branch(gtrid, b, decision).await
+            }))
+            .await;
+            results.extend(ends.into_iter().map(Ok));
         }
+        self.finish_phase_two(gtrid, results).await
+    }
+
+    /// Phase 2 of a transaction whose branches are all on local PostgreSQL groups,
+    /// on the calling thread with blocking sessions, one branch after the other; the
+    /// caller is a thread of its own outside the runtime (the local port's), so a
+    /// commit costs no hand-off between threads. `None` (nothing done) when any
+    /// branch is elsewhere: use [`Tm::phase_two`].
+    pub(crate) fn phase_two_blocking(
+        self: &Arc<Self>,
+        handle: &tokio::runtime::Handle,
+        gtrid: &str,
+        branches: &[Branch],
+        decision: Decision,
+    ) -> Option<PhaseTwo> {
+        let pools: Vec<&Arc<crate::pool::Pool>> = branches
+            .iter()
+            .map(|b| {
+                self.pool(b.group)
+                    .filter(|p| p.blocking_capable() && self.remote_node(b.group).is_none())
+            })
+            .collect::<Option<_>>()?;
+        let mut results = Vec::with_capacity(branches.len());
+        for (b, pool) in branches.iter().zip(pools) {
+            failpoint::hit("tm.phase2");
+            let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
+            // All of the pool's sessions busy: the asynchronous way, which waits.
+            let r = pool
+                .commit_blocking(&xid)
+                .unwrap_or_else(|| handle.block_on(pool.commit(&xid, decision)));
+            results.push(Ok(branch_end(r)));
+        }
+        Some(handle.block_on(self.finish_phase_two(gtrid, results)))
+    }
+
+    /// Records what phase 2 did to each branch (in the order of the decision's
+    /// branches) and forgets the decision when every branch is done.
+    async fn finish_phase_two(
+        self: &Arc<Self>,
+        gtrid: &str,
+        results: Vec<Result<BranchEnd, tokio::task::JoinError>>,
+    ) -> PhaseTwo {
         let mut p = PhaseTwo::default();
         let mut last_error = String::new();
-        let mut states = Vec::with_capacity(branches.len());
+        let mut states = Vec::with_capacity(results.len());
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(BranchEnd::Done) => {
@@ -678,12 +738,7 @@ impl Tm {
             return BranchEnd::Pending(format!("group #{} has no resource manager", b.group));
         };
         let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
-        match pool.commit(&xid, decision).await {
-            // Unknown after a commit decision: an earlier attempt committed it.
-            Ok(()) | Err(XaError::NotFound(_)) => BranchEnd::Done,
-            Err(e @ XaError::Failed(_)) => BranchEnd::Heuristic(e.to_string()),
-            Err(e) => BranchEnd::Pending(e.to_string()),
-        }
+        branch_end(pool.commit(&xid, decision).await)
     }
 
     /// Rolls back the prepared branches it is told of and remembers the transaction

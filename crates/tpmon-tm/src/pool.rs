@@ -3,8 +3,11 @@
 //!
 //! PostgreSQL sessions are asynchronous (tokio-postgres on the daemon's runtime), so a
 //! COMMIT PREPARED costs no thread hop; the other adapters block and run on tokio's
-//! blocking threads. The transaction manager uses only [`Pool::commit`],
-//! [`Pool::rollback`] and [`Pool::recover`].
+//! blocking threads. The local port's threads, which live outside the runtime, commit
+//! PostgreSQL branches with blocking sessions of their own ([`Pool::commit_blocking`]),
+//! which saves the hand-offs to the runtime's threads and back. The transaction
+//! manager uses only [`Pool::commit`], [`Pool::commit_blocking`], [`Pool::rollback`]
+//! and [`Pool::recover`].
 
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +15,12 @@ use tokio::sync::Semaphore;
 use tpmon_config::{RmKind, XaResource};
 use tpmon_xa::postgres::{classify, literal};
 use tpmon_xa::{Rm, XaError, Xid};
+
+/// A blocking PostgreSQL session.
+type PgBlocking = tpmon_xa::drivers::postgres::Client;
+
+/// Longest wait for a new blocking session.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Longest a resource-manager call of the transaction manager may take; past it the
 /// call counts as "unavailable" (retried later), so that a hung database cannot hold
@@ -35,6 +44,8 @@ pub struct Pool {
     idle: Mutex<Vec<Box<dyn Rm>>>,
     /// Idle asynchronous PostgreSQL sessions.
     pg_idle: Mutex<Vec<tokio_postgres::Client>>,
+    /// Idle blocking PostgreSQL sessions, for [`Pool::commit_blocking`].
+    pg_blocking_idle: Mutex<Vec<PgBlocking>>,
     permits: Arc<Semaphore>,
 }
 
@@ -46,6 +57,7 @@ impl Pool {
             res,
             idle: Mutex::new(Vec::new()),
             pg_idle: Mutex::new(Vec::new()),
+            pg_blocking_idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(n)),
         }
     }
@@ -62,6 +74,91 @@ impl Pool {
         decision: crate::Decision,
     ) -> Result<(), XaError> {
         bounded(self.commit_inner(xid, decision)).await
+    }
+
+    /// True when [`Pool::commit_blocking`] serves this resource manager.
+    pub fn blocking_capable(&self) -> bool {
+        self.res.kind == RmKind::Postgres
+    }
+
+    /// Commits a prepared branch with a blocking session on the calling thread,
+    /// which must be a thread of its own outside the runtime (the blocking driver
+    /// runs its own event loop there): no hand-off to the runtime's threads and back.
+    /// `None` when the resource manager has no blocking sessions or all of the
+    /// pool's sessions are in use; the caller then uses [`Pool::commit`], which waits
+    /// for one. Counts against `pool_max` like the asynchronous sessions.
+    pub fn commit_blocking(&self, xid: &Xid) -> Option<Result<(), XaError>> {
+        if !self.blocking_capable() {
+            return None;
+        }
+        let _permit = self.permits.try_acquire().ok()?;
+        let sql = format!("COMMIT PREPARED {}", literal(&xid.gid()));
+        for attempt in 0..2 {
+            let cached = self
+                .pg_blocking_idle
+                .lock()
+                .map(|mut v| v.pop())
+                .unwrap_or(None)
+                .filter(|c| !c.is_closed());
+            let mut client = match cached {
+                Some(c) => c,
+                None => match self.pg_connect_blocking() {
+                    Ok(c) => c,
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            match client.batch_execute(&sql) {
+                Ok(()) => {
+                    self.put_back_blocking(client);
+                    return Some(Ok(()));
+                }
+                Err(e) => {
+                    let err = classify(e);
+                    if !err.is_unavailable() {
+                        self.put_back_blocking(client);
+                        return Some(Err(err));
+                    }
+                    if attempt == 1 {
+                        return Some(Err(err));
+                    }
+                }
+            }
+        }
+        Some(Err(XaError::Unavailable("unreachable".into())))
+    }
+
+    fn put_back_blocking(&self, client: PgBlocking) {
+        if let Ok(mut idle) = self.pg_blocking_idle.lock() {
+            idle.push(client);
+        }
+    }
+
+    /// A blocking session that gives up on a database that stops answering: a
+    /// statement timeout for a server that is up but stuck, and a TCP user timeout
+    /// for one that is gone, both [`RM_CALL_TIMEOUT`] (as the asynchronous calls).
+    fn pg_connect_blocking(&self) -> Result<PgBlocking, XaError> {
+        let unavailable =
+            |e: String| XaError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
+        let mut cfg: tpmon_xa::drivers::postgres::Config = self
+            .res
+            .open
+            .expose()
+            .parse()
+            .map_err(|e| unavailable(format!("{e}")))?;
+        cfg.connect_timeout(CONNECT_TIMEOUT)
+            .tcp_user_timeout(RM_CALL_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(10));
+        let mut client = cfg
+            .connect(tpmon_xa::drivers::postgres::NoTls)
+            .map_err(|e| unavailable(e.to_string()))?;
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                RM_CALL_TIMEOUT.as_millis()
+            ))
+            .map_err(classify)?;
+        Ok(client)
     }
 
     /// Rolls back a prepared branch.

@@ -89,6 +89,14 @@ pub enum BenchCommand {
         /// 0 turns the commit delay off, for comparison).
         #[arg(long)]
         log_commit_delay_us: Option<u64>,
+        /// Instances of each bank server in the PostgreSQL part (default: as many as
+        /// clients; never more than the clients).
+        #[arg(long)]
+        instances: Option<usize>,
+        /// Which side of the PostgreSQL comparison runs (one side alone is for
+        /// profiling it).
+        #[arg(long, value_enum, default_value = "both")]
+        only: crate::bench_tx::Side,
     },
     /// The embedded resource manager: transactions/s over two embedded sites with and
     /// without checkpoints (p99 interference), messages and storage per checkpoint,
@@ -177,14 +185,20 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
             db1,
             db2,
             log_commit_delay_us,
+            instances,
+            only,
         } => crate::bench_tx::bench_tx(
-            json,
-            seconds,
             &clients,
-            &concurrency,
             no_postgres,
-            db1.zip(db2),
-            log_commit_delay_us,
+            &crate::bench_tx::PgBench {
+                seconds,
+                concurrency,
+                urls: db1.zip(db2),
+                as_json: json,
+                commit_delay_us: log_commit_delay_us,
+                instances,
+                side: only,
+            },
         ),
     }
 }
@@ -197,6 +211,31 @@ pub(crate) struct Point {
     pub mean_us: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// Busy CPU time of the whole machine per operation (µs), when measured
+    /// ([`machine_busy_us`] around the timed run); every process of the run counts,
+    /// databases included.
+    pub cpu_us: Option<f64>,
+}
+
+/// Busy CPU time of the whole machine so far, in µs (all CPUs, from /proc/stat: user,
+/// nice, system, irq, softirq, steal), or `None` where /proc/stat cannot be read.
+pub(crate) fn machine_busy_us() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| v.get(i))
+        .sum::<u64>();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(busy * 1_000_000 / hz)
 }
 
 pub(crate) fn summarize(clients: usize, mut lat_ns: Vec<u64>, elapsed: Duration) -> Point {
@@ -215,6 +254,7 @@ pub(crate) fn summarize(clients: usize, mut lat_ns: Vec<u64>, elapsed: Duration)
         mean_us: lat_ns.iter().sum::<u64>() as f64 / n as f64 / 1000.0,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        cpu_us: None,
     }
 }
 

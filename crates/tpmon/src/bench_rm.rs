@@ -266,7 +266,15 @@ pub fn bench_rm(
     let pg = if skip_postgres {
         serde_json::Value::Null
     } else {
-        crate::bench_tx::postgres_part(seconds, &[clients], urls, as_json, None)?
+        crate::bench_tx::postgres_part(&crate::bench_tx::PgBench {
+            seconds,
+            concurrency: vec![clients],
+            urls,
+            as_json,
+            commit_delay_us: None,
+            instances: None,
+            side: crate::bench_tx::Side::Both,
+        })?
     };
     if as_json {
         let pj = |p: &Point| json!({"clients": p.clients, "tx_per_s": p.calls_per_s, "mean_us": p.mean_us, "p50_us": p.p50_us, "p99_us": p.p99_us});

@@ -21,7 +21,7 @@ use tpmon_buffer::{Buffer, FieldBuffer, FieldTable, FieldValue};
 use tpmon_client::{Client, ClientOptions, Flags};
 use tpmon_xa::drivers::postgres;
 
-use crate::bench::{join_latencies, summarize, timed_loop, Point};
+use crate::bench::{join_latencies, machine_busy_us, summarize, timed_loop, Point};
 use crate::quickstart::TempDomain;
 
 /// Enduro/X's transaction manager with the null switch on this machine type (issue
@@ -159,26 +159,37 @@ pub(crate) fn clients_point(
     }
     barrier.wait();
     let start = Instant::now();
+    let busy0 = machine_busy_us();
     let all = join_latencies(handles, "client")?;
-    Ok(summarize(clients, all, start.elapsed()))
+    let elapsed = start.elapsed();
+    let busy1 = machine_busy_us();
+    let mut p = summarize(clients, all, elapsed);
+    if let (Some(a), Some(b)) = (busy0, busy1) {
+        let ops = p.calls_per_s * elapsed.as_secs_f64();
+        if ops >= 1.0 {
+            p.cpu_us = Some(b.saturating_sub(a) as f64 / ops);
+        }
+    }
+    Ok(p)
 }
 
 pub(crate) fn row(label: &str, p: &Point, other: &str) {
+    let cpu = p.cpu_us.map_or("-".to_string(), |c| format!("{c:.0}"));
     println!(
-        "{:<46} {:>9.0} {:>9.1} {:>9.1} {:>9.1}  {}",
-        label, p.calls_per_s, p.mean_us, p.p50_us, p.p99_us, other
+        "{:<46} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>8}  {}",
+        label, p.calls_per_s, p.mean_us, p.p50_us, p.p99_us, cpu, other
     );
 }
 
 pub(crate) fn header(what: &str) {
     println!(
-        "{:<46} {:>9} {:>9} {:>9} {:>9}  {}",
-        "", "tx/s", "mean us", "p50 us", "p99 us", what
+        "{:<46} {:>9} {:>9} {:>9} {:>9} {:>8}  {}",
+        "", "tx/s", "mean us", "p50 us", "p99 us", "cpu us", what
     );
 }
 
 fn pj(p: &Point) -> serde_json::Value {
-    json!({"clients": p.clients, "tx_per_s": p.calls_per_s, "mean_us": p.mean_us, "p50_us": p.p50_us, "p99_us": p.p99_us})
+    json!({"clients": p.clients, "tx_per_s": p.calls_per_s, "mean_us": p.mean_us, "p50_us": p.p50_us, "p99_us": p.p99_us, "cpu_us_per_tx": p.cpu_us})
 }
 
 /// The no-op resource manager part.
@@ -368,13 +379,39 @@ fn tpmon_op(
     }))
 }
 
-pub(crate) fn postgres_part(
-    seconds: f64,
-    concurrency: &[usize],
-    urls: Option<(String, String)>,
-    as_json: bool,
-    commit_delay_us: Option<u64>,
-) -> anyhow::Result<serde_json::Value> {
+/// Which side of the PostgreSQL comparison to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Side {
+    /// tpmon and the baseline (the comparison).
+    Both,
+    /// tpmon only (for profiling it).
+    Tpmon,
+    /// The baseline program only.
+    Baseline,
+}
+
+/// The settings of the PostgreSQL part.
+#[derive(Debug, Clone)]
+pub(crate) struct PgBench {
+    /// Seconds measured per point.
+    pub seconds: f64,
+    /// Concurrent clients per point.
+    pub concurrency: Vec<usize>,
+    /// Databases given by the user (else a private server is started).
+    pub urls: Option<(String, String)>,
+    /// Print JSON.
+    pub as_json: bool,
+    /// `[domain.tx] log_commit_delay_us`, when given.
+    pub commit_delay_us: Option<u64>,
+    /// Instances of each bank server; `None`: as many as clients.
+    pub instances: Option<usize>,
+    /// Which side runs.
+    pub side: Side,
+}
+
+pub(crate) fn postgres_part(b: &PgBench) -> anyhow::Result<serde_json::Value> {
+    let (seconds, as_json, commit_delay_us) = (b.seconds, b.as_json, b.commit_delay_us);
+    let urls = b.urls.clone();
     let server;
     let (db1, db2) = match urls {
         Some(u) => u,
@@ -399,17 +436,35 @@ pub(crate) fn postgres_part(
         header("tpmon / baseline");
     }
     let mut out = Vec::new();
-    for &n in concurrency {
-        // Each point gets a domain sized for it: as many instances of each bank
-        // server as clients, as an operator would configure.
+    for &n in &b.concurrency {
+        // Each point gets a domain of its own, with `instances` of each bank server
+        // (at most one per client: more could never be busy).
+        let instances = b.instances.unwrap_or(n).clamp(1, n.max(1));
         let dom = TempDomain::boot_with(
             "bench-tx-pg",
-            &bank_domain_toml(&db1, &db2, n, commit_delay_us),
+            &bank_domain_toml(&db1, &db2, instances, commit_delay_us),
             false,
             &[("bank.fld", BANK_FLD)],
         )?;
         let (d1, d2, d) = (db1.clone(), db2.clone(), dom.dir.clone());
-        let base = clients_point(n, seconds, move |i| baseline_op(&d1, &d2, &d, i))?;
+        let base = if b.side == Side::Tpmon {
+            None
+        } else {
+            Some(clients_point(n, seconds, move |i| {
+                baseline_op(&d1, &d2, &d, i)
+            })?)
+        };
+        let base_label = format!("baseline driver program, concurrency {n}");
+        if b.side == Side::Baseline {
+            if let Some(base) = &base {
+                if !as_json {
+                    row(&base_label, base, "");
+                }
+                out.push(json!({"concurrency": n, "baseline": pj(base)}));
+            }
+            drop(dom);
+            continue;
+        }
         let addr = dom.addr.clone();
         for s in [&CALL_NS, &COMMIT_NS, &SPLITS] {
             s.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -418,49 +473,51 @@ pub(crate) fn postgres_part(
         let k = SPLITS.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
         let call_us = CALL_NS.load(std::sync::atomic::Ordering::Relaxed) as f64 / k / 1000.0;
         let commit_us = COMMIT_NS.load(std::sync::atomic::Ordering::Relaxed) as f64 / k / 1000.0;
-        let ratio = tp.calls_per_s / base.calls_per_s.max(1e-9);
+        let ratio = base
+            .as_ref()
+            .map(|base| tp.calls_per_s / base.calls_per_s.max(1e-9));
         if !as_json {
+            if let Some(base) = &base {
+                row(&base_label, base, "");
+            }
+            let vs = ratio.map_or(String::new(), |r| format!("{r:.2}x (target >= 0.8x); "));
             row(
-                &format!("baseline driver program, concurrency {n}"),
-                &base,
-                "",
-            );
-            row(
-                &format!("tpmon, concurrency {n}"),
+                &format!("tpmon, concurrency {n}, {instances} instance(s)"),
                 &tp,
-                &format!("{ratio:.2}x (target >= 0.8x); TRANSFER {call_us:.0} us + commit {commit_us:.0} us"),
+                &format!("{vs}TRANSFER {call_us:.0} us + commit {commit_us:.0} us"),
             );
         }
-        out.push(
-            json!({"concurrency": n, "tpmon": pj(&tp), "baseline": pj(&base), "ratio": ratio}),
-        );
+        out.push(json!({
+            "concurrency": n,
+            "instances": instances,
+            "tpmon": pj(&tp),
+            "baseline": base.as_ref().map(pj),
+            "ratio": ratio,
+        }));
         drop(dom);
     }
     Ok(json!(out))
 }
 
-/// Runs `tpmon bench tx`.
-pub fn bench_tx(
-    as_json: bool,
-    seconds: f64,
-    clients: &[usize],
-    concurrency: &[usize],
-    skip_postgres: bool,
-    urls: Option<(String, String)>,
-    commit_delay_us: Option<u64>,
-) -> anyhow::Result<()> {
-    if !(seconds.is_finite() && seconds > 0.0) {
+/// Runs `tpmon bench tx`: the no-op resource manager at `clients`, then (unless
+/// `skip_postgres`) the PostgreSQL comparison set up by `pg`.
+pub(crate) fn bench_tx(clients: &[usize], skip_postgres: bool, pg: &PgBench) -> anyhow::Result<()> {
+    if !(pg.seconds.is_finite() && pg.seconds > 0.0) {
         bail!("--seconds must be positive");
     }
     crate::quickstart::require_example_server()?;
-    let noop = noop_part(seconds, clients, as_json, commit_delay_us)?;
-    let pg = if skip_postgres {
+    let noop = if clients.is_empty() {
         serde_json::Value::Null
     } else {
-        postgres_part(seconds, concurrency, urls, as_json, commit_delay_us)?
+        noop_part(pg.seconds, clients, pg.as_json, pg.commit_delay_us)?
     };
-    if as_json {
-        println!("{}", json!({"noop": noop, "postgres": pg}));
+    let pgv = if skip_postgres {
+        serde_json::Value::Null
+    } else {
+        postgres_part(pg)?
+    };
+    if pg.as_json {
+        println!("{}", json!({"noop": noop, "postgres": pgv}));
     }
     let _ = std::io::stdout().flush();
     Ok(())
