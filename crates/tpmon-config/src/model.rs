@@ -104,6 +104,9 @@ pub struct TxSettings {
     /// Longest wait of a log flush for decisions of transactions committing side by
     /// side (`log_commit_delay_us`; 0 turns it off).
     pub log_commit_delay: Duration,
+    /// Bytes of zeros the log lays down ahead of its records, so that a flush
+    /// overwrites space the file already has (`log_preallocate_kib`; 0 turns it off).
+    pub log_preallocate_bytes: u64,
 }
 
 impl Domain {

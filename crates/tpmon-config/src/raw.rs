@@ -60,6 +60,7 @@ pub(crate) struct RawTx {
     pub recovery_interval_ms: Option<Int>,
     pub entries_max: Option<Int>,
     pub log_commit_delay_us: Option<Int>,
+    pub log_preallocate_kib: Option<Int>,
 }
 
 /// `[domain.limits]`.

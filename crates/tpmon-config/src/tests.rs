@@ -1946,3 +1946,15 @@ mod robustness {
         }
     }
 }
+
+#[test]
+fn log_preallocation_is_in_kib_within_bounds() {
+    let c = parse_ok(&lines(&with_domain(&[])));
+    assert_eq!(c.domain.tx.log_preallocate_bytes, 1024 * 1024);
+    let v = with_domain(&["[domain.tx]", "log_preallocate_kib = 0"]);
+    assert_eq!(parse_ok(&lines(&v)).domain.tx.log_preallocate_bytes, 0);
+    let v = with_domain(&["[domain.tx]", "log_preallocate_kib = 65537"]);
+    let e = parse_err(&lines(&v));
+    assert!(e.to_string().contains("log_preallocate_kib"), "{e}");
+    assert!(e.message().contains("at most 65536"), "{e}");
+}

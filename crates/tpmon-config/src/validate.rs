@@ -82,6 +82,7 @@ const TX_TIMEOUT_MAX_S: Bound = bound(300, 1, 86_400);
 const RECOVERY_INTERVAL_MS: Bound = bound(1000, 10, 600_000);
 const TX_ENTRIES: Bound = bound(65_536, 16, 10_000_000);
 const LOG_COMMIT_DELAY_US: Bound = bound(100, 0, 10_000);
+const LOG_PREALLOCATE_KIB: Bound = bound(1024, 0, 65_536);
 // `[group.rm]`.
 const RM_POOL: Bound = bound(8, 1, 1024);
 /// An embedded site's checkpoint interval (delta), in ms: 10 ms to a day.
@@ -657,6 +658,12 @@ fn tx_settings(
         raw.log_commit_delay_us.as_ref(),
         LOG_COMMIT_DELAY_US,
     )?;
+    let log_preallocate_kib = ctx.int(
+        &scope,
+        "log_preallocate_kib",
+        raw.log_preallocate_kib.as_ref(),
+        LOG_PREALLOCATE_KIB,
+    )?;
     Ok(TxSettings {
         log_dir,
         timeout: Duration::from_secs(timeout_s),
@@ -665,6 +672,7 @@ fn tx_settings(
         recovery_interval: Duration::from_millis(recovery_interval_ms),
         entries_max: narrow(entries_max),
         log_commit_delay: Duration::from_micros(log_commit_delay_us),
+        log_preallocate_bytes: log_preallocate_kib * 1024,
     })
 }
 

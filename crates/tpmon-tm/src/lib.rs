@@ -260,6 +260,7 @@ impl Tm {
         let options = Options {
             entries_max: settings.entries_max as usize + 1,
             commit_delay: settings.log_commit_delay,
+            preallocate_bytes: settings.log_preallocate_bytes,
             ..Options::default()
         };
         let log_err = |source| TmError::Log {

@@ -119,6 +119,8 @@ fn crash_options() -> Options {
     Options {
         // Tiny segments: rotations happen every few dozen records.
         segment_bytes_max: 8192,
+        // A small stretch, laid down again every few flushes.
+        preallocate_bytes: 4096,
         ..small_options()
     }
 }
@@ -199,7 +201,12 @@ fn run_interleaved(steps: &[Step], crash_op: u64, seed: u64) -> Result<Vec<Case>
         .map_err(|e| TestCaseError::fail(format!("second open: {e}")))?;
     prop_assert!(again.repairs.is_empty(), "{:?}", again.repairs);
     prop_assert!(log.contains(b"after"));
-    Ok(report.repairs.iter().map(|r| r.case).collect())
+    Ok(report
+        .repairs
+        .iter()
+        .map(|r| r.case)
+        .chain((report.zero_tail_bytes > 0).then_some(Case::ZeroTail))
+        .collect())
 }
 
 proptest! {
@@ -360,7 +367,12 @@ fn run_threads(
         report.last_lsn
     );
     prop_assert_eq!(first_missing_acked, u64::MAX);
-    Ok(report.repairs.iter().map(|r| r.case).collect())
+    Ok(report
+        .repairs
+        .iter()
+        .map(|r| r.case)
+        .chain((report.zero_tail_bytes > 0).then_some(Case::ZeroTail))
+        .collect())
 }
 
 proptest! {

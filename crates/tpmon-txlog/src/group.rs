@@ -49,6 +49,11 @@ pub(crate) struct Writer<F> {
     pub(crate) identity: LogIdentity,
     /// Where the next batch goes: the end of the valid records.
     pub(crate) end: u64,
+    /// The file's size: from `end` to here the file holds zeros laid down ahead
+    /// (or the zero tail recovery found).
+    pub(crate) allocated: u64,
+    /// [`Options::preallocate_bytes`].
+    pub(crate) preallocate: u64,
     /// Bytes of the snapshot (and its marker) at the start of the segment.
     pub(crate) snapshot_bytes: u64,
 }
@@ -68,8 +73,19 @@ impl<F: StorageFile> Writer<F> {
         self.file
             .write_at(self.end, buf)
             .map_err(io("write", self.end))?;
+        let end = self.end + buf.len() as u64;
+        // Running short of zeros ahead: lay the next stretch down now, covered by the
+        // same fdatasync, so that the following batches overwrite space that is
+        // already on disk (their fdatasync then need not touch the file's metadata).
+        if self.preallocate > 0 && self.allocated < end + self.preallocate / 4 {
+            let from = self.allocated.max(end);
+            let to = (end + self.preallocate).next_multiple_of(4096);
+            write_zeros(&self.file, from, to).map_err(io("write zeros", from))?;
+            self.allocated = to;
+        }
         self.file.sync_data().map_err(io("fdatasync", self.end))?;
-        self.end += buf.len() as u64;
+        self.end = end;
+        self.allocated = self.allocated.max(end);
         Ok(())
     }
 
@@ -103,6 +119,7 @@ impl<F: StorageFile> Writer<F> {
         self.file = new.file;
         self.seq = header.seq;
         self.end = new.end;
+        self.allocated = new.end;
         self.snapshot_bytes = new.snapshot_bytes;
         storage.remove(&old).map_err(|source| LogError::Io {
             file: storage.path_of(&old),
@@ -117,6 +134,18 @@ impl<F: StorageFile> Writer<F> {
             source,
         })
     }
+}
+
+/// Writes zeros over `from..to` of `file`.
+fn write_zeros<F: StorageFile>(file: &F, from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_at(at, &ZEROS[..n])?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// State under the commit mutex.

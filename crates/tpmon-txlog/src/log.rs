@@ -60,7 +60,18 @@ pub struct Options {
     /// callers and fewer are in its batch, and stops waiting as soon as they are in.
     /// At most [`COMMIT_DELAY_MAX`].
     pub commit_delay: std::time::Duration,
+    /// Bytes of zeros the writer lays down ahead of its records (0: none). Writing a
+    /// record over zeros already on disk lets its fdatasync skip the update of the
+    /// file's size and block map, which on ext4 makes it about a fifth cheaper. At most
+    /// [`PREALLOCATE_BYTES_MAX`].
+    pub preallocate_bytes: u64,
 }
+
+/// The default [`Options::preallocate_bytes`]: 1 MiB (a few thousand decisions; laying
+/// it down costs one flush about a millisecond).
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 1024 * 1024;
+/// The largest [`Options::preallocate_bytes`].
+pub const PREALLOCATE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// The default [`Options::commit_delay`].
 pub const COMMIT_DELAY_DEFAULT: std::time::Duration = std::time::Duration::from_micros(100);
@@ -75,6 +86,7 @@ impl Default for Options {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             group_commit: GroupCommit::On,
             commit_delay: COMMIT_DELAY_DEFAULT,
+            preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
         }
     }
 }
@@ -92,6 +104,11 @@ impl Options {
         }
         if self.commit_delay > COMMIT_DELAY_MAX {
             return bad(format!("commit_delay must be at most {COMMIT_DELAY_MAX:?}"));
+        }
+        if self.preallocate_bytes > PREALLOCATE_BYTES_MAX {
+            return bad(format!(
+                "preallocate_bytes must be at most {PREALLOCATE_BYTES_MAX}"
+            ));
         }
         if self.segment_bytes_max < 2 * HEADER_BLOCK_BYTES as u64 {
             return bad(format!(
@@ -236,6 +253,8 @@ impl<S: Storage> TxLog<S> {
             log_id: r.header.log_id,
             identity: r.header.identity,
             end: r.end,
+            allocated: r.size,
+            preallocate: options.preallocate_bytes,
             snapshot_bytes: r.snapshot_bytes,
         };
         let engine = Engine::new(storage, options, writer, r.index, r.last_lsn);

@@ -23,6 +23,8 @@ pub(crate) fn small_options() -> Options {
         segment_bytes_max: 1 << 20,
         group_commit: GroupCommit::On,
         commit_delay: crate::COMMIT_DELAY_DEFAULT,
+        // The format tests look at files that end at their last record.
+        preallocate_bytes: 0,
     }
 }
 
@@ -475,7 +477,7 @@ fn case_clean_end() {
 }
 
 #[test]
-fn case_zero_tail_is_truncated() {
+fn case_zero_tail_is_kept_and_written_over() {
     let s = log_with(3);
     let (name, mut b) = segment_bytes(&s);
     let len = b.len();
@@ -483,9 +485,71 @@ fn case_zero_tail_is_truncated() {
     s.put_file(&name, &b);
     let (log, r) = open_sim(&s).expect("open");
     assert_eq!(log.len(), 3);
-    assert_eq!(r.repairs[0].case, Case::ZeroTail);
-    assert_eq!(r.repairs[0].offset, len as u64);
-    assert_eq!(s.file_bytes(&name).map(|b| b.len()), Some(len));
+    assert!(r.repairs.is_empty(), "{r:?}");
+    assert_eq!(Case::ZeroTail.decision(), Decision::Accept);
+    assert_eq!(s.file_bytes(&name).map(|b| b.len()), Some(len + 3000));
+    // The next record goes where the records end, over the zeros.
+    log.put(entry("t3", TxState::Commit, 10)).expect("put");
+    let after = s.file_bytes(&name).expect("segment");
+    assert_eq!(after.len(), len + 3000);
+    assert_eq!(record_offsets(&after).last().copied(), Some(len));
+    drop(log);
+    let (log, r) = open_sim(&s).expect("reopen");
+    assert_eq!((log.len(), r.last_lsn), (4, 4));
+    assert!(r.repairs.is_empty());
+}
+
+#[test]
+fn preallocated_space_is_laid_down_ahead_and_survives_reopen_and_tears() {
+    let opts = Options {
+        preallocate_bytes: 4096,
+        ..small_options()
+    };
+    let s = SimStorage::new();
+    let log = TxLog::create_in(s.clone(), ident(), opts).expect("create");
+    for i in 0..40 {
+        log.put(entry(&format!("t{i}"), TxState::Prepare, 100))
+            .expect("put");
+    }
+    let (name, b) = segment_bytes(&s);
+    let offs = record_offsets(&b);
+    let last = offs[offs.len() - 1];
+    let records_end = b.len() - b.iter().rev().take_while(|&&x| x == 0).count();
+    assert!(last < records_end);
+    // Zeros ahead of the records: at least a quarter of the stretch, in whole pages.
+    assert!(b.len() - records_end >= 1024, "{} {}", b.len(), records_end);
+    assert_eq!(b.len() % 4096, 0);
+    drop(log);
+    let (log, r) = TxLog::open_in(s.clone(), ident(), opts).expect("reopen");
+    assert!(r.repairs.is_empty(), "{r:?}");
+    assert_eq!(log.len(), 40);
+    log.put(entry("t40", TxState::Commit, 10)).expect("put");
+    drop(log);
+    // A write torn in the preallocated space (part of a record, zeros after it) is
+    // a torn tail: cut off, and the log goes on.
+    let (name2, mut b) = segment_bytes(&s);
+    assert_eq!(name, name2);
+    let offs = record_offsets(&b);
+    let torn_at = offs[offs.len() - 1];
+    for x in &mut b[torn_at + 20..torn_at + 60] {
+        *x = 0;
+    }
+    s.put_file(&name, &b);
+    let (log, r) = TxLog::open_in(s.clone(), ident(), opts).expect("open torn");
+    assert_eq!(r.repairs.len(), 1, "{r:?}");
+    assert_eq!(
+        (r.repairs[0].case, r.repairs[0].offset),
+        (Case::TornTail, torn_at as u64)
+    );
+    assert_eq!(log.len(), 40);
+    for i in 41..100 {
+        log.put(entry(&format!("t{i}"), TxState::Prepare, 100))
+            .expect("put after the repair");
+    }
+    drop(log);
+    let (log, r) = TxLog::open_in(s.clone(), ident(), opts).expect("reopen");
+    assert!(r.repairs.is_empty(), "{r:?}");
+    assert_eq!(log.len(), 99);
 }
 
 #[test]
@@ -810,11 +874,18 @@ fn real_files_group_commit_and_recovery() {
         .filter_map(|e| e.ok())
         .collect();
     assert_eq!(names.len(), 1, "one segment at rest");
-    // A torn tail on a real file.
+    // A torn tail on a real file: a write cut short in the space laid down ahead.
     let seg = names[0].path();
     let mut bytes = std::fs::read(&seg).expect("read");
-    let len = bytes.len();
-    bytes.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7]);
+    let len = record_offsets(&bytes)
+        .last()
+        .and_then(|&o| match read_frame(&bytes, o) {
+            Frame::Valid { end, .. } => Some(end),
+            _ => None,
+        })
+        .expect("records");
+    assert!(bytes.len() > len, "zeros laid down ahead of the records");
+    bytes[len..len + 7].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7]);
     std::fs::write(&seg, &bytes).expect("write");
     let (log, r) = TxLog::open(dir.path(), ident(), opts).expect("open");
     assert_eq!(log.iter().collect::<Vec<_>>(), before);

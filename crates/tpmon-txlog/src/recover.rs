@@ -98,7 +98,8 @@ impl Case {
     pub const fn decision(self) -> Decision {
         match self {
             Case::CleanEnd => Decision::Accept,
-            Case::ZeroTail | Case::TornTail | Case::TornBatch => Decision::Truncate,
+            Case::ZeroTail => Decision::Accept,
+            Case::TornTail | Case::TornBatch => Decision::Truncate,
             Case::TempFile | Case::StaleSegment => Decision::Delete,
             Case::NoSegment
             | Case::HeaderInvalid
@@ -144,7 +145,7 @@ impl Case {
             Case::StaleSegment => "a rotation stopped after the new segment became durable; the new segment's snapshot holds everything the old one described",
             Case::SnapshotIncomplete => "the snapshot was durable before the segment was renamed and before older segments were deleted, so damage is corruption; falling back to an older segment could lose acknowledged changes",
             Case::CleanEnd => "the normal case",
-            Case::ZeroTail => "the last write's size update reached the disk but its data did not; its fdatasync never returned, so nobody relied on it",
+            Case::ZeroTail => "the writer lays zeros down ahead of its records (`preallocate_bytes`), and a write whose size update reached the disk but whose data did not leaves zeros too (its fdatasync never returned, so nobody relied on it); zeros are never a record, and the next write starts at the end of the valid records, over them",
             Case::TornTail => "the last batch was being written when the node stopped; its fdatasync never returned, so nobody relied on it",
             Case::TornBatch => "the valid records belong to the same unacknowledged write: a disk may persist the sectors of one write in any order",
             Case::MidLogCorruption => "a write is issued only after the previous one's fdatasync returned, so the damaged record was acknowledged; reading on would silently forget a transaction",
@@ -198,6 +199,9 @@ pub struct OpenReport {
     pub last_lsn: Lsn,
     /// Repairs made, in the order they were made; empty after a clean shutdown.
     pub repairs: Vec<Repair>,
+    /// Zero bytes after the last record ([`Case::ZeroTail`]: space the writer laid
+    /// down ahead, or a write that never reached the disk); the log writes over them.
+    pub zero_tail_bytes: u64,
 }
 
 /// The result of recovery: the newest segment, ready to append to, and the index.
@@ -206,6 +210,8 @@ pub(crate) struct Recovered<F> {
     pub(crate) file: F,
     pub(crate) name: String,
     pub(crate) end: u64,
+    /// The file's size once repaired (zeros may lie between `end` and it).
+    pub(crate) size: u64,
     pub(crate) snapshot_bytes: u64,
     pub(crate) index: Index,
     pub(crate) last_lsn: Lsn,
@@ -364,7 +370,14 @@ pub(crate) fn recover<S: Storage>(
 
     // Everything is judged; now repair.
     let mut repairs = Vec::new();
+    let zero_tail_bytes = if planned.is_empty() {
+        (buf.len() - end) as u64
+    } else {
+        0
+    };
+    let mut size = buf.len() as u64;
     for r in planned {
+        size = size.min(r.offset);
         debug_assert_eq!(r.decision, Decision::Truncate);
         file.truncate(r.offset)
             .map_err(judge.io(&name, r.offset, "truncate"))?;
@@ -397,11 +410,13 @@ pub(crate) fn recover<S: Storage>(
             entries: index.len(),
             last_lsn,
             repairs,
+            zero_tail_bytes,
         },
         header,
         file,
         name,
         end: end as u64,
+        size,
         snapshot_bytes: (snapshot_end - HEADER_BLOCK_BYTES) as u64,
         index,
         last_lsn,
@@ -573,7 +588,10 @@ fn read_body<S: Storage>(
             Frame::Bad(why) => {
                 let rest = &buf[off..];
                 let (case, detail) = if rest.iter().all(|&b| b == 0) {
-                    (Case::ZeroTail, "zero bytes".to_string())
+                    // Space laid down ahead (or a write that never reached the
+                    // disk): the log continues here, nothing to repair.
+                    debug_assert_eq!(Case::ZeroTail.decision(), Decision::Accept);
+                    return Ok((off, last));
                 } else {
                     match scan_after(buf, off, last, window) {
                         After::Nothing => (Case::TornTail, why.describe()),
@@ -637,9 +655,8 @@ mod tests {
         for c in Case::ALL {
             let d = c.decision();
             match c {
-                Case::ZeroTail | Case::TornTail | Case::TornBatch => {
-                    assert_eq!(d, Decision::Truncate)
-                }
+                Case::TornTail | Case::TornBatch => assert_eq!(d, Decision::Truncate),
+                Case::ZeroTail | Case::CleanEnd => assert_eq!(d, Decision::Accept),
                 Case::MidLogCorruption | Case::SnapshotIncomplete | Case::HeaderInvalid => {
                     assert_eq!(d, Decision::Refuse)
                 }

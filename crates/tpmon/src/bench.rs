@@ -89,6 +89,10 @@ pub enum BenchCommand {
         /// 0 turns the commit delay off, for comparison).
         #[arg(long)]
         log_commit_delay_us: Option<u64>,
+        /// The domains' `[domain.tx] log_preallocate_kib` (default: the default, 1024;
+        /// 0 turns preallocation off, for comparison).
+        #[arg(long)]
+        log_preallocate_kib: Option<u64>,
         /// Instances of each bank server in the PostgreSQL part (default: as many as
         /// clients; never more than the clients).
         #[arg(long)]
@@ -185,6 +189,7 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
             db1,
             db2,
             log_commit_delay_us,
+            log_preallocate_kib,
             instances,
             only,
         } => crate::bench_tx::bench_tx(
@@ -195,7 +200,7 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
                 concurrency,
                 urls: db1.zip(db2),
                 as_json: json,
-                commit_delay_us: log_commit_delay_us,
+                log: crate::bench_tx::log_lines(log_commit_delay_us, log_preallocate_kib),
                 instances,
                 side: only,
             },

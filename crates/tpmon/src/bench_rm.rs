@@ -271,7 +271,7 @@ pub fn bench_rm(
             concurrency: vec![clients],
             urls,
             as_json,
-            commit_delay_us: None,
+            log: String::new(),
             instances: None,
             side: crate::bench_tx::Side::Both,
         })?

@@ -33,13 +33,20 @@ const BANK_FLD: &str = include_str!("../../../examples/bank/bank.fld");
 /// Accounts per database in the PostgreSQL benchmark (few conflicts at 32).
 const ACCOUNTS: i64 = 10_000;
 
-/// The `[domain.tx]` line setting the log's commit delay, if one is asked for.
-fn commit_delay_line(us: Option<u64>) -> String {
-    us.map_or(String::new(), |us| format!("log_commit_delay_us = {us}\n"))
+/// The `[domain.tx]` lines setting the log's commit delay and preallocation, where
+/// asked for.
+pub(crate) fn log_lines(commit_delay_us: Option<u64>, preallocate_kib: Option<u64>) -> String {
+    let mut s = String::new();
+    if let Some(us) = commit_delay_us {
+        s.push_str(&format!("log_commit_delay_us = {us}\n"));
+    }
+    if let Some(kib) = preallocate_kib {
+        s.push_str(&format!("log_preallocate_kib = {kib}\n"));
+    }
+    s
 }
 
-fn noop_domain_toml(instances: usize, commit_delay_us: Option<u64>) -> String {
-    let delay = commit_delay_line(commit_delay_us);
+fn noop_domain_toml(instances: usize, delay: &str) -> String {
     format!(
         r#"[domain]
 name = "benchtx"
@@ -68,13 +75,7 @@ server = "echo"
     )
 }
 
-fn bank_domain_toml(
-    db1: &str,
-    db2: &str,
-    instances: usize,
-    commit_delay_us: Option<u64>,
-) -> String {
-    let delay = commit_delay_line(commit_delay_us);
+fn bank_domain_toml(db1: &str, db2: &str, instances: usize, delay: &str) -> String {
     let spin_us: u64 = std::env::var("TPMON_BENCH_SPIN_US")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -197,14 +198,10 @@ fn noop_part(
     seconds: f64,
     clients: &[usize],
     as_json: bool,
-    commit_delay_us: Option<u64>,
+    log: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let instances = clients.iter().copied().max().unwrap_or(1);
-    let dom = TempDomain::boot(
-        "bench-tx-noop",
-        &noop_domain_toml(instances, commit_delay_us),
-        false,
-    )?;
+    let dom = TempDomain::boot("bench-tx-noop", &noop_domain_toml(instances, log), false)?;
     let addr = dom.addr.clone();
     if !as_json {
         println!("no-op resource manager: tx_begin, tpcall ECHO, tx_commit (decision fsynced)");
@@ -401,8 +398,8 @@ pub(crate) struct PgBench {
     pub urls: Option<(String, String)>,
     /// Print JSON.
     pub as_json: bool,
-    /// `[domain.tx] log_commit_delay_us`, when given.
-    pub commit_delay_us: Option<u64>,
+    /// Extra `[domain.tx]` lines for the log ([`log_lines`]).
+    pub log: String,
     /// Instances of each bank server; `None`: as many as clients.
     pub instances: Option<usize>,
     /// Which side runs.
@@ -410,7 +407,7 @@ pub(crate) struct PgBench {
 }
 
 pub(crate) fn postgres_part(b: &PgBench) -> anyhow::Result<serde_json::Value> {
-    let (seconds, as_json, commit_delay_us) = (b.seconds, b.as_json, b.commit_delay_us);
+    let (seconds, as_json) = (b.seconds, b.as_json);
     let urls = b.urls.clone();
     let server;
     let (db1, db2) = match urls {
@@ -442,7 +439,7 @@ pub(crate) fn postgres_part(b: &PgBench) -> anyhow::Result<serde_json::Value> {
         let instances = b.instances.unwrap_or(n).clamp(1, n.max(1));
         let dom = TempDomain::boot_with(
             "bench-tx-pg",
-            &bank_domain_toml(&db1, &db2, instances, commit_delay_us),
+            &bank_domain_toml(&db1, &db2, instances, &b.log),
             false,
             &[("bank.fld", BANK_FLD)],
         )?;
@@ -509,7 +506,7 @@ pub(crate) fn bench_tx(clients: &[usize], skip_postgres: bool, pg: &PgBench) -> 
     let noop = if clients.is_empty() {
         serde_json::Value::Null
     } else {
-        noop_part(pg.seconds, clients, pg.as_json, pg.commit_delay_us)?
+        noop_part(pg.seconds, clients, pg.as_json, &pg.log)?
     };
     let pgv = if skip_postgres {
         serde_json::Value::Null
