@@ -93,8 +93,9 @@ pub enum BenchCommand {
         /// 0 turns preallocation off, for comparison).
         #[arg(long)]
         log_preallocate_kib: Option<u64>,
-        /// Instances of each bank server in the PostgreSQL part (default: as many as
-        /// clients; never more than the clients).
+        /// Instances of each bank server in the PostgreSQL part (default: twice the
+        /// CPUs, a pool sized to the machine that the clients share; never more than
+        /// the clients).
         #[arg(long)]
         instances: Option<usize>,
         /// Which side of the PostgreSQL comparison runs (one side alone is for

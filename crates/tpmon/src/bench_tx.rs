@@ -400,7 +400,7 @@ pub(crate) struct PgBench {
     pub as_json: bool,
     /// Extra `[domain.tx]` lines for the log ([`log_lines`]).
     pub log: String,
-    /// Instances of each bank server; `None`: as many as clients.
+    /// Instances of each bank server; `None`: twice the CPUs (at most the clients).
     pub instances: Option<usize>,
     /// Which side runs.
     pub side: Side,
@@ -434,9 +434,12 @@ pub(crate) fn postgres_part(b: &PgBench) -> anyhow::Result<serde_json::Value> {
     }
     let mut out = Vec::new();
     for &n in &b.concurrency {
-        // Each point gets a domain of its own, with `instances` of each bank server
-        // (at most one per client: more could never be busy).
-        let instances = b.instances.unwrap_or(n).clamp(1, n.max(1));
+        // Each point gets a domain of its own, with `instances` of each bank server:
+        // by default a pool sized to the machine (twice its CPUs), as an operator
+        // would configure it, which the clients share; never more than one per client
+        // (more could never be busy).
+        let cpus = std::thread::available_parallelism().map_or(2, |c| c.get());
+        let instances = b.instances.unwrap_or(2 * cpus).clamp(1, n.max(1));
         let dom = TempDomain::boot_with(
             "bench-tx-pg",
             &bank_domain_toml(&db1, &db2, instances, &b.log),
