@@ -80,8 +80,14 @@ impl<F: StorageFile> Writer<F> {
         if self.preallocate > 0 && self.allocated < end + self.preallocate / 4 {
             let from = self.allocated.max(end);
             let to = (end + self.preallocate).next_multiple_of(4096);
-            write_zeros(&self.file, from, to).map_err(io("write zeros", from))?;
-            self.allocated = to;
+            match write_zeros(&self.file, from, to) {
+                Ok(()) => self.allocated = to,
+                // Only space ahead failed (a full disk, say): the batch's own write
+                // succeeded and its fdatasync follows, so the log carries on without
+                // preallocation (zeros that did get written are harmless); a disk
+                // that is really full fails the next write, which poisons the log.
+                Err(_) => self.preallocate = 0,
+            }
         }
         self.file.sync_data().map_err(io("fdatasync", self.end))?;
         self.end = end;

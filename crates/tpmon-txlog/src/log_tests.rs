@@ -987,3 +987,26 @@ fn a_commit_delay_above_the_maximum_is_refused() {
         Err(LogError::InvalidOptions { .. })
     ));
 }
+
+#[test]
+fn a_failed_preallocation_does_not_poison_the_log() {
+    let opts = Options {
+        preallocate_bytes: 4096,
+        ..small_options()
+    };
+    let s = SimStorage::new();
+    let log = TxLog::create_in(s.clone(), ident(), opts).expect("create");
+    // The first put writes its record (write 1), then the zeros ahead (write 2):
+    // fail the zeros, half written.
+    s.fail_write_at(2);
+    log.put(entry("a", TxState::Prepare, 10))
+        .expect("the record is durable although the space ahead could not be laid down");
+    for i in 0..20 {
+        log.put(entry(&format!("b{i}"), TxState::Prepare, 10))
+            .expect("the log carries on without preallocation");
+    }
+    drop(log);
+    let (log, r) = TxLog::open_in(s.clone(), ident(), opts).expect("reopen");
+    assert_eq!(log.len(), 21);
+    assert!(r.repairs.is_empty(), "{r:?}");
+}
