@@ -565,12 +565,18 @@ impl Tm {
         } else {
             // In parallel (one branch's slow database does not hold up the others),
             // on the calling task: no hand-off to other runtime threads per branch.
-            let ends = futures_util::future::join_all(branches.iter().map(|b| async move {
-                failpoint::hit("tm.phase2");
-                self.commit_branch(gtrid, b, decision).await
+            // A panic in one branch's commit leaves that branch to recovery (as a
+            // failed task did when each branch had one).
+            let ends = futures_util::future::join_all(branches.iter().map(|b| {
+                futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async move {
+                    failpoint::hit("tm.phase2");
+                    self.commit_branch(gtrid, b, decision).await
+                }))
             }))
             .await;
-            results.extend(ends.into_iter().map(Ok));
+            results.extend(ends.into_iter().map(|r| {
+                Ok(r.unwrap_or_else(|_| BranchEnd::Pending("the commit panicked".into())))
+            }));
         }
         self.finish_phase_two(gtrid, results).await
     }
@@ -599,10 +605,15 @@ impl Tm {
             failpoint::hit("tm.phase2");
             let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
             // All of the pool's sessions busy: the asynchronous way, which waits.
-            let r = pool
-                .commit_blocking(&xid)
-                .unwrap_or_else(|| handle.block_on(pool.commit(&xid, decision)));
-            results.push(Ok(branch_end(r)));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.commit_blocking(&xid)
+                    .unwrap_or_else(|| handle.block_on(pool.commit(&xid, decision)))
+            }));
+            results.push(Ok(match r {
+                Ok(r) => branch_end(r),
+                // A bug, not a verdict: the branch is left to recovery.
+                Err(_) => BranchEnd::Pending("the commit panicked".into()),
+            }));
         }
         Some(handle.block_on(self.finish_phase_two(gtrid, results)))
     }

@@ -38,6 +38,43 @@ async fn bounded<T>(
     }
 }
 
+impl Drop for Pool {
+    /// A blocking session closes itself by running its own small runtime, which is
+    /// not allowed inside another runtime's context: when the pool goes away on a
+    /// runtime thread, its blocking sessions are closed on a thread of their own.
+    fn drop(&mut self) {
+        let idle = self
+            .pg_blocking_idle
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if idle.is_empty() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            drop(idle);
+            return;
+        }
+        let slot = Arc::new(Mutex::new(Some(idle)));
+        let theirs = slot.clone();
+        let closer = std::thread::Builder::new()
+            .name("tpmon-pool-close".into())
+            .spawn(move || drop(theirs.lock().ok().and_then(|mut s| s.take())));
+        match closer {
+            Ok(t) => {
+                let _ = t.join();
+            }
+            Err(_) => {
+                // No thread: leave the sessions to the end of the process rather than
+                // close them here.
+                if let Some(idle) = slot.lock().ok().and_then(|mut s| s.take()) {
+                    std::mem::forget(idle);
+                }
+            }
+        }
+    }
+}
+
 /// A pool of sessions with one resource manager.
 pub struct Pool {
     res: XaResource,
@@ -127,10 +164,19 @@ impl Pool {
         Some(Err(XaError::Unavailable("unreachable".into())))
     }
 
+    /// Keeps a blocking session for later, unless the pool's idle sessions of both
+    /// kinds already number `pool_max` (then it is closed: at most `pool_max` sessions
+    /// are in use, and no more than that are kept idle).
     fn put_back_blocking(&self, client: PgBlocking) {
+        let async_idle = self.pg_idle.lock().map_or(0, |v| v.len());
         if let Ok(mut idle) = self.pg_blocking_idle.lock() {
-            idle.push(client);
+            if idle.len() + async_idle < self.res.pool_max.max(1) as usize {
+                idle.push(client);
+                return;
+            }
         }
+        // Dropped here, on the local port's thread (outside the runtime).
+        drop(client);
     }
 
     /// A blocking session that gives up on a database that stops answering: a

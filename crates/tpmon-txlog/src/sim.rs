@@ -4,11 +4,13 @@
 //! operation, and produce a *crash image*: what a disk could hold after a power loss.
 //!
 //! The crash model, per file: the durable bytes survive; of the bytes written since the
-//! last successful `sync_data`, a seeded choice survives: nothing, a prefix, all of
-//! them, or all of them with some 512-byte sectors missing (read back as zeros, the
-//! way a file system shows blocks whose size update reached the disk but whose data
-//! did not). Sectors are atomic: a sector that was partly durable keeps its durable
-//! part. A truncation not yet synced may or may not have happened. Per directory: the
+//! last successful `sync_data` (past the durable end, or over durable bytes, as when
+//! the log writes over zeros it laid down ahead), a seeded choice survives: nothing,
+//! a prefix (in file order), all of them, or all of them with some 512-byte sectors
+//! missing (such a sector keeps its durable content, or reads back as zeros past the
+//! durable end, the way a file system shows blocks whose size update reached the disk
+//! but whose data did not), possibly with the size update cut short too. Sectors are
+//! atomic. A truncation not yet synced may or may not have happened. Per directory: the
 //! entries as of the last successful `sync_dir`, plus a seeded prefix of the changes
 //! made since (metadata journals commit in order). The seeds come from [`XorShift64`],
 //! so a run replays exactly.
@@ -262,45 +264,56 @@ fn crash_content(f: &SimData, rng: &mut XorShift64) -> Vec<u8> {
     if old == new {
         return old.clone();
     }
-    if !new.starts_with(old) {
-        // A truncation (or an overwrite) that was not synced: it happened or not.
+    if new.len() < old.len() {
+        // A truncation that was not synced: it happened or not.
         return if rng.below(2) == 0 {
             old.clone()
         } else {
             new.clone()
         };
     }
-    let suffix = &new[old.len()..];
-    let mut out = old.clone();
+    // Writes since the last sync: over durable bytes (where `new` differs from `old`),
+    // after them (the part of `new` past `old`), or both.
+    let first = old
+        .iter()
+        .zip(new.iter())
+        .position(|(a, b)| a != b)
+        .unwrap_or(old.len());
     match rng.below(5) {
-        0 => {}
-        1 => out.extend_from_slice(suffix),
+        0 => old.clone(),
+        1 => new.clone(),
         2 => {
-            let keep = rng.below(suffix.len() as u64 + 1) as usize;
-            out.extend_from_slice(&suffix[..keep]);
+            // The writes reached the disk in order, up to a point.
+            let keep = first + rng.below((new.len() - first) as u64 + 1) as usize;
+            let mut out = new[..keep].to_vec();
+            if keep < old.len() {
+                out.extend_from_slice(&old[keep..]);
+            }
+            out
         }
         mode => {
-            out.extend_from_slice(suffix);
-            let first = old.len() / SECTOR_BYTES;
-            let last = new.len().div_ceil(SECTOR_BYTES);
-            for sector in first..last {
+            // Sectors persisted in any order: each changed sector may hold its old
+            // content (zeros past the old end).
+            let mut out = new.clone();
+            let first_sector = first / SECTOR_BYTES;
+            let last_sector = new.len().div_ceil(SECTOR_BYTES);
+            for sector in first_sector..last_sector {
                 if rng.below(3) == 0 {
-                    // Only the non-durable part of a sector can be lost.
-                    let from = (sector * SECTOR_BYTES).max(old.len());
+                    let from = (sector * SECTOR_BYTES).max(first);
                     let to = ((sector + 1) * SECTOR_BYTES).min(out.len());
-                    if from < to {
-                        out[from..to].fill(0);
+                    for (i, b) in out.iter_mut().enumerate().take(to).skip(from) {
+                        *b = old.get(i).copied().unwrap_or(0);
                     }
                 }
             }
-            if mode == 4 {
+            if mode == 4 && new.len() > old.len() {
                 // And the size update reached the disk only in part.
-                let keep = rng.below(suffix.len() as u64 + 1) as usize;
+                let keep = rng.below((new.len() - old.len()) as u64 + 1) as usize;
                 out.truncate(old.len() + keep);
             }
+            out
         }
     }
-    out
 }
 
 impl Storage for SimStorage {
