@@ -164,19 +164,47 @@ impl Pool {
         Some(Err(XaError::Unavailable("unreachable".into())))
     }
 
-    /// Keeps a blocking session for later, unless the pool's idle sessions of both
-    /// kinds already number `pool_max` (then it is closed: at most `pool_max` sessions
-    /// are in use, and no more than that are kept idle).
+    /// Keeps a blocking session for later. The pool keeps at most `pool_max` sessions
+    /// idle, of both kinds together (at most `pool_max` are ever in use): when that
+    /// many are idle already, an idle asynchronous session is closed to make room,
+    /// because the blocking path is the one the local port commits on; only when all
+    /// of them are blocking ones is this session closed instead.
     fn put_back_blocking(&self, client: PgBlocking) {
+        let cap = self.idle_cap();
+        let blocking_idle = self.pg_blocking_idle.lock().map_or(cap, |v| v.len());
+        if blocking_idle >= cap {
+            // Dropped here, on the local port's thread (outside the runtime).
+            drop(client);
+            return;
+        }
         let async_idle = self.pg_idle.lock().map_or(0, |v| v.len());
+        if blocking_idle + async_idle >= cap {
+            // Closing an asynchronous session is a message to its connection task:
+            // safe on any thread.
+            let evicted = self.pg_idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+            drop(evicted);
+        }
         if let Ok(mut idle) = self.pg_blocking_idle.lock() {
-            if idle.len() + async_idle < self.res.pool_max.max(1) as usize {
+            idle.push(client);
+        }
+    }
+
+    /// Keeps an asynchronous session for later unless `pool_max` sessions of both
+    /// kinds are idle already (then it is closed: a blocking session must not be
+    /// closed on the runtime's threads, where this runs).
+    fn put_back_async(&self, client: tokio_postgres::Client) {
+        let cap = self.idle_cap();
+        let blocking_idle = self.pg_blocking_idle.lock().map_or(cap, |v| v.len());
+        if let Ok(mut idle) = self.pg_idle.lock() {
+            if idle.len() + blocking_idle < cap {
                 idle.push(client);
-                return;
             }
         }
-        // Dropped here, on the local port's thread (outside the runtime).
-        drop(client);
+    }
+
+    /// Most sessions kept idle, of both kinds together.
+    fn idle_cap(&self) -> usize {
+        self.res.pool_max.max(1) as usize
     }
 
     /// A blocking session that gives up on a database that stops answering: a
@@ -306,17 +334,13 @@ impl Pool {
             };
             match op(&client).await {
                 Ok(v) => {
-                    if let Ok(mut idle) = self.pg_idle.lock() {
-                        idle.push(client);
-                    }
+                    self.put_back_async(client);
                     return Ok(v);
                 }
                 Err(e) => {
                     let err = classify(e);
                     if !err.is_unavailable() {
-                        if let Ok(mut idle) = self.pg_idle.lock() {
-                            idle.push(client);
-                        }
+                        self.put_back_async(client);
                         return Err(err);
                     }
                     if attempt == 1 {

@@ -19,16 +19,19 @@ fn prepared(url: &str) -> Vec<String> {
         .collect()
 }
 
-/// Sessions with the database other than the asking one.
-fn sessions(url: &str) -> i64 {
+/// Backend pid and last statement of each session with the database other than the
+/// asking one.
+fn session_pids(url: &str) -> Vec<(i32, String)> {
     let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect");
-    c.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND pid <> pg_backend_pid()",
+    c.query(
+        "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() ORDER BY pid",
         &[],
     )
     .expect("query")
-    .get(0)
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
 }
 
 fn prepare(url: &str, xid: &Xid) {
@@ -68,9 +71,10 @@ fn blocking_commits_respect_pool_max_and_close_safely_inside_a_runtime() {
         Some(Err(XaError::NotFound(_)))
     ));
 
-    // An asynchronous session goes idle (recovery's listing); with `pool_max` 1 the
-    // blocking session of the next commit is then closed, not kept: the pool never
-    // keeps more than `pool_max` sessions idle.
+    // An asynchronous session goes idle (recovery's listing). With `pool_max` 1 the
+    // pool keeps one session idle: the next blocking commit closes the asynchronous
+    // one and keeps its own, and the commits after it reuse that session (closing
+    // it instead would open a session per commit under load).
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let b = Xid::new("d:n:1:1:2:9", "bb");
     prepare(&url, &b);
@@ -79,17 +83,31 @@ fn blocking_commits_respect_pool_max_and_close_safely_inside_a_runtime() {
     assert_eq!(pool.commit_blocking(&b), Some(Ok(())));
     assert!(prepared(&url).is_empty());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let n = sessions(&url);
-        if n == 1 {
-            break;
+    let kept = loop {
+        let pids = session_pids(&url);
+        if pids.len() == 1 {
+            break pids[0].0;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{n} sessions of the pool, expected 1"
+            "{} sessions of the pool, expected 1",
+            pids.len()
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut last = String::new();
+    for k in 0..3 {
+        let x = Xid::new(format!("d:n:1:1:{}:9", 10 + k), "r".repeat(k + 1));
+        prepare(&url, &x);
+        assert_eq!(pool.commit_blocking(&x), Some(Ok(())));
+        last = x.gid();
     }
+    // One session, the one kept, and it ran the last commit.
+    let now = session_pids(&url);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0].0, kept, "the blocking session is reused: {now:?}");
+    assert!(now[0].1.contains(&last), "{now:?}");
+    assert!(prepared(&url).is_empty());
 
     drop(pool);
     // Dropping a pool that keeps an idle blocking session on a runtime thread must
