@@ -604,9 +604,8 @@ impl Tm {
         for (b, pool) in branches.iter().zip(pools) {
             failpoint::hit("tm.phase2");
             let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
-            // All of the pool's sessions busy: the asynchronous way, which waits.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pool.commit_blocking(&xid)
+                pool.commit_blocking(handle, &xid)
                     .unwrap_or_else(|| handle.block_on(pool.commit(&xid, decision)))
             }));
             results.push(Ok(match r {

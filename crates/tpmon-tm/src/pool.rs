@@ -121,14 +121,39 @@ impl Pool {
     /// Commits a prepared branch with a blocking session on the calling thread,
     /// which must be a thread of its own outside the runtime (the blocking driver
     /// runs its own event loop there): no hand-off to the runtime's threads and back.
-    /// `None` when the resource manager has no blocking sessions or all of the
-    /// pool's sessions are in use; the caller then uses [`Pool::commit`], which waits
-    /// for one. Counts against `pool_max` like the asynchronous sessions.
-    pub fn commit_blocking(&self, xid: &Xid) -> Option<Result<(), XaError>> {
+    /// Counts against `pool_max` like the asynchronous sessions: when all of the
+    /// pool's sessions are in use it waits for one (on `handle`, up to
+    /// [`RM_CALL_TIMEOUT`], then the branch is "unavailable" and left to recovery),
+    /// rather than open an asynchronous session that the idle cap would soon close.
+    /// `None` when the resource manager has no blocking sessions; the caller then
+    /// uses [`Pool::commit`].
+    pub fn commit_blocking(
+        &self,
+        handle: &tokio::runtime::Handle,
+        xid: &Xid,
+    ) -> Option<Result<(), XaError>> {
         if !self.blocking_capable() {
             return None;
         }
-        let _permit = self.permits.try_acquire().ok()?;
+        let _permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                match handle.block_on(tokio::time::timeout(
+                    RM_CALL_TIMEOUT,
+                    self.permits.acquire(),
+                )) {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => {
+                        return Some(Err(XaError::Unavailable("the pool is closed".into())))
+                    }
+                    Err(_) => {
+                        return Some(Err(XaError::Unavailable(format!(
+                            "no session with the database free within {RM_CALL_TIMEOUT:?}"
+                        ))))
+                    }
+                }
+            }
+        };
         let sql = format!("COMMIT PREPARED {}", literal(&xid.gid()));
         for attempt in 0..2 {
             let cached = self
@@ -165,10 +190,11 @@ impl Pool {
     }
 
     /// Keeps a blocking session for later. The pool keeps at most `pool_max` sessions
-    /// idle, of both kinds together (at most `pool_max` are ever in use): when that
-    /// many are idle already, an idle asynchronous session is closed to make room,
-    /// because the blocking path is the one the local port commits on; only when all
-    /// of them are blocking ones is this session closed instead.
+    /// idle, of both kinds together, plus one asynchronous session for recovery's
+    /// periodic listing (which would otherwise open a session every sweep). When that
+    /// many are idle already, a spare idle asynchronous session is closed to make
+    /// room, because the blocking path is the one the local port commits on; only
+    /// when all of them are blocking ones is this session closed instead.
     fn put_back_blocking(&self, client: PgBlocking) {
         let cap = self.idle_cap();
         let blocking_idle = self.pg_blocking_idle.lock().map_or(cap, |v| v.len());
@@ -177,26 +203,26 @@ impl Pool {
             drop(client);
             return;
         }
-        let async_idle = self.pg_idle.lock().map_or(0, |v| v.len());
-        if blocking_idle + async_idle >= cap {
-            // Closing an asynchronous session is a message to its connection task:
-            // safe on any thread.
-            let evicted = self.pg_idle.lock().map(|mut v| v.pop()).unwrap_or(None);
-            drop(evicted);
+        if let Ok(mut idle) = self.pg_idle.lock() {
+            if blocking_idle + idle.len() >= cap && idle.len() > 1 {
+                // Closing an asynchronous session is a message to its connection
+                // task: safe on any thread.
+                drop(idle.pop());
+            }
         }
         if let Ok(mut idle) = self.pg_blocking_idle.lock() {
             idle.push(client);
         }
     }
 
-    /// Keeps an asynchronous session for later unless `pool_max` sessions of both
-    /// kinds are idle already (then it is closed: a blocking session must not be
-    /// closed on the runtime's threads, where this runs).
+    /// Keeps an asynchronous session for later if it is the only one idle or fewer
+    /// than `pool_max` sessions of both kinds are idle; else it is closed (a blocking
+    /// session must not be closed on the runtime's threads, where this runs).
     fn put_back_async(&self, client: tokio_postgres::Client) {
         let cap = self.idle_cap();
         let blocking_idle = self.pg_blocking_idle.lock().map_or(cap, |v| v.len());
         if let Ok(mut idle) = self.pg_idle.lock() {
-            if idle.len() + blocking_idle < cap {
+            if idle.is_empty() || idle.len() + blocking_idle < cap {
                 idle.push(client);
             }
         }
