@@ -27,6 +27,7 @@ use tpmon_config::DomainConfig;
 use tpmon_proto::Gtrid;
 use tpmon_txlog::{Entry, LogError, LogIdentity, Options, TxLog, TxState};
 
+mod blocking_pg;
 mod commit;
 pub mod pool;
 mod recover;

@@ -4,8 +4,10 @@
 //! PostgreSQL sessions are asynchronous (tokio-postgres on the daemon's runtime), so a
 //! COMMIT PREPARED costs no thread hop; the other adapters block and run on tokio's
 //! blocking threads. The local port's threads, which live outside the runtime, commit
-//! PostgreSQL branches with blocking sessions of their own ([`Pool::commit_blocking`]),
-//! which saves the hand-offs to the runtime's threads and back. The transaction
+//! PostgreSQL branches with blocking sessions of their own ([`Pool::commit_blocking`],
+//! [`crate::blocking_pg`]), which saves the hand-offs to the runtime's threads and
+//! back. Every call, waiting for a free session included, has a deadline
+//! ([`Pool::call_timeout`]). The transaction
 //! manager uses only [`Pool::commit`], [`Pool::commit_blocking`], [`Pool::rollback`]
 //! and [`Pool::recover`].
 
@@ -16,25 +18,23 @@ use tpmon_config::{RmKind, XaResource};
 use tpmon_xa::postgres::{classify, literal};
 use tpmon_xa::{Rm, XaError, Xid};
 
-/// A blocking PostgreSQL session.
-type PgBlocking = tpmon_xa::drivers::postgres::Client;
+use crate::blocking_pg::{BlockingPg, Deadline};
 
 /// Longest wait for a new blocking session.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Longest a resource-manager call of the transaction manager may take; past it the
-/// call counts as "unavailable" (retried later), so that a hung database cannot hold
-/// phase 2 or recovery forever.
+/// Longest a resource-manager call of the transaction manager may take by default;
+/// past it the call counts as "unavailable" (retried later), so that a hung database
+/// cannot hold phase 2 or recovery forever.
 pub const RM_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn bounded<T>(
+    limit: std::time::Duration,
     call: impl std::future::Future<Output = Result<T, XaError>>,
 ) -> Result<T, XaError> {
-    match tokio::time::timeout(RM_CALL_TIMEOUT, call).await {
+    match tokio::time::timeout(limit, call).await {
         Ok(r) => r,
-        Err(_) => Err(XaError::Unavailable(format!(
-            "no answer within {RM_CALL_TIMEOUT:?}"
-        ))),
+        Err(_) => Err(XaError::Unavailable(format!("no answer within {limit:?}"))),
     }
 }
 
@@ -82,8 +82,9 @@ pub struct Pool {
     /// Idle asynchronous PostgreSQL sessions.
     pg_idle: Mutex<Vec<tokio_postgres::Client>>,
     /// Idle blocking PostgreSQL sessions, for [`Pool::commit_blocking`].
-    pg_blocking_idle: Mutex<Vec<PgBlocking>>,
+    pg_blocking_idle: Mutex<Vec<BlockingPg>>,
     permits: Arc<Semaphore>,
+    call_timeout: std::time::Duration,
 }
 
 impl Pool {
@@ -96,7 +97,20 @@ impl Pool {
             pg_idle: Mutex::new(Vec::new()),
             pg_blocking_idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(n)),
+            call_timeout: RM_CALL_TIMEOUT,
         }
+    }
+
+    /// The same pool with another deadline for each call than [`RM_CALL_TIMEOUT`]
+    /// (tests use a short one).
+    pub fn with_call_timeout(mut self, limit: std::time::Duration) -> Pool {
+        self.call_timeout = limit;
+        self
+    }
+
+    /// The deadline of each call, waiting for a free session included.
+    pub fn call_timeout(&self) -> std::time::Duration {
+        self.call_timeout
     }
 
     /// The resource this pool talks to.
@@ -110,7 +124,7 @@ impl Pool {
         xid: &Xid,
         decision: crate::Decision,
     ) -> Result<(), XaError> {
-        bounded(self.commit_inner(xid, decision)).await
+        bounded(self.call_timeout, self.commit_inner(xid, decision)).await
     }
 
     /// True when [`Pool::commit_blocking`] serves this resource manager.
@@ -123,8 +137,10 @@ impl Pool {
     /// runs its own event loop there): no hand-off to the runtime's threads and back.
     /// Counts against `pool_max` like the asynchronous sessions: when all of the
     /// pool's sessions are in use it waits for one (on `handle`, up to
-    /// [`RM_CALL_TIMEOUT`], then the branch is "unavailable" and left to recovery),
+    /// [`Pool::call_timeout`], then the branch is "unavailable" and left to recovery),
     /// rather than open an asynchronous session that the idle cap would soon close.
+    /// The statement has the same deadline, also when the database server has
+    /// stopped outright; a session that missed it is closed.
     /// `None` when the resource manager has no blocking sessions; the caller then
     /// uses [`Pool::commit`].
     pub fn commit_blocking(
@@ -135,11 +151,14 @@ impl Pool {
         if !self.blocking_capable() {
             return None;
         }
+        // One deadline for the whole call: the wait for a place, the statement and its
+        // retry on a new session (as the asynchronous calls).
+        let deadline = Deadline::after(self.call_timeout);
         let _permit = match self.permits.try_acquire() {
             Ok(p) => p,
             Err(_) => {
                 match handle.block_on(tokio::time::timeout(
-                    RM_CALL_TIMEOUT,
+                    deadline.left(),
                     self.permits.acquire(),
                 )) {
                     Ok(Ok(p)) => p,
@@ -148,7 +167,8 @@ impl Pool {
                     }
                     Err(_) => {
                         return Some(Err(XaError::Unavailable(format!(
-                            "no session with the database free within {RM_CALL_TIMEOUT:?}"
+                            "no session with the database free within {:?}",
+                            self.call_timeout
                         ))))
                     }
                 }
@@ -156,6 +176,9 @@ impl Pool {
         };
         let sql = format!("COMMIT PREPARED {}", literal(&xid.gid()));
         for attempt in 0..2 {
+            if deadline.left().is_zero() {
+                return Some(Err(deadline.missed()));
+            }
             let cached = self
                 .pg_blocking_idle
                 .lock()
@@ -164,18 +187,17 @@ impl Pool {
                 .filter(|c| !c.is_closed());
             let mut client = match cached {
                 Some(c) => c,
-                None => match self.pg_connect_blocking() {
+                None => match self.pg_connect_blocking(deadline) {
                     Ok(c) => c,
                     Err(e) => return Some(Err(e)),
                 },
             };
-            match client.batch_execute(&sql) {
+            match client.batch_execute(&sql, deadline) {
                 Ok(()) => {
                     self.put_back_blocking(client);
                     return Some(Ok(()));
                 }
-                Err(e) => {
-                    let err = classify(e);
+                Err(err) => {
                     if !err.is_unavailable() {
                         self.put_back_blocking(client);
                         return Some(Err(err));
@@ -195,7 +217,7 @@ impl Pool {
     /// many are idle already, a spare idle asynchronous session is closed to make
     /// room, because the blocking path is the one the local port commits on; only
     /// when all of them are blocking ones is this session closed instead.
-    fn put_back_blocking(&self, client: PgBlocking) {
+    fn put_back_blocking(&self, client: BlockingPg) {
         let cap = self.idle_cap();
         let blocking_idle = self.pg_blocking_idle.lock().map_or(cap, |v| v.len());
         if blocking_idle >= cap {
@@ -233,42 +255,38 @@ impl Pool {
         self.res.pool_max.max(1) as usize
     }
 
-    /// A blocking session that gives up on a database that stops answering: a
-    /// statement timeout for a server that is up but stuck, and a TCP user timeout
-    /// for one that is gone, both [`RM_CALL_TIMEOUT`] (as the asynchronous calls).
-    fn pg_connect_blocking(&self) -> Result<PgBlocking, XaError> {
-        let unavailable =
-            |e: String| XaError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
-        let mut cfg: tpmon_xa::drivers::postgres::Config = self
+    /// A blocking session that gives up on a database that stops answering: each call
+    /// has a deadline of its own ([`Pool::call_timeout`]); a statement timeout of the
+    /// same length stops a statement that the server is still running (stuck on a
+    /// lock or a slow disk), and a TCP user timeout breaks a session with a host
+    /// that vanished.
+    fn pg_connect_blocking(&self, deadline: Deadline) -> Result<BlockingPg, XaError> {
+        let mut cfg: tokio_postgres::Config = self
             .res
             .open
             .expose()
             .parse()
-            .map_err(|e| unavailable(format!("{e}")))?;
+            .map_err(|e| XaError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
         cfg.connect_timeout(CONNECT_TIMEOUT)
-            .tcp_user_timeout(RM_CALL_TIMEOUT)
+            .tcp_user_timeout(self.call_timeout)
             .keepalives(true)
             .keepalives_idle(std::time::Duration::from_secs(10));
-        let mut client = cfg
-            .connect(tpmon_xa::drivers::postgres::NoTls)
-            .map_err(|e| unavailable(e.to_string()))?;
-        client
-            .batch_execute(&format!(
-                "SET statement_timeout = {}",
-                RM_CALL_TIMEOUT.as_millis()
-            ))
-            .map_err(classify)?;
+        let mut client = BlockingPg::connect(&cfg, CONNECT_TIMEOUT, deadline)?;
+        client.batch_execute(
+            &format!("SET statement_timeout = {}", self.call_timeout.as_millis()),
+            deadline,
+        )?;
         Ok(client)
     }
 
     /// Rolls back a prepared branch.
     pub async fn rollback(self: &Arc<Self>, xid: &Xid) -> Result<(), XaError> {
-        bounded(self.rollback_inner(xid)).await
+        bounded(self.call_timeout, self.rollback_inner(xid)).await
     }
 
     /// The prepared branches whose gtrid starts with `prefix`.
     pub async fn recover(self: &Arc<Self>, prefix: &str) -> Result<Vec<Xid>, XaError> {
-        bounded(self.recover_inner(prefix)).await
+        bounded(self.call_timeout, self.recover_inner(prefix)).await
     }
 
     async fn commit_inner(

@@ -1,9 +1,10 @@
 //! The transaction manager's blocking PostgreSQL sessions (`Pool::commit_blocking`),
 //! against a real server: a commit, its answers for unknown branches, the limit of
-//! `pool_max`, which sessions stay open, and closing them when the pool is dropped
-//! inside a runtime.
+//! `pool_max`, which sessions stay open, closing them when the pool is dropped inside
+//! a runtime, and the deadline of a commit on a database server that has stopped.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tpmon_config::{RmKind, XaResource};
 use tpmon_testdb::PgServer;
@@ -123,5 +124,90 @@ fn blocking_commits_respect_pool_max_and_close_safely_inside_a_runtime() {
     prepare(&url, &c);
     assert_eq!(pool.commit_blocking(rt.handle(), &c), Some(Ok(())));
     rt.block_on(async move { drop(pool) });
+    assert!(prepared(&url).is_empty());
+}
+
+/// Sends `sig` (`STOP`, `CONT`) to a process.
+fn signal(pid: i32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// Continues a stopped backend however the test ends.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+#[test]
+fn a_stopped_database_server_holds_a_blocking_commit_only_until_its_deadline() {
+    let server = PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server
+        .create_database("tm")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = server.url("tm");
+    postgres::Client::connect(&url, postgres::NoTls)
+        .expect("connect")
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .expect("table");
+    let limit = Duration::from_secs(2);
+    let pool = Arc::new(
+        Pool::new(XaResource::new(RmKind::Postgres, url.clone())).with_call_timeout(limit),
+    );
+    assert_eq!(pool.call_timeout(), limit);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    // A first commit opens the pool's blocking session; find its backend.
+    let a = Xid::new("d:n:1:1:1:9", "a");
+    prepare(&url, &a);
+    assert_eq!(pool.commit_blocking(rt.handle(), &a), Some(Ok(())));
+    let backend = session_pids(&url)
+        .into_iter()
+        .find(|(_, q)| q.starts_with("COMMIT PREPARED"))
+        .map(|(p, _)| p)
+        .expect("the committing session");
+
+    // That backend stops (its kernel still acknowledges the bytes, so no TCP timeout
+    // fires): the next commit gives up at its deadline instead of holding the thread.
+    let b = Xid::new("d:n:1:1:2:9", "bb");
+    prepare(&url, &b);
+    signal(backend, "STOP");
+    let resume = Resume(backend);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (p, h, x) = (pool.clone(), rt.handle().clone(), b.clone());
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = p.commit_blocking(&h, &x);
+        let _ = tx.send((r, t.elapsed()));
+    });
+    let (r, waited) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the commit must give up at its deadline while the server is stopped");
+    assert!(matches!(r, Some(Err(XaError::Unavailable(_)))), "{r:?}");
+    assert!(
+        waited >= limit,
+        "gave up after {waited:?}, before its deadline"
+    );
+    drop(resume);
+
+    // Resumed, the backend may still run the statement it had received; either way a
+    // retry (recovery's job) finishes the branch on a new session.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match pool.commit_blocking(rt.handle(), &b) {
+            Some(Ok(())) | Some(Err(XaError::NotFound(_))) => break,
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+    }
+    assert!(prepared(&url).is_empty());
+    let c = Xid::new("d:n:1:1:3:9", "ccc");
+    prepare(&url, &c);
+    assert_eq!(pool.commit_blocking(rt.handle(), &c), Some(Ok(())));
     assert!(prepared(&url).is_empty());
 }
