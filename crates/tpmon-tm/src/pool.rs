@@ -5,7 +5,7 @@
 //! COMMIT PREPARED costs no thread hop; the other adapters block and run on tokio's
 //! blocking threads. The local port's threads, which live outside the runtime, commit
 //! PostgreSQL branches with blocking sessions of their own ([`Pool::commit_blocking`],
-//! [`crate::blocking_pg`]), which saves the hand-offs to the runtime's threads and
+//! `blocking_pg`), which saves the hand-offs to the runtime's threads and
 //! back. Every call, waiting for a free session included, has a deadline
 //! ([`Pool::call_timeout`]). The transaction
 //! manager uses only [`Pool::commit`], [`Pool::commit_blocking`], [`Pool::rollback`]
