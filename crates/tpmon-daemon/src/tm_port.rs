@@ -90,12 +90,21 @@ fn connection(dom: Arc<Domain>, stream: UnixStream) {
             return;
         }
     };
+    // An answer the peer does not read within this long closes the connection (its
+    // phase 2 still runs): a peer that sends ends without reading cannot hold the
+    // thread, and with it a decided transaction, in `write`.
+    if let Err(e) = stream.set_write_timeout(Some(ANSWER_WRITE_TIMEOUT)) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(error = %e, "tm socket: cannot set a write timeout");
+        return;
+    }
     let handle = tokio::runtime::Handle::current();
     let spawned = std::thread::Builder::new()
         .name("tpmon-tm-port".into())
         .spawn(move || {
+            // Counted out however the thread ends, a panic included.
+            let _open = Opened;
             serve_blocking(&dom, &handle, stream);
-            OPEN.fetch_sub(1, Ordering::AcqRel);
         });
     if let Err(e) = spawned {
         OPEN.fetch_sub(1, Ordering::AcqRel);
@@ -105,6 +114,18 @@ fn connection(dom: Arc<Domain>, stream: UnixStream) {
 
 /// Connections being served.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Longest wait for the peer to take an answer.
+const ANSWER_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One connection counted in [`OPEN`], until dropped.
+struct Opened;
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 fn serve_blocking(
     dom: &Arc<Domain>,

@@ -44,12 +44,34 @@ impl Deadline {
     }
 }
 
+/// A session's runtime, shut down without waiting when dropped: a connect that missed
+/// its deadline may leave a name lookup running on the runtime's blocking thread,
+/// which an ordinary drop would wait for.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl OwnRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        // Only `drop` takes it.
+        self.0
+            .as_ref()
+            .expect("the runtime lives as long as its owner")
+    }
+}
+
 /// One blocking PostgreSQL session with deadlines.
 pub(crate) struct BlockingPg {
     client: tokio_postgres::Client,
     /// Runs the session's connection task while a call waits; dropping it closes the
     /// connection.
-    rt: tokio::runtime::Runtime,
+    rt: OwnRuntime,
 }
 
 impl BlockingPg {
@@ -62,14 +84,16 @@ impl BlockingPg {
     ) -> Result<Self, XaError> {
         let unavailable =
             |e: String| XaError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| unavailable(format!("no runtime for the session: {e}")))?;
+        let rt = OwnRuntime(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .map_err(|e| unavailable(format!("no runtime for the session: {e}")))?,
+        ));
         let wait = limit.min(deadline.left());
         // The timer is made inside the runtime (it needs its context).
-        let connected = rt.block_on(async {
+        let connected = rt.get().block_on(async {
             tokio::time::timeout(wait, cfg.connect(tokio_postgres::NoTls)).await
         });
         let (client, connection) = match connected {
@@ -78,7 +102,7 @@ impl BlockingPg {
             Err(_) if wait < limit => return Err(deadline.missed()),
             Err(_) => return Err(unavailable(format!("no answer within {limit:?}"))),
         };
-        rt.spawn(async move {
+        rt.get().spawn(async move {
             // Ends when the session closes or breaks; the client then reports closed.
             let _ = connection.await;
         });
@@ -93,6 +117,7 @@ impl BlockingPg {
         let limit = deadline.left();
         match self
             .rt
+            .get()
             .block_on(async { tokio::time::timeout(limit, client.batch_execute(sql)).await })
         {
             Ok(Ok(())) => Ok(()),

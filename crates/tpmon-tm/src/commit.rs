@@ -89,6 +89,13 @@ fn branch_end(r: Result<(), XaError>) -> BranchEnd {
     }
 }
 
+/// True when `bqual` can name a branch in every resource manager and in recovery's
+/// listings: UTF-8 text without control characters (PostgreSQL cannot carry a NUL)
+/// and without `|` (the separator of PostgreSQL's gid, [`Xid::gid`]).
+pub(crate) fn usable_bqual(bqual: &[u8]) -> bool {
+    std::str::from_utf8(bqual).is_ok_and(|t| !t.chars().any(|c| c.is_control() || c == '|'))
+}
+
 fn done(gtrid: &[u8], outcome: TxOutcome, detail: impl Into<String>) -> TxDone {
     TxDone {
         gtrid: gtrid.to_vec(),
@@ -166,12 +173,39 @@ impl Tm {
         if let Some(answer) = self.already_ended(&text, &req) {
             return answer;
         }
+        // A test holds an end here while another end of the same gtrid goes ahead.
+        failpoint::hit("tm.end_checked");
+        if let Some(bad) = req
+            .branches
+            .iter()
+            .find(|b| b.vote == Vote::Prepared && !usable_bqual(&b.bqual))
+        {
+            // No server makes such a branch, and a decision naming it could never be
+            // carried out (PostgreSQL cannot even be sent a NUL): logged, it would stay
+            // in the log for good.
+            if let Some(answer) = self.claim_rollback(&text, &req, g.deadline_s) {
+                return answer;
+            }
+            self.roll_back(&text, &req.branches, g.deadline_s).await;
+            return done(
+                &req.gtrid,
+                TxOutcome::Refused,
+                format!(
+                    "branch of group #{} has a qualifier no resource manager can hold \
+                     (not UTF-8 text, a control character, or '|')",
+                    bad.group
+                ),
+            );
+        }
         if let Some(unknown) = req.branches.iter().find(|b| {
             b.vote == Vote::Prepared
                 && self.pool(b.group).is_none()
                 && self.remote_node(b.group).is_none()
         }) {
             // Roll back what can be, and say why the rest cannot.
+            if let Some(answer) = self.claim_rollback(&text, &req, g.deadline_s) {
+                return answer;
+            }
             self.roll_back(&text, &req.branches, g.deadline_s).await;
             return done(
                 &req.gtrid,
@@ -202,6 +236,9 @@ impl Tm {
             None
         };
         if let Some(why) = why_not {
+            if let Some(answer) = self.claim_rollback(&text, &req, g.deadline_s) {
+                return answer;
+            }
             self.roll_back(&text, &req.branches, g.deadline_s).await;
             return done(&req.gtrid, TxOutcome::RolledBack, why);
         }
@@ -215,7 +252,10 @@ impl Tm {
             return done(&req.gtrid, TxOutcome::Committed, "");
         }
         // The deadline check and the registration are one step under the lock that
-        // recovery takes before it presumes abort.
+        // recovery takes before it presumes abort. Another end deciding the
+        // transaction goes first: a timeout found here must not roll back a commit
+        // that is under way. A timeout is claimed in the same step, so no commit can
+        // pass the gate after it.
         enum Gate {
             Ended,
             TimedOut,
@@ -226,11 +266,14 @@ impl Tm {
             let mut st = self.lock();
             if st.rolled_back.contains_key(&text) || self.log.holds(text.as_bytes()) {
                 Gate::Ended
-            } else if now_unix_ms() >= g.deadline_s.saturating_mul(1000) {
-                Gate::TimedOut
-            } else if !st.deciding.insert(text.clone()) {
+            } else if st.deciding.contains(&text) {
                 Gate::Busy
+            } else if now_unix_ms() >= g.deadline_s.saturating_mul(1000) {
+                let until = self.rollback_memory(g.deadline_s);
+                st.rolled_back.insert(text.clone(), until);
+                Gate::TimedOut
             } else {
+                st.deciding.insert(text.clone());
                 Gate::Go
             }
         };
@@ -274,8 +317,9 @@ impl Tm {
                 // Marked rolled back in the same critical section that lets it out of
                 // `deciding`: a second end in between would otherwise pass the gate.
                 {
+                    let until = self.rollback_memory(g.deadline_s);
                     let mut st = self.lock();
-                    st.rolled_back.insert(text.clone(), g.deadline_s);
+                    st.rolled_back.insert(text.clone(), until);
                     st.deciding.remove(&text);
                 }
                 self.roll_back(&text, &req.branches, g.deadline_s).await;
@@ -308,9 +352,10 @@ impl Tm {
                     // was logged, so the transaction is rolled back (recovery rolls
                     // the branch back if it is still prepared).
                     {
+                        let until = self.rollback_memory(g.deadline_s);
                         let mut st = self.lock();
                         st.deciding.remove(&text);
-                        st.rolled_back.insert(text.clone(), g.deadline_s);
+                        st.rolled_back.insert(text.clone(), until);
                     }
                     return done(
                         &req.gtrid,
@@ -363,8 +408,9 @@ impl Tm {
                 // Marked rolled back in the same critical section that lets it out of
                 // `deciding`: a second end in between would otherwise pass the gate.
                 {
+                    let until = self.rollback_memory(g.deadline_s);
                     let mut st = self.lock();
-                    st.rolled_back.insert(text.clone(), g.deadline_s);
+                    st.rolled_back.insert(text.clone(), until);
                     st.deciding.remove(&text);
                 }
                 self.roll_back(&text, &req.branches, g.deadline_s).await;
@@ -461,6 +507,37 @@ impl Tm {
     /// ending, if it is one.
     fn already_ended(&self, text: &str, req: &TxEnd) -> Option<TxDone> {
         let st = self.lock();
+        self.ended_answer(&st, text, req)
+    }
+
+    /// Claims the transaction for a rollback, in one step under the lock: refused
+    /// (with the answer [`Tm::already_ended`] would give) while another end is
+    /// deciding it or the log holds its decision, which a rollback must never
+    /// contradict. Otherwise it is remembered as rolled back, so that no commit passes
+    /// the gate after this.
+    fn claim_rollback(&self, text: &str, req: &TxEnd, deadline_s: u64) -> Option<TxDone> {
+        let mut st = self.lock();
+        if let Some(answer) = self.ended_answer(&st, text, req) {
+            if answer.outcome != TxOutcome::RolledBack {
+                return Some(answer);
+            }
+        }
+        let until = self.rollback_memory(deadline_s);
+        st.rolled_back.insert(text.to_string(), until);
+        None
+    }
+
+    /// How long a rolled-back transaction is remembered: until its deadline, which
+    /// servers refuse beyond now + the domain's longest timeout (+ 2 s), so a
+    /// deadline further ahead than that (a confused or hostile client) cannot make
+    /// the memory grow for good.
+    pub(crate) fn rollback_memory(&self, deadline_s: u64) -> u64 {
+        let cap = (now_unix_ms() + self.timeout_max.as_millis() as u64 + 2000).div_ceil(1000);
+        deadline_s.min(cap)
+    }
+
+    /// [`Tm::already_ended`] with the lock held.
+    fn ended_answer(&self, st: &crate::State, text: &str, req: &TxEnd) -> Option<TxDone> {
         let answer =
             |outcome, detail: &str| Some(done(text.as_bytes(), outcome, detail.to_string()));
         if st.deciding.contains(text) {
@@ -601,18 +678,32 @@ impl Tm {
             })
             .collect::<Option<_>>()?;
         let mut results = Vec::with_capacity(branches.len());
+        // Groups whose database did not answer for an earlier branch of this job: their
+        // other branches are left to recovery at once, so that a hung database holds
+        // the thread for one deadline, not one per branch.
+        let mut silent: Vec<(u16, String)> = Vec::new();
         for (b, pool) in branches.iter().zip(pools) {
+            if let Some((_, e)) = silent.iter().find(|(g, _)| *g == b.group) {
+                results.push(Ok(BranchEnd::Pending(format!(
+                    "not tried: an earlier branch of its group got no answer ({e})"
+                ))));
+                continue;
+            }
             failpoint::hit("tm.phase2");
             let xid = Xid::new(gtrid, String::from_utf8_lossy(&b.bqual).into_owned());
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 pool.commit_blocking(handle, &xid)
                     .unwrap_or_else(|| handle.block_on(pool.commit(&xid, decision)))
             }));
-            results.push(Ok(match r {
+            let end = match r {
                 Ok(r) => branch_end(r),
                 // A bug, not a verdict: the branch is left to recovery.
                 Err(_) => BranchEnd::Pending("the commit panicked".into()),
-            }));
+            };
+            if let BranchEnd::Pending(e) = &end {
+                silent.push((b.group, e.clone()));
+            }
+            results.push(Ok(end));
         }
         Some(handle.block_on(self.finish_phase_two(gtrid, results)))
     }
@@ -755,11 +846,13 @@ impl Tm {
     /// as rolled back until its deadline passed, so that recovery also rolls back a
     /// branch that prepares late (after this rollback).
     pub(crate) async fn roll_back(&self, gtrid: &str, branches: &[Branch], deadline_s: u64) {
-        self.lock()
-            .rolled_back
-            .insert(gtrid.to_string(), deadline_s);
+        let until = self.rollback_memory(deadline_s);
+        self.lock().rolled_back.insert(gtrid.to_string(), until);
         let mut tasks = Vec::new();
-        for b in branches.iter().filter(|b| b.vote == Vote::Prepared) {
+        for b in branches
+            .iter()
+            .filter(|b| b.vote == Vote::Prepared && usable_bqual(&b.bqual))
+        {
             let Some(pool) = self.pool(b.group).cloned() else {
                 continue;
             };
@@ -792,5 +885,21 @@ impl Tm {
                 tracing::warn!(gtrid, error = %e, "rollback on another node failed; it resolves by asking later");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usable_bqual;
+
+    #[test]
+    fn only_printable_text_without_the_gid_separator_names_a_branch() {
+        assert!(usable_bqual(b"3.1f2a.7"));
+        assert!(usable_bqual(b""));
+        assert!(usable_bqual("zweig-ü".as_bytes()));
+        assert!(!usable_bqual(b"a\0b"));
+        assert!(!usable_bqual(b"a\nb"));
+        assert!(!usable_bqual(b"a|b"));
+        assert!(!usable_bqual(&[0xff, 0xfe]));
     }
 }

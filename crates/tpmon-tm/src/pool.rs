@@ -113,6 +113,12 @@ impl Pool {
         self.call_timeout
     }
 
+    /// How many of the `pool_max` places are free now (a call that missed its
+    /// deadline keeps its place until the driver returns).
+    pub fn places_free(&self) -> usize {
+        self.permits.available_permits()
+    }
+
     /// The resource this pool talks to.
     pub fn resource(&self) -> &XaResource {
         &self.res
@@ -272,10 +278,19 @@ impl Pool {
             .keepalives(true)
             .keepalives_idle(std::time::Duration::from_secs(10));
         let mut client = BlockingPg::connect(&cfg, CONNECT_TIMEOUT, deadline)?;
-        client.batch_execute(
-            &format!("SET statement_timeout = {}", self.call_timeout.as_millis()),
-            deadline,
-        )?;
+        // A session that cannot be set up is one the database did not give: never a
+        // verdict on the branch (which `Failed` would be).
+        client
+            .batch_execute(
+                &format!("SET statement_timeout = {}", self.call_timeout.as_millis()),
+                deadline,
+            )
+            .map_err(|e| match e {
+                XaError::Failed(why) => {
+                    XaError::Unavailable(format!("cannot set up the session: {why}"))
+                }
+                other => other,
+            })?;
         Ok(client)
     }
 
@@ -417,14 +432,20 @@ impl Pool {
             // Nothing blocks: no thread hop.
             return op(&mut tpmon_xa::noop::NoopRm);
         }
-        let _permit = self
+        // The place goes with the blocking call, not with this future: a call that
+        // missed its deadline leaves its thread blocked in the driver until the
+        // database answers or the connection breaks, and must keep counting against
+        // `pool_max` until then, or a hung database would collect threads without end.
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| XaError::Unavailable("the pool is closed".into()))?;
         let cached = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
         let res = self.res.clone();
         let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut rm = match cached {
                 Some(rm) => rm,
                 None => match tpmon_rm::open(&res) {

@@ -5,7 +5,9 @@
 //! Layout of the directory:
 //! * `script`: one rule per line, `OP OUTCOME COUNT`: the next COUNT calls of OP
 //!   (`begin`, `prepare`, `commit`, `rollback`, `recover`) fail with OUTCOME (`fail`:
-//!   the RM refuses, `rmfail`: the RM is unavailable, `nota`: unknown branch).
+//!   the RM refuses, `rmfail`: the RM is unavailable, `nota`: unknown branch; `hang`:
+//!   the call blocks while a file `hold` exists in the directory, at most a minute,
+//!   then goes on as if nothing was scripted: a database that stopped answering).
 //!   Rules for the same OP apply in order. Lines starting with `#` are comments.
 //! * `consumed`: how many failures of each rule were used (kept by this module).
 //! * `calls`: one line per call, `OP GID RESULT` (`ok` or the outcome): what tests
@@ -158,6 +160,13 @@ impl FakeRm {
         self.append("calls", &format!("{op} {gid} {result}"))?;
         match outcome.as_deref() {
             None => Ok(()),
+            Some("hang") => {
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while self.dir.join("hold").exists() && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Ok(())
+            }
             Some("rmfail") => Err(XaError::Unavailable(format!("scripted {op} rmfail"))),
             Some("nota") => Err(XaError::NotFound(format!("scripted {op} nota"))),
             Some(_) => Err(XaError::Failed(format!("scripted {op} failure"))),

@@ -642,3 +642,150 @@ fn garbage_on_the_tm_socket_closes_only_that_connection() {
     nothing_left(&d, &f);
     assert!(d.log().contains("tm socket"), "the daemon logs why");
 }
+
+/// Sends one TxEnd on the TM's socket and reads its answer.
+fn send_tx_end(tm: &mut std::os::unix::net::UnixStream, end: tpmon_proto::TxEnd) {
+    use std::io::Write;
+    use tpmon_proto::{encode_frame, Message};
+    let mut frame = Vec::new();
+    encode_frame(&Message::TxEnd(end).encode(), &mut frame);
+    tm.write_all(&frame).expect("send");
+}
+
+fn read_tx_done(tm: &mut std::os::unix::net::UnixStream) -> tpmon_proto::TxDone {
+    use std::io::Read;
+    use tpmon_proto::{FrameDecoder, Message};
+    let mut dec = FrameDecoder::new(1 << 20);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(body) = dec.next_frame().expect("frame") {
+            match Message::decode(&body).expect("decode") {
+                Message::TxDone(done) => return done,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        let n = tm.read(&mut buf).expect("read");
+        assert!(n > 0, "the daemon closed the socket");
+        dec.extend(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_rollback_never_runs_beside_a_commit_under_way() {
+    use tpmon_proto::{Branch, TxEnd, TxOutcome, Vote};
+
+    let f = fakes("tx-race");
+    let tmp = support::TempDir::new("tx-race-holds");
+    let (checked, deciding) = (tmp.path.join("checked"), tmp.path.join("deciding"));
+    let fp = format!(
+        "tm.end_checked=wait:{},tm.before_decision=wait:{}",
+        checked.display(),
+        deciding.display()
+    );
+    let d = Domain::boot_env(
+        "tx-race",
+        &config(&f.a, &f.b, &[]),
+        &[("TPMON_FAILPOINTS", fp.as_str())],
+    );
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("race"), Flags::NONE).expect("NESTED");
+    let gtrid = c.tx_info().xid.expect("xid");
+    let branch = |dir: &Path, group: u16| {
+        let p = FakeRm::prepared(dir);
+        assert_eq!(p.len(), 1, "{p:?}");
+        Branch {
+            group,
+            bqual: p[0].split('|').nth(1).expect("bqual").as_bytes().to_vec(),
+            vote: Vote::Prepared,
+            cpn: 0,
+        }
+    };
+    let branches = vec![branch(&f.a, 0), branch(&f.b, 1)];
+
+    // A rollback of the same transaction (a confused or hostile process on the TM's
+    // socket) gets past the check for an ended transaction first, and is held there.
+    let mut tm =
+        std::os::unix::net::UnixStream::connect(d.run_dir.join("tm.sock")).expect("tm.sock");
+    send_tx_end(
+        &mut tm,
+        TxEnd {
+            gtrid: gtrid.clone().into_bytes(),
+            commit: false,
+            wait_completed: true,
+            branches,
+            doomed: String::new(),
+        },
+    );
+    support::wait_until("the rollback is held", LONG, || checked.exists());
+    // The originator's commit passes the gate and is held before its decision.
+    let committer = std::thread::spawn(move || {
+        let r = c.tx_commit();
+        (c, r)
+    });
+    support::wait_until("the commit is deciding", LONG, || deciding.exists());
+    // The rollback goes on: it must not roll back a transaction being committed.
+    std::fs::remove_file(&checked).expect("release the rollback");
+    let answer = read_tx_done(&mut tm);
+    assert_eq!(answer.outcome, TxOutcome::Refused, "{answer:?}");
+    assert!(answer.detail.contains("being ended"), "{answer:?}");
+    assert_eq!(
+        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
+        0
+    );
+    std::fs::remove_file(&deciding).expect("release the commit");
+    let (_c, r) = committer.join().expect("committer");
+    assert!(r.is_ok(), "{r:?}");
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+    assert_eq!(
+        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
+        0
+    );
+}
+
+#[test]
+fn a_commit_naming_an_impossible_branch_is_refused_and_logs_nothing() {
+    use tpmon_proto::{Branch, TxEnd, TxOutcome, Vote};
+
+    let f = fakes("tx-nul");
+    let d = Domain::boot("tx-nul", &config(&f.a, &f.b, &[]));
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("nul"), Flags::NONE).expect("NESTED");
+    let gtrid = c.tx_info().xid.expect("xid");
+    let real = FakeRm::prepared(&f.a);
+    assert_eq!(real.len(), 1, "{real:?}");
+    let mut tm =
+        std::os::unix::net::UnixStream::connect(d.run_dir.join("tm.sock")).expect("tm.sock");
+    let branch = |bqual: &[u8]| Branch {
+        group: 0,
+        bqual: bqual.to_vec(),
+        vote: Vote::Prepared,
+        cpn: 0,
+    };
+    // A commit of the transaction whose second branch no resource manager could hold
+    // (PostgreSQL cannot be sent a NUL): logged, it could never complete.
+    send_tx_end(
+        &mut tm,
+        TxEnd {
+            gtrid: gtrid.into_bytes(),
+            commit: true,
+            wait_completed: true,
+            branches: vec![
+                branch(real[0].split('|').nth(1).expect("bqual").as_bytes()),
+                branch(b"x\0y"),
+            ],
+            doomed: String::new(),
+        },
+    );
+    let answer = read_tx_done(&mut tm);
+    assert_eq!(answer.outcome, TxOutcome::Refused, "{answer:?}");
+    assert!(answer.detail.contains("qualifier"), "{answer:?}");
+    // The real branch is rolled back, nothing is logged or left.
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "commit", None), 0);
+    assert_eq!(calls(&f.a, "rollback", Some("ok")), 1);
+    drop(c);
+}
