@@ -230,6 +230,7 @@ fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonErr
                     .fold(0u32, |m, t| m | (1u32 << t.code())),
             })
             .collect(),
+        nodes: config.nodes.iter().map(|n| n.name.clone()).collect(),
     };
     let relay = RelayHub::new(&config.domain.name, frame_max)
         .map_err(|e| DaemonError::Ipc(e.to_string()))?;

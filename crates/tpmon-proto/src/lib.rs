@@ -32,7 +32,7 @@ pub use tx::{
 };
 
 /// The protocol version spoken by this build; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// v5: the Unix datagram socket in a node's run directory on which local callers
 /// (clients and server instances on the daemon's host) send their [`RemoteCall`]s:

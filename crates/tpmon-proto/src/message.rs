@@ -144,9 +144,19 @@ pub struct Welcome {
     pub servers: Vec<ServerRoute>,
     /// Services.
     pub services: Vec<ServiceRoute>,
+    /// v6: the names of the domain's nodes, this one included: the nodes whose
+    /// transactions a server instance may join (a branch of any other node's
+    /// transaction could never be resolved).
+    pub nodes: Vec<String>,
 }
 
 impl Welcome {
+    /// v6: true when `node` is a node of the domain (with no node list, only this
+    /// one).
+    pub fn is_domain_node(&self, node: &str) -> bool {
+        node == self.node || self.nodes.iter().any(|n| n == node)
+    }
+
     /// The node that offers `route`'s service when it is not this daemon's node
     /// (`None`: a local service, or a server index out of range).
     pub fn remote_node(&self, route: &ServiceRoute) -> Option<&str> {
@@ -723,6 +733,10 @@ fn encode_welcome(w: &mut Writer, wl: &Welcome) {
             .bool(s.conversational)
             .u32(s.buffer_types);
     }
+    w.u16(wl.nodes.len().min(ROUTES_MAX) as u16);
+    for n in wl.nodes.iter().take(ROUTES_MAX) {
+        w.str16(n);
+    }
 }
 
 fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
@@ -767,6 +781,11 @@ fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
             buffer_types: r.u32("buffer types")?,
         });
     }
+    let n = r.u16("node count")? as usize;
+    let mut nodes = Vec::with_capacity(n.min(r.remaining() / 2));
+    for _ in 0..n {
+        nodes.push(r.str16("node name")?);
+    }
     Ok(Welcome {
         client_id,
         domain,
@@ -781,6 +800,7 @@ fn decode_welcome(r: &mut Reader<'_>) -> Result<Welcome, DecodeError> {
         message_bytes_max,
         servers,
         services,
+        nodes,
     })
 }
 
@@ -814,6 +834,7 @@ mod tests {
                 conversational: false,
                 buffer_types: 0,
             }],
+            nodes: vec!["n1".into(), "n2".into()],
         };
         vec![
             Message::Hello(Hello {

@@ -607,6 +607,14 @@ impl Instance {
                 g.domain, g.node, g.epoch
             ));
         }
+        // Only a node of the domain can ever decide the transaction: a branch prepared
+        // for any other would stay prepared for good.
+        if !w.is_domain_node(&g.node) {
+            return Err(format!(
+                "the request belongs to a transaction of node {}, which is not a node of domain {}",
+                g.node, g.domain
+            ));
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

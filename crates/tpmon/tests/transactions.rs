@@ -582,6 +582,34 @@ fn a_transaction_ends_once_and_servers_join_only_this_domains_transactions() {
         .expect_err("foreign transaction");
     assert_eq!(e.kind, ErrorKind::Tran, "{e:?}");
     assert!(FakeRm::prepared(&f.b).is_empty());
+
+    // Nor one of this domain that names a node the domain does not have: no node
+    // could ever decide it, so its branch would stay prepared for good.
+    let domain = gtrid.split(':').next().expect("domain").to_string();
+    let deadline_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_millis() as u64)
+        + 10_000;
+    let ghost = tpmon_proto::Gtrid {
+        domain,
+        node: "ghost".into(),
+        epoch: 1,
+        origin: 1,
+        seq: 1,
+        deadline_s: deadline_ms.div_ceil(1000),
+    };
+    c.set_transaction(Some(tpmon_proto::TxContext {
+        format_id: tpmon_proto::FORMAT_ID,
+        gtrid: ghost.encode().into_bytes(),
+        deadline_ms,
+        branches: Vec::new(),
+    }));
+    let e = c
+        .call("ECHO", &s("x"), Flags::NONE)
+        .expect_err("a transaction of no node of the domain");
+    assert_eq!(e.kind, ErrorKind::Tran, "{e:?}");
+    assert!(e.to_string().contains("not a node of domain"), "{e}");
+    assert!(FakeRm::prepared(&f.b).is_empty());
 }
 
 #[test]
