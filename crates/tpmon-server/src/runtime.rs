@@ -693,6 +693,7 @@ impl Instance {
         };
         let mut failure = None;
         let mut own_branch = None;
+        let mut prepare_failed = None;
         if let (Some(xid), Some(rm)) = (own, self.ctx.rm.as_mut()) {
             let doomed = self.ctx.client.transaction_doomed();
             if success && !doomed {
@@ -709,6 +710,9 @@ impl Instance {
                     }
                     Err(e) => {
                         let _ = rm.rollback_active(&xid);
+                        // Logged too: the reason may concern the operator (a service
+                        // that committed its work outside the global transaction).
+                        prepare_failed = Some(format!("branch {xid} failed to prepare: {e}"));
                         failure = Some(format!("the branch failed to prepare: {e}"));
                         own_branch = Some(Branch {
                             group: self.group,
@@ -727,6 +731,9 @@ impl Instance {
                     cpn: 0,
                 });
             }
+        }
+        if let Some(why) = prepare_failed {
+            self.log(&why);
         }
         match role {
             TxRole::None => {
