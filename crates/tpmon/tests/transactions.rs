@@ -370,6 +370,42 @@ fn a_group_with_automatic_transactions_runs_each_call_in_its_own() {
     nothing_left_in(&d, &[&f.a]);
 }
 
+#[test]
+fn an_automatic_transaction_group_survives_a_failed_branch_start_and_chained_control() {
+    let f = fakes("tx-auto-fail");
+    let cfg = Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
+        .section(&format!(
+            "[[group]]\nname = \"ga\"\nauto_transaction = true\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
+            support::toml_string(&f.a.display().to_string())
+        ))
+        .server("sa", &["group = \"ga\""])
+        .services("sa", &["ECHO", "CHAINED"]);
+    let d = Domain::boot("tx-auto-fail", &cfg);
+    let mut c = d.client();
+    // The database refuses the first branch (a refusal: no retry on a new session).
+    std::fs::write(f.a.join("script"), "begin fail 1\n").expect("script");
+    let e = c.call("ECHO", &s("first"), Flags::NONE).expect_err("ECHO");
+    assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
+    assert!(e.detail.contains("cannot start the transaction branch"), "{e:?}");
+    // The database is fine again: the next automatic transactions work.
+    for n in 0..3 {
+        let r = c.call("ECHO", &s("next"), Flags::NONE).expect("ECHO after the failed begin");
+        assert_eq!(support::text(&r), "next", "{n}");
+    }
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 3);
+    // A routine that sets chained control: the runtime still ends its automatic
+    // transaction unchained, so the next request begins its own.
+    c.call("CHAINED", &s("c"), Flags::NONE).expect("CHAINED");
+    let r = c.call("ECHO", &s("after"), Flags::NONE).expect("ECHO after CHAINED");
+    assert_eq!(support::text(&r), "after");
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 5);
+    assert_eq!(calls(&f.a, "begin", Some("fail")), 1);
+    nothing_left_in(&d, &[&f.a]);
+    let log = d.log();
+    assert!(!log.contains("still open"), "no transaction was left over:\n{log}");
+}
+
 fn nothing_left_in(d: &Domain, dirs: &[&Path]) {
     support::wait_until(
         "no branch stays prepared and the log is empty",
