@@ -225,6 +225,7 @@ impl Instance {
             args: args.clone(),
             slot: slot as u32,
             rm,
+            in_branch: false,
         };
         // Every service the configuration gives this server must have a routine.
         let missing: Vec<&str> = welcome
@@ -736,6 +737,7 @@ impl Instance {
             }];
             return Err(Box::new(reply));
         }
+        self.ctx.in_branch = true;
         Ok(if auto {
             TxRole::Auto { own: xid }
         } else {
@@ -748,6 +750,7 @@ impl Instance {
     /// rolls back the whole. Returns why the transaction work failed (when the
     /// routine succeeded but it did not) and the branches to report to the caller.
     fn leave_transaction(&mut self, role: TxRole, success: bool) -> (Option<String>, Vec<Branch>) {
+        self.ctx.in_branch = false;
         let own = match &role {
             TxRole::None => None,
             TxRole::Join { own } => own.clone(),
@@ -799,8 +802,26 @@ impl Instance {
         }
         match role {
             TxRole::None => {
-                self.ctx.client.take_transaction();
-                (None, Vec::new())
+                // A transaction the routine began itself and did not end: its branches
+                // would wait for the deadline, and the routine's caller would never
+                // learn that its work was not committed.
+                let Some(gtrid) = self.ctx.client.current_gtrid() else {
+                    return (None, Vec::new());
+                };
+                if !self.ctx.client.is_originator() {
+                    self.ctx.client.take_transaction();
+                    return (None, Vec::new());
+                }
+                let outcome = match self.end_own_transaction(false) {
+                    Ok(_) => "rolled back".to_string(),
+                    Err(e) => format!("its rollback failed: {e}"),
+                };
+                let why = format!(
+                    "the service returned while the transaction {gtrid} it began itself \
+                     was still open; {outcome}"
+                );
+                self.log(&why);
+                (Some(why), Vec::new())
             }
             TxRole::Join { .. } => {
                 let mut branches = self

@@ -406,6 +406,86 @@ fn an_automatic_transaction_group_survives_a_failed_branch_start_and_chained_con
     assert!(!log.contains("still open"), "no transaction was left over:\n{log}");
 }
 
+/// A service outside any transaction, in a group with a database, that begins a
+/// transaction itself: its database is not enlisted, so the session is refused in it;
+/// and a transaction it leaves open is rolled back and its caller told.
+#[test]
+fn a_transaction_a_service_began_itself_neither_enlists_its_database_nor_stays_open() {
+    let f = fakes("tx-selftx");
+    let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("selftx")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.url("selftx");
+    let mut db = tpmon_xa::drivers::postgres::Client::connect(
+        &url,
+        tpmon_xa::drivers::postgres::NoTls,
+    )
+    .expect("connect");
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .expect("table");
+    let cfg = Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
+        .section(&format!(
+            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"postgres\"\nopen = {}\n",
+            support::toml_string(&url)
+        ))
+        .section(&format!(
+            "[[group]]\nname = \"gb\"\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
+            support::toml_string(&f.b.display().to_string())
+        ))
+        .server("sp", &["group = \"gp\""])
+        .server("sb", &["group = \"gb\""])
+        .services("sp", &["SELFTX", "SQL"])
+        .services("sb", &["ECHO"]);
+    let d = Domain::boot("tx-selftx", &cfg);
+    let mut c = d.client();
+    let rows = |db: &mut tpmon_xa::drivers::postgres::Client| -> i64 {
+        db.query_one("SELECT count(*) FROM t", &[])
+            .expect("count")
+            .get(0)
+    };
+
+    // The routine's tx_begin: its own database is refused inside, nothing is written.
+    let r = c
+        .call("SELFTX", &s("use-db INSERT INTO t VALUES (1)"), Flags::NONE)
+        .expect("SELFTX use-db");
+    let said = support::text(&r);
+    assert!(
+        said.contains("not supported yet")
+            && said.contains("cannot enlist its own database")
+            && said.ends_with("rollback: Ok(())"),
+        "{said}"
+    );
+    assert_eq!(rows(&mut db), 0, "nothing autocommitted");
+    // Outside a transaction the same routine's database works.
+    let r = c
+        .call("SQL", &s("INSERT INTO t VALUES (2)"), Flags::NONE)
+        .expect("SQL");
+    assert_eq!(support::text(&r), "ok");
+    assert_eq!(rows(&mut db), 1);
+
+    // A transaction the routine leaves open: rolled back, and the caller is told.
+    let e = c
+        .call("SELFTX", &s("leave-open"), Flags::NONE)
+        .expect_err("SELFTX leave-open");
+    assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
+    assert!(
+        e.detail.contains("began itself was still open; rolled back"),
+        "{e:?}"
+    );
+    support::wait_until("ECHO's branch is rolled back", LONG, || {
+        calls(&f.b, "rollback", Some("ok")) == 1
+    });
+    assert_eq!(calls(&f.b, "commit", None), 0);
+    nothing_left_in(&d, &[&f.b]);
+    // The instance serves on.
+    let r = c
+        .call("SQL", &s("INSERT INTO t VALUES (3)"), Flags::NONE)
+        .expect("SQL after");
+    assert_eq!(support::text(&r), "ok");
+    assert_eq!(rows(&mut db), 2);
+}
+
 fn nothing_left_in(d: &Domain, dirs: &[&Path]) {
     support::wait_until(
         "no branch stays prepared and the log is empty",
