@@ -19,6 +19,10 @@ pub struct Context {
     /// This instance's branch is active on `rm` (from its begin until its prepare or
     /// rollback): the session's work belongs to the context's transaction.
     pub(crate) in_branch: bool,
+    /// An invocation on this instance failed since the database session was last
+    /// checked: the next [`Context::mariadb`] outside a branch pings the connection
+    /// (and replaces it if it broke) before handing it out.
+    pub(crate) suspect_session: bool,
 }
 
 /// Why a routine cannot use its group's database in a transaction it began itself.
@@ -89,8 +93,14 @@ impl Context {
 
     /// The MariaDB connection of the group's resource manager (see
     /// [`Context::postgres`]; the routine must not run `XA` statements on it).
+    ///
+    /// The driver does not reconnect by itself: outside a branch, after an invocation
+    /// on this instance failed (TPFAIL, an error), the connection is pinged first and
+    /// replaced if it broke (a database restart), so one failure is all a restart
+    /// costs a non-transactional service. A healthy instance pays no extra round trip.
     pub fn mariadb(&mut self) -> Result<&mut mysql::Conn, CallError> {
         let unenlisted = self.unenlisted();
+        let check = self.suspect_session && !self.in_branch;
         let rm = self.rm.as_mut().ok_or_else(|| no_rm("MariaDB"))?;
         let m = rm
             .as_any()
@@ -98,6 +108,11 @@ impl Context {
             .ok_or_else(|| no_rm("MariaDB"))?;
         if unenlisted {
             return Err(CallError::new(ErrorKind::Proto, NOT_ENLISTED));
+        }
+        if check {
+            m.check_connection()
+                .map_err(|e| CallError::new(ErrorKind::System, e.to_string()))?;
+            self.suspect_session = false;
         }
         m.conn()
             .map_err(|e| CallError::new(ErrorKind::System, e.to_string()))

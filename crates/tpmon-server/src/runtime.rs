@@ -226,6 +226,7 @@ impl Instance {
             slot: slot as u32,
             rm,
             in_branch: false,
+            suspect_session: false,
         };
         // Every service the configuration gives this server must have a routine.
         let missing: Vec<&str> = welcome
@@ -390,6 +391,11 @@ impl Instance {
             },
         );
         let (reply, stat, exit) = self.run_routine(&req, service);
+        if stat != CallOutcome::Success {
+            // The failure may come from a broken database session (see
+            // `Context::mariadb`); the next use outside a branch checks it.
+            self.ctx.suspect_session = true;
+        }
         if let Some(reply) = reply {
             self.send_reply(&req, reply);
         }

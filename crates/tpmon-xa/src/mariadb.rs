@@ -162,6 +162,25 @@ impl MariaRm {
             .ok_or_else(|| XaError::Unavailable("not connected".into()))
     }
 
+    /// Replaces the connection if it broke, outside a branch: pings it (one round
+    /// trip) and reconnects when the ping fails. The driver does not reconnect by
+    /// itself and a failed statement of the service's does not reach this adapter, so
+    /// without it a connection lost to a database restart would fail every
+    /// non-transactional statement for good. Callers use it when a failure suggests
+    /// the connection may be broken, not on every call. Inside a branch it does
+    /// nothing: the branch's connection is never replaced.
+    pub fn check_connection(&mut self) -> Result<(), XaError> {
+        if self.in_branch {
+            return Ok(());
+        }
+        if let Some(c) = self.conn.as_mut() {
+            if c.ping().is_err() {
+                self.conn = None;
+            }
+        }
+        self.ensure_open()
+    }
+
     /// Ends the connection that holds a just-prepared branch and waits, on a new one,
     /// until the server has dropped the old one from its process list, which it does
     /// after detaching the branch: from then on any connection can finish it. On an

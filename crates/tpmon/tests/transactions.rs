@@ -486,6 +486,102 @@ fn a_transaction_a_service_began_itself_neither_enlists_its_database_nor_stays_o
     assert_eq!(rows(&mut db), 2);
 }
 
+/// A group on database `kind` at `url` whose server offers SQL; the database is
+/// restarted by `restart` after a first statement: a non-transactional service then
+/// fails at most once, and works on a new session after that. `count` reads `t`'s rows.
+fn restart_outside_transactions(
+    tag: &str,
+    kind: &str,
+    url: &str,
+    restart: impl FnOnce(),
+    count: impl Fn() -> i64,
+) {
+    let cfg = Config::new()
+        .section(&format!(
+            "[[group]]\nname = \"gm\"\n[group.rm]\nkind = \"{kind}\"\nopen = {}\n",
+            support::toml_string(url)
+        ))
+        .server("sm", &["group = \"gm\""])
+        .services("sm", &["SQL"]);
+    let d = Domain::boot(tag, &cfg);
+    let mut c = d.client();
+    let sql = |c: &mut Client, text: &str| c.call("SQL", &s(text), Flags::NONE);
+    assert_eq!(
+        support::text(&sql(&mut c, "INSERT INTO t VALUES (1)").expect("SQL")),
+        "ok"
+    );
+    restart();
+    // The instance's session died with the server: the first statement may fail
+    // (TPFAIL from the routine), the next one runs on a new session.
+    if let Err(e) = sql(&mut c, "INSERT INTO t VALUES (2)") {
+        assert_eq!(e.kind, ErrorKind::SvcFail, "{e:?}");
+        sql(&mut c, "INSERT INTO t VALUES (2)").expect("SQL after the failure");
+    }
+    sql(&mut c, "INSERT INTO t VALUES (3)").expect("SQL again");
+    assert_eq!(count(), 3);
+}
+
+/// After a MariaDB restart a non-transactional service fails at most once: the failure
+/// makes the instance check its connection (a ping) and replace the broken one.
+#[test]
+fn a_mariadb_session_broken_by_a_restart_is_replaced_outside_transactions() {
+    use tpmon_xa::drivers::mysql::{self, prelude::Queryable};
+    let mut maria = tpmon_testdb::MariaServer::start().unwrap_or_else(|e| panic!("{e}"));
+    maria
+        .create_database("restart")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = maria.url("restart");
+    let conn = || mysql::Conn::new(mysql::Opts::from_url(&url).expect("url")).expect("connect");
+    conn()
+        .query_drop("CREATE TABLE t (id int PRIMARY KEY) ENGINE=InnoDB")
+        .expect("table");
+    restart_outside_transactions(
+        "maria-restart",
+        "mariadb",
+        &url,
+        || {
+            maria.stop();
+            maria.start_again().unwrap_or_else(|e| panic!("{e}"));
+        },
+        || {
+            conn()
+                .query_first("SELECT COUNT(*) FROM t")
+                .expect("count")
+                .unwrap_or(-1)
+        },
+    );
+}
+
+/// The same with PostgreSQL, whose driver notices the closed session at the failed
+/// statement.
+#[test]
+fn a_postgres_session_broken_by_a_restart_is_replaced_outside_transactions() {
+    use tpmon_xa::drivers::postgres;
+    let mut pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("restart")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.url("restart");
+    let conn = || postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    conn()
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .expect("table");
+    restart_outside_transactions(
+        "pg-restart",
+        "postgres",
+        &url,
+        || {
+            pg.stop();
+            pg.start_again().unwrap_or_else(|e| panic!("{e}"));
+        },
+        || {
+            conn()
+                .query_one("SELECT count(*) FROM t", &[])
+                .expect("count")
+                .get(0)
+        },
+    );
+}
+
 fn nothing_left_in(d: &Domain, dirs: &[&Path]) {
     support::wait_until(
         "no branch stays prepared and the log is empty",
