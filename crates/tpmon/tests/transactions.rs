@@ -486,6 +486,66 @@ fn a_transaction_a_service_began_itself_neither_enlists_its_database_nor_stays_o
     assert_eq!(rows(&mut db), 2);
 }
 
+/// End to end over PostgreSQL: a service that commits the branch's database
+/// transaction itself fails its call and the global transaction rolls back, with a
+/// message saying why; normal and read-only branches commit.
+#[test]
+fn a_service_that_commits_its_postgres_branch_itself_fails_the_transaction() {
+    use tpmon_xa::drivers::postgres;
+    let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("ended").unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.url("ended");
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .expect("table");
+    let cfg = Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
+        .section(&format!(
+            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"postgres\"\nopen = {}\n",
+            support::toml_string(&url)
+        ))
+        .server("sp", &["group = \"gp\""])
+        .services("sp", &["SQL"]);
+    let d = Domain::boot("tx-pg-ended", &cfg);
+    let mut c = d.client();
+    let has = |db: &mut postgres::Client, id: i32| -> bool {
+        db.query_one("SELECT count(*) FROM t WHERE id = $1", &[&id])
+            .expect("count")
+            .get::<_, i64>(0)
+            == 1
+    };
+
+    c.tx_begin().expect("begin");
+    let e = c
+        .call("SQL", &s("INSERT INTO t VALUES (1); COMMIT"), Flags::NONE)
+        .expect_err("a service that committed its branch");
+    assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
+    assert!(
+        e.detail
+            .contains("committed or rolled back the database transaction itself")
+            && e.detail.contains("not part of the global transaction"),
+        "{e:?}"
+    );
+    assert!(matches!(c.tx_commit(), Err(TxError::RolledBack(_))));
+    assert!(has(&mut db, 1), "what the service committed itself stays");
+    support::wait_until("the instance logged it", LONG, || {
+        d.log().contains("failed to prepare")
+    });
+
+    // Normal and read-only branches commit.
+    c.tx_begin().expect("begin");
+    c.call("SQL", &s("INSERT INTO t VALUES (2)"), Flags::NONE)
+        .expect("SQL");
+    c.call("SQL", &s("SELECT 1"), Flags::NONE).expect("SQL");
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
+    assert!(has(&mut db, 2));
+    let prepared: i64 = db
+        .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+        .expect("prepared")
+        .get(0);
+    assert_eq!(prepared, 0);
+}
+
 /// A group on database `kind` at `url` whose server offers SQL; the database is
 /// restarted by `restart` after a first statement: a non-transactional service then
 /// fails at most once, and works on a new session after that. `count` reads `t`'s rows.
