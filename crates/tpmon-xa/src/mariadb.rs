@@ -382,7 +382,11 @@ mod tests {
 
     #[test]
     fn older_mariadb_mysql_and_garbage_are_refused_naming_the_version() {
-        for v in ["10.4.32-MariaDB", "5.5.5-10.3.39-MariaDB-0+deb10u1", "5.5.68-MariaDB"] {
+        for v in [
+            "10.4.32-MariaDB",
+            "5.5.5-10.3.39-MariaDB-0+deb10u1",
+            "5.5.68-MariaDB",
+        ] {
             let e = supported_version(v).expect_err(v);
             assert!(e.contains("too old") && e.contains(v), "{v}: {e}");
         }

@@ -252,16 +252,26 @@ fn pg_a_branch_the_service_ended_itself_fails_to_prepare() {
     let x3 = xid(p, 3);
     a.begin(&x3).expect("begin");
     pg_insert(&mut a, 30).expect("insert");
-    a.client().expect("session").batch_execute("COMMIT").expect("COMMIT");
+    a.client()
+        .expect("session")
+        .batch_execute("COMMIT")
+        .expect("COMMIT");
     pg_insert(&mut a, 31).expect("insert");
     assert_ended_by_service(&mut a, &x3, p);
-    assert!(pg_has(&mut b, 30) && pg_has(&mut b, 31), "what PostgreSQL did");
+    assert!(
+        pg_has(&mut b, 30) && pg_has(&mut b, 31),
+        "what PostgreSQL did"
+    );
 
     // The driver's own transaction: its BEGIN only warns, its commit ends the branch.
     let x4 = xid(p, 4);
     a.begin(&x4).expect("begin");
     {
-        let mut t = a.client().expect("session").transaction().expect("transaction");
+        let mut t = a
+            .client()
+            .expect("session")
+            .transaction()
+            .expect("transaction");
         t.execute("INSERT INTO t VALUES (40)", &[]).expect("insert");
         t.commit().expect("commit");
     }

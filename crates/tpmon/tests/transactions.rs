@@ -387,23 +387,33 @@ fn an_automatic_transaction_group_survives_a_failed_branch_start_and_chained_con
     std::fs::write(f.a.join("script"), "begin fail 1\n").expect("script");
     let e = c.call("ECHO", &s("first"), Flags::NONE).expect_err("ECHO");
     assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
-    assert!(e.detail.contains("cannot start the transaction branch"), "{e:?}");
+    assert!(
+        e.detail.contains("cannot start the transaction branch"),
+        "{e:?}"
+    );
     // The database is fine again: the next automatic transactions work.
     for n in 0..3 {
-        let r = c.call("ECHO", &s("next"), Flags::NONE).expect("ECHO after the failed begin");
+        let r = c
+            .call("ECHO", &s("next"), Flags::NONE)
+            .expect("ECHO after the failed begin");
         assert_eq!(support::text(&r), "next", "{n}");
     }
     assert_eq!(calls(&f.a, "commit", Some("ok")), 3);
     // A routine that sets chained control: the runtime still ends its automatic
     // transaction unchained, so the next request begins its own.
     c.call("CHAINED", &s("c"), Flags::NONE).expect("CHAINED");
-    let r = c.call("ECHO", &s("after"), Flags::NONE).expect("ECHO after CHAINED");
+    let r = c
+        .call("ECHO", &s("after"), Flags::NONE)
+        .expect("ECHO after CHAINED");
     assert_eq!(support::text(&r), "after");
     assert_eq!(calls(&f.a, "commit", Some("ok")), 5);
     assert_eq!(calls(&f.a, "begin", Some("fail")), 1);
     nothing_left_in(&d, &[&f.a]);
     let log = d.log();
-    assert!(!log.contains("still open"), "no transaction was left over:\n{log}");
+    assert!(
+        !log.contains("still open"),
+        "no transaction was left over:\n{log}"
+    );
 }
 
 /// A service outside any transaction, in a group with a database, that begins a
@@ -416,11 +426,9 @@ fn a_transaction_a_service_began_itself_neither_enlists_its_database_nor_stays_o
     pg.create_database("selftx")
         .unwrap_or_else(|e| panic!("{e}"));
     let url = pg.url("selftx");
-    let mut db = tpmon_xa::drivers::postgres::Client::connect(
-        &url,
-        tpmon_xa::drivers::postgres::NoTls,
-    )
-    .expect("connect");
+    let mut db =
+        tpmon_xa::drivers::postgres::Client::connect(&url, tpmon_xa::drivers::postgres::NoTls)
+            .expect("connect");
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .expect("table");
     let cfg = Config::new()
@@ -470,7 +478,8 @@ fn a_transaction_a_service_began_itself_neither_enlists_its_database_nor_stays_o
         .expect_err("SELFTX leave-open");
     assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
     assert!(
-        e.detail.contains("began itself was still open; rolled back"),
+        e.detail
+            .contains("began itself was still open; rolled back"),
         "{e:?}"
     );
     support::wait_until("ECHO's branch is rolled back", LONG, || {
@@ -493,7 +502,8 @@ fn a_transaction_a_service_began_itself_neither_enlists_its_database_nor_stays_o
 fn a_service_that_commits_its_postgres_branch_itself_fails_the_transaction() {
     use tpmon_xa::drivers::postgres;
     let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
-    pg.create_database("ended").unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("ended")
+        .unwrap_or_else(|e| panic!("{e}"));
     let url = pg.url("ended");
     let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")

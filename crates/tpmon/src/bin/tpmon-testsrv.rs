@@ -30,7 +30,9 @@ fn run_sql(ctx: &mut Context, sql: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .query_drop(sql)
             .map_err(|e| e.to_string()),
-        other => Err(format!("SQL needs a PostgreSQL or MariaDB group, not {other:?}")),
+        other => Err(format!(
+            "SQL needs a PostgreSQL or MariaDB group, not {other:?}"
+        )),
     }
 }
 
@@ -153,7 +155,10 @@ fn main() -> ExitCode {
                     Buffer::string(format!("{said}; rollback: {end:?}")),
                 );
             }
-            match ctx.client().call("ECHO", &Buffer::string("in"), Flags::NONE) {
+            match ctx
+                .client()
+                .call("ECHO", &Buffer::string("in"), Flags::NONE)
+            {
                 Ok(_) => tpreturn(Outcome::Success, 0, Buffer::string("left open")),
                 Err(e) => tpreturn(Outcome::Fail, 2, Buffer::string(e.to_string())),
             }
