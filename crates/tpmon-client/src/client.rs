@@ -272,6 +272,12 @@ impl Client {
         }
     }
 
+    /// True when this context is the current transaction's originator (it may end
+    /// it); false outside a transaction.
+    pub fn is_originator(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.originator)
+    }
+
     /// The context that calls in the current transaction carry.
     pub fn current_context(&self) -> Option<TxContext> {
         self.txn.as_ref().map(|t| t.context())

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tpmon_client::{from_wire, to_wire, Client};
+use tpmon_client::{from_wire, to_wire, Client, Committed, TxControl, TxError};
 use tpmon_ipc::{monotonic_us, BusyRequest, CallOutcome, Endpoint, IpcError, Spin, StatusTable};
 use tpmon_proto::{
     encode_frame, Branch, ControlMessage, ErrorKind, Flags, FrameDecoder, Message, Reply,
@@ -225,6 +225,8 @@ impl Instance {
             args: args.clone(),
             slot: slot as u32,
             rm,
+            in_branch: false,
+            suspect_session: false,
         };
         // Every service the configuration gives this server must have a routine.
         let missing: Vec<&str> = welcome
@@ -389,6 +391,11 @@ impl Instance {
             },
         );
         let (reply, stat, exit) = self.run_routine(&req, service);
+        if stat != CallOutcome::Success {
+            // The failure may come from a broken database session (see
+            // `Context::mariadb`); the next use outside a branch checks it.
+            self.ctx.suspect_session = true;
+        }
         if let Some(reply) = reply {
             self.send_reply(&req, reply);
         }
@@ -627,9 +634,69 @@ impl Instance {
         Ok(())
     }
 
+    /// Ends a transaction this instance's context began (an automatic transaction, a
+    /// leftover): as its originator, and unchained whatever the routine set with
+    /// `tx_set_control`, so that no new transaction begins with the end. The routine's
+    /// setting is kept for its own transactions.
+    fn end_own_transaction(&mut self, commit: bool) -> Result<Committed, TxError> {
+        let client = &mut self.ctx.client;
+        client.set_originator(true);
+        let control = client.tx_info().control;
+        client.tx_set_control(TxControl::Unchained);
+        let r = if commit {
+            client.tx_commit()
+        } else {
+            client.tx_rollback().map(|()| Committed::Done)
+        };
+        client.tx_set_control(control);
+        // The end takes the transaction whatever its outcome; never keep one.
+        client.take_transaction();
+        r
+    }
+
+    /// True when the gtrid is of a transaction this instance's context began (its
+    /// origin is this context's client id, in this node's current boot).
+    fn began_here(&self, gtrid: &str) -> bool {
+        let w = self.ctx.client.welcome();
+        tpmon_proto::Gtrid::parse(gtrid.as_bytes()).is_some_and(|g| {
+            g.domain == w.domain
+                && g.node == w.node
+                && g.epoch == w.epoch
+                && g.origin == (w.client_id.0 & 0xFFFF_FFFF) as u32
+        })
+    }
+
+    /// Clears a transaction left on the instance's context by an earlier request (a
+    /// bug: the runtime ends every transaction before replying), so that it cannot
+    /// make every later request fail: rolled back if this instance began it, else
+    /// left.
+    fn clear_leftover_transaction(&mut self) {
+        let Some(gtrid) = self.ctx.client.current_gtrid() else {
+            return;
+        };
+        if self.ctx.client.is_originator() || self.began_here(&gtrid) {
+            let r = self.end_own_transaction(false);
+            self.log(&format!(
+                "transaction {gtrid} was still open on this instance's context before a \
+                 new request; rolled back ({})",
+                match r {
+                    Ok(_) => "done".to_string(),
+                    Err(e) => e.to_string(),
+                }
+            ));
+        } else {
+            self.ctx.client.take_transaction();
+            self.log(&format!(
+                "transaction {gtrid} was still joined on this instance's context before a \
+                 new request; left"
+            ));
+        }
+    }
+
     /// Joins the request's transaction (or begins one for an automatic-transaction
     /// group) and starts this instance's branch in the resource manager.
     fn enter_transaction(&mut self, req: &Request) -> Result<TxRole, Box<Reply>> {
+        self.clear_leftover_transaction();
         let auto = self.auto_transaction && req.tx.is_none() && !req.flags.contains(Flags::NOTRAN);
         if let Some(tx) = &req.tx {
             if let Err(why) = self.check_transaction(tx) {
@@ -669,7 +736,9 @@ impl Instance {
             let _ = rm.rollback_active(&xid);
             self.log(&why);
             if auto {
-                let _ = self.ctx.client.tx_rollback();
+                // Before the routine the context is not the originator: end it as one,
+                // or it stays attached and every later automatic transaction fails.
+                let _ = self.end_own_transaction(false);
             } else {
                 self.ctx.client.take_transaction();
             }
@@ -682,6 +751,7 @@ impl Instance {
             }];
             return Err(Box::new(reply));
         }
+        self.ctx.in_branch = true;
         Ok(if auto {
             TxRole::Auto { own: xid }
         } else {
@@ -694,6 +764,7 @@ impl Instance {
     /// rolls back the whole. Returns why the transaction work failed (when the
     /// routine succeeded but it did not) and the branches to report to the caller.
     fn leave_transaction(&mut self, role: TxRole, success: bool) -> (Option<String>, Vec<Branch>) {
+        self.ctx.in_branch = false;
         let own = match &role {
             TxRole::None => None,
             TxRole::Join { own } => own.clone(),
@@ -701,6 +772,7 @@ impl Instance {
         };
         let mut failure = None;
         let mut own_branch = None;
+        let mut prepare_failed = None;
         if let (Some(xid), Some(rm)) = (own, self.ctx.rm.as_mut()) {
             let doomed = self.ctx.client.transaction_doomed();
             if success && !doomed {
@@ -717,6 +789,9 @@ impl Instance {
                     }
                     Err(e) => {
                         let _ = rm.rollback_active(&xid);
+                        // Logged too: the reason may concern the operator (a service
+                        // that committed its work outside the global transaction).
+                        prepare_failed = Some(format!("branch {xid} failed to prepare: {e}"));
                         failure = Some(format!("the branch failed to prepare: {e}"));
                         own_branch = Some(Branch {
                             group: self.group,
@@ -736,10 +811,31 @@ impl Instance {
                 });
             }
         }
+        if let Some(why) = prepare_failed {
+            self.log(&why);
+        }
         match role {
             TxRole::None => {
-                self.ctx.client.take_transaction();
-                (None, Vec::new())
+                // A transaction the routine began itself and did not end: its branches
+                // would wait for the deadline, and the routine's caller would never
+                // learn that its work was not committed.
+                let Some(gtrid) = self.ctx.client.current_gtrid() else {
+                    return (None, Vec::new());
+                };
+                if !self.ctx.client.is_originator() {
+                    self.ctx.client.take_transaction();
+                    return (None, Vec::new());
+                }
+                let outcome = match self.end_own_transaction(false) {
+                    Ok(_) => "rolled back".to_string(),
+                    Err(e) => format!("its rollback failed: {e}"),
+                };
+                let why = format!(
+                    "the service returned while the transaction {gtrid} it began itself \
+                     was still open; {outcome}"
+                );
+                self.log(&why);
+                (Some(why), Vec::new())
             }
             TxRole::Join { .. } => {
                 let mut branches = self
@@ -764,16 +860,15 @@ impl Instance {
                 (failure, branches)
             }
             TxRole::Auto { .. } => {
-                self.ctx.client.set_originator(true);
                 if let Some(b) = own_branch {
                     self.ctx.client.join_branch(b);
                 }
                 if success && failure.is_none() {
-                    if let Err(e) = self.ctx.client.tx_commit() {
+                    if let Err(e) = self.end_own_transaction(true) {
                         failure = Some(format!("the automatic transaction did not commit: {e}"));
                     }
                 } else {
-                    let _ = self.ctx.client.tx_rollback();
+                    let _ = self.end_own_transaction(false);
                 }
                 (failure, Vec::new())
             }

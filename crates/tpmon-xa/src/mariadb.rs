@@ -1,7 +1,15 @@
-//! MariaDB / MySQL: a branch is an XA transaction `XA START` … `XA END`, `XA PREPARE`
+//! MariaDB: a branch is an XA transaction `XA START` … `XA END`, `XA PREPARE`
 //! under (gtrid, bqual, format id); `XA COMMIT` / `XA ROLLBACK` finish it from any
 //! connection (MariaDB 10.5+ keeps prepared XA transactions across disconnects);
 //! `XA RECOVER` lists what is in doubt.
+//!
+//! The server's version is checked on the session's first connection
+//! (`SELECT @@version`, once per [`MariaRm`]): MariaDB before 10.5 rolls a prepared XA
+//! branch back when its connection closes, which this adapter does after every
+//! `XA PREPARE`, so every branch would be lost silently; such a server, and MySQL (whose
+//! handling of prepared branches across disconnects this adapter was not verified on),
+//! are refused as [`XaError::Unavailable`] with the version found: a configuration
+//! error, but never one the transaction manager may take for a branch's refusal.
 //!
 //! A prepared XA transaction stays attached to the connection that prepared it until
 //! that connection ends: meanwhile `XA COMMIT` from another connection answers
@@ -40,6 +48,49 @@ pub struct MariaRm {
     /// A branch is active on `conn`: a lost connection must not be replaced until it
     /// ends, or the routine's next statements would commit on their own.
     in_branch: bool,
+    /// The server's version was checked (on the first connection).
+    version_checked: bool,
+}
+
+/// The oldest MariaDB that keeps a prepared XA branch when its connection closes.
+pub const MARIADB_MIN: (u16, u16, u16) = (10, 5, 0);
+
+/// Checks a server's `@@version` text: MariaDB [`MARIADB_MIN`] or later is accepted
+/// (and its version returned); an older MariaDB, MySQL or anything unrecognised is
+/// refused with a message naming the version found.
+pub fn supported_version(version: &str) -> Result<(u16, u16, u16), String> {
+    let v = version.trim();
+    if !v.to_ascii_lowercase().contains("mariadb") {
+        return Err(format!(
+            "the database server reports version {v:?}, which is not MariaDB: tpmon's \
+             XA adapter supports MariaDB 10.5 or later only (it closes the connection \
+             after XA PREPARE, and keeping the prepared branch across that is not \
+             verified on MySQL)"
+        ));
+    }
+    // Old servers and proxies prefix "5.5.5-" for old clients.
+    let bare = v.strip_prefix("5.5.5-").unwrap_or(v);
+    let mut parts = bare
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|p| p.parse::<u16>());
+    let parsed = match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b)), Some(Ok(c))) => (a, b, c),
+        _ => {
+            return Err(format!(
+                "cannot read the MariaDB version from {v:?}: tpmon needs MariaDB 10.5 or later"
+            ))
+        }
+    };
+    if parsed < MARIADB_MIN {
+        return Err(format!(
+            "MariaDB {}.{}.{} ({v:?}) is too old: tpmon needs MariaDB 10.5 or later, because \
+             older versions roll back a prepared XA branch when its connection closes, \
+             which tpmon does after every XA PREPARE (every branch would be lost)",
+            parsed.0, parsed.1, parsed.2
+        ));
+    }
+    Ok(parsed)
 }
 
 impl std::fmt::Debug for MariaRm {
@@ -92,6 +143,7 @@ impl MariaRm {
             open: open.to_string(),
             conn: None,
             in_branch: false,
+            version_checked: false,
         };
         rm.ensure_open()?;
         Ok(rm)
@@ -108,6 +160,25 @@ impl MariaRm {
         self.conn
             .as_mut()
             .ok_or_else(|| XaError::Unavailable("not connected".into()))
+    }
+
+    /// Replaces the connection if it broke, outside a branch: pings it (one round
+    /// trip) and reconnects when the ping fails. The driver does not reconnect by
+    /// itself and a failed statement of the service's does not reach this adapter, so
+    /// without it a connection lost to a database restart would fail every
+    /// non-transactional statement for good. Callers use it when a failure suggests
+    /// the connection may be broken, not on every call. Inside a branch it does
+    /// nothing: the branch's connection is never replaced.
+    pub fn check_connection(&mut self) -> Result<(), XaError> {
+        if self.in_branch {
+            return Ok(());
+        }
+        if let Some(c) = self.conn.as_mut() {
+            if c.ping().is_err() {
+                self.conn = None;
+            }
+        }
+        self.ensure_open()
     }
 
     /// Ends the connection that holds a just-prepared branch and waits, on a new one,
@@ -273,13 +344,58 @@ impl Rm for MariaRm {
         }
         let opts = Opts::from_url(&self.open)
             .map_err(|e| XaError::Protocol(format!("bad MariaDB URL: {e}")))?;
-        let c = Conn::new(opts)
+        let mut c = Conn::new(opts)
             .map_err(|e| XaError::Unavailable(format!("cannot connect to MariaDB: {e}")))?;
+        if !self.version_checked {
+            // Once per session: the connections after it (one per prepared branch)
+            // cost no extra round trip.
+            let version: Option<String> = c.query_first("SELECT @@version").map_err(classify)?;
+            supported_version(version.as_deref().unwrap_or_default())
+                .map_err(XaError::Unavailable)?;
+            self.version_checked = true;
+        }
         self.conn = Some(c);
         Ok(())
     }
 
     fn as_any(&mut self) -> &mut dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_10_5_on_are_accepted() {
+        for (v, want) in [
+            ("10.11.6-MariaDB-0+deb12u1", (10, 11, 6)),
+            ("10.5.0-MariaDB", (10, 5, 0)),
+            ("5.5.5-10.6.18-MariaDB-log", (10, 6, 18)),
+            ("11.4.2-MariaDB", (11, 4, 2)),
+            (" 10.5.27-MariaDB-ubu2004 ", (10, 5, 27)),
+        ] {
+            assert_eq!(supported_version(v), Ok(want), "{v}");
+        }
+    }
+
+    #[test]
+    fn older_mariadb_mysql_and_garbage_are_refused_naming_the_version() {
+        for v in [
+            "10.4.32-MariaDB",
+            "5.5.5-10.3.39-MariaDB-0+deb10u1",
+            "5.5.68-MariaDB",
+        ] {
+            let e = supported_version(v).expect_err(v);
+            assert!(e.contains("too old") && e.contains(v), "{v}: {e}");
+        }
+        for v in ["8.0.36", "8.4.0-commercial", "5.7.44-log"] {
+            let e = supported_version(v).expect_err(v);
+            assert!(e.contains("not MariaDB") && e.contains(v), "{v}: {e}");
+        }
+        for v in ["MariaDB", "x.y-MariaDB", ""] {
+            assert!(supported_version(v).is_err(), "{v:?}");
+        }
     }
 }

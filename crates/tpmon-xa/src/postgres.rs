@@ -7,6 +7,13 @@
 //! branch is ended ([`Rm::prepare`] or [`Rm::rollback_active`]), [`PgRm::client`]
 //! then refuses to hand out a new session, whose statements would run in autocommit,
 //! outside the global transaction.
+//!
+//! The branch is marked at its begin (`SET LOCAL tpmon.branch = 'gid'`, in the same
+//! round trip as `BEGIN`), and the prepare checks the mark in the same round trip as
+//! `PREPARE TRANSACTION`. A service that ended the database transaction itself
+//! (`COMMIT`, `ROLLBACK`, `postgres::Client::transaction()` and its commit) took the
+//! mark with it: its committed work is outside the global transaction, and the
+//! prepare fails instead of reading the branch as read-only.
 
 use std::any::Any;
 
@@ -61,8 +68,57 @@ pub fn classify(e: postgres::Error) -> XaError {
 }
 
 /// Quotes a gid as a SQL string literal (gids are tpmon's own text, but quote anyway).
+/// A backslash makes it an escape string (`E'…'`, backslashes doubled), which reads the
+/// same whatever `standard_conforming_strings` is.
 pub fn literal(gid: &str) -> String {
-    format!("'{}'", gid.replace('\'', "''"))
+    let quoted = gid.replace('\'', "''");
+    if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+/// The session setting that marks the active branch (`SET LOCAL`, so it ends with the
+/// database transaction).
+const BRANCH_MARK: &str = "tpmon.branch";
+
+/// A setting that does not exist: reading it is how the prepare's statement fails when
+/// the branch's mark is missing. Its name is in PostgreSQL's error message, by which
+/// [`PgRm::prepare`] recognises the failure.
+const MARK_MISSING: &str = "tpmon.branch_ended_by_the_service";
+
+/// Why a branch whose mark is gone cannot prepare.
+pub const ENDED_BY_SERVICE: &str = "the service committed or rolled back the database \
+    transaction itself inside a global transaction (COMMIT, ROLLBACK or \
+    postgres::Client::transaction() on the branch's session): work it committed that way \
+    is not part of the global transaction and stays committed whatever the transaction's \
+    outcome; the branch is rolled back and votes failed";
+
+/// The statements that begin the branch of `gid` and mark it, for one round trip.
+fn begin_sql(gid: &str) -> String {
+    format!("BEGIN; SET LOCAL {BRANCH_MARK} = {}", literal(gid))
+}
+
+/// The statements that check the mark, tell whether the branch wrote anything and
+/// prepare it, for one round trip. The `SELECT` fails, and the rest is not run, when
+/// the transaction is aborted ("current transaction is aborted") and when the mark is
+/// not this branch's: the `ELSE` reads a setting that does not exist. `current_setting`
+/// is stable, not immutable, so the planner does not evaluate it ahead of the `CASE`.
+fn prepare_sql(gid: &str) -> String {
+    let gid = literal(gid);
+    format!(
+        "SELECT CASE WHEN current_setting('{BRANCH_MARK}', true) = {gid} \
+         THEN txid_current_if_assigned() IS NULL \
+         ELSE current_setting('{MARK_MISSING}')::boolean END; \
+         PREPARE TRANSACTION {gid}"
+    )
+}
+
+/// True when the error is the prepare's missing-mark failure.
+fn is_mark_missing(e: &postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.message().contains(MARK_MISSING))
 }
 
 impl PgRm {
@@ -118,9 +174,9 @@ impl Rm for PgRm {
         RmKind::Postgres
     }
 
-    fn begin(&mut self, _xid: &Xid) -> Result<(), XaError> {
+    fn begin(&mut self, xid: &Xid) -> Result<(), XaError> {
         self.branch_session = None;
-        self.exec("BEGIN")?;
+        self.exec(&begin_sql(&xid.gid()))?;
         self.branch_session = Some(self.session);
         Ok(())
     }
@@ -132,12 +188,20 @@ impl Rm for PgRm {
         // round trip, and a failed branch never reads as prepared. The SELECT also
         // tells whether the branch wrote anything (a transaction id is assigned at the
         // first write): a read-only branch is committed here at once and votes
-        // read-only, so phase 2 skips it. It runs on the branch's own session only
+        // read-only, so phase 2 skips it. The SELECT checks the branch's mark too: a
+        // service that committed or rolled back the database transaction itself took it
+        // with it, and the prepare fails. It runs on the branch's own session only
         // (`client` refuses a replacement session).
         let gid = literal(&xid.gid());
-        let sql = format!("SELECT txid_current_if_assigned() IS NULL; PREPARE TRANSACTION {gid}");
+        let sql = prepare_sql(&xid.gid());
         let r = match self.client() {
-            Ok(c) => c.simple_query(&sql).map_err(classify),
+            Ok(c) => c.simple_query(&sql).map_err(|e| {
+                if is_mark_missing(&e) {
+                    XaError::Failed(ENDED_BY_SERVICE.into())
+                } else {
+                    classify(e)
+                }
+            }),
             Err(e) => Err(e),
         };
         self.branch_session = None;

@@ -212,6 +212,117 @@ fn pg_prepared_branch_survives_a_crash() {
     assert!(pg_has(&mut b, 3));
 }
 
+/// The prepare of `x` fails as a branch whose service ended the database transaction
+/// itself, and leaves nothing prepared.
+fn assert_ended_by_service(rm: &mut PgRm, x: &Xid, p: &str) {
+    match rm.prepare(x) {
+        Err(XaError::Failed(why)) => assert!(
+            why.contains("committed or rolled back the database transaction itself")
+                && why.contains("not part of the global transaction"),
+            "{why}"
+        ),
+        other => panic!("a branch ended by the service must fail to prepare: {other:?}"),
+    }
+    assert_eq!(rm.recover(p), Ok(vec![]), "nothing stays prepared");
+}
+
+#[test]
+fn pg_a_branch_the_service_ended_itself_fails_to_prepare() {
+    let (_server, url) = pg_start();
+    let p = "tpmtest:pg5:";
+    let (mut a, mut b) = (pg(&url), pg(&url));
+
+    // The normal path: marked at begin, prepared.
+    let x1 = xid(p, 1);
+    a.begin(&x1).expect("begin");
+    pg_insert(&mut a, 1).expect("insert");
+    assert_eq!(a.prepare(&x1), Ok(Vote::Prepared));
+    assert_eq!(b.commit(&x1), Ok(()));
+    assert!(pg_has(&mut b, 1));
+
+    // A branch that only read votes read-only and holds nothing.
+    let x2 = xid(p, 2);
+    a.begin(&x2).expect("begin");
+    assert!(pg_has(&mut a, 1));
+    assert_eq!(a.prepare(&x2), Ok(Vote::ReadOnly));
+    assert_eq!(b.recover(p), Ok(vec![]));
+
+    // COMMIT inside the branch: the work before it is committed for good, the work
+    // after it autocommits, and the prepare fails instead of voting read-only.
+    let x3 = xid(p, 3);
+    a.begin(&x3).expect("begin");
+    pg_insert(&mut a, 30).expect("insert");
+    a.client()
+        .expect("session")
+        .batch_execute("COMMIT")
+        .expect("COMMIT");
+    pg_insert(&mut a, 31).expect("insert");
+    assert_ended_by_service(&mut a, &x3, p);
+    assert!(
+        pg_has(&mut b, 30) && pg_has(&mut b, 31),
+        "what PostgreSQL did"
+    );
+
+    // The driver's own transaction: its BEGIN only warns, its commit ends the branch.
+    let x4 = xid(p, 4);
+    a.begin(&x4).expect("begin");
+    {
+        let mut t = a
+            .client()
+            .expect("session")
+            .transaction()
+            .expect("transaction");
+        t.execute("INSERT INTO t VALUES (40)", &[]).expect("insert");
+        t.commit().expect("commit");
+    }
+    assert_ended_by_service(&mut a, &x4, p);
+
+    // ROLLBACK, then a transaction of the service's own: it is rolled back, not
+    // prepared.
+    let x5 = xid(p, 5);
+    a.begin(&x5).expect("begin");
+    pg_insert(&mut a, 50).expect("insert");
+    a.client()
+        .expect("session")
+        .batch_execute("ROLLBACK; BEGIN; INSERT INTO t VALUES (51)")
+        .expect("ROLLBACK; BEGIN");
+    assert_ended_by_service(&mut a, &x5, p);
+    assert!(!pg_has(&mut b, 50) && !pg_has(&mut b, 51));
+
+    // The session serves the next branch normally, and an aborted branch still fails
+    // as before.
+    let x6 = xid(p, 6);
+    a.begin(&x6).expect("begin");
+    pg_insert(&mut a, 60).expect("insert");
+    assert_eq!(a.prepare(&x6), Ok(Vote::Prepared));
+    assert_eq!(b.rollback(&x6), Ok(()));
+    let x7 = xid(p, 7);
+    a.begin(&x7).expect("begin");
+    assert!(pg_insert(&mut a, 1).is_err(), "duplicate key");
+    match a.prepare(&x7) {
+        Err(XaError::Failed(why)) => assert!(why.contains("aborted"), "{why}"),
+        other => panic!("an aborted branch must fail to prepare: {other:?}"),
+    }
+    assert_eq!(b.recover(p), Ok(vec![]));
+    assert!(!pg_has(&mut b, 60));
+}
+
+/// Gids are quoted safely at begin and prepare: a quote or a backslash in the bqual
+/// neither breaks the statements nor the mark's check.
+#[test]
+fn pg_odd_gids_are_quoted() {
+    let (_server, url) = pg_start();
+    let (mut a, mut b) = (pg(&url), pg(&url));
+    for (n, bqual) in [(1, "o'q"), (2, "back\\slash'")] {
+        let x = Xid::new(format!("tpmtest:pg6:{n}"), bqual);
+        a.begin(&x).expect("begin");
+        pg_insert(&mut a, n).expect("insert");
+        assert_eq!(a.prepare(&x), Ok(Vote::Prepared), "{bqual}");
+        assert_eq!(b.commit(&x), Ok(()), "{bqual}");
+        assert!(pg_has(&mut b, n));
+    }
+}
+
 // ------------------------------------------------------------------- MariaDB
 
 /// A server with database `xa` holding the table `t (id int primary key, v int)`.

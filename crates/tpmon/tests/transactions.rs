@@ -370,6 +370,288 @@ fn a_group_with_automatic_transactions_runs_each_call_in_its_own() {
     nothing_left_in(&d, &[&f.a]);
 }
 
+#[test]
+fn an_automatic_transaction_group_survives_a_failed_branch_start_and_chained_control() {
+    let f = fakes("tx-auto-fail");
+    let cfg = Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
+        .section(&format!(
+            "[[group]]\nname = \"ga\"\nauto_transaction = true\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
+            support::toml_string(&f.a.display().to_string())
+        ))
+        .server("sa", &["group = \"ga\""])
+        .services("sa", &["ECHO", "CHAINED"]);
+    let d = Domain::boot("tx-auto-fail", &cfg);
+    let mut c = d.client();
+    // The database refuses the first branch (a refusal: no retry on a new session).
+    std::fs::write(f.a.join("script"), "begin fail 1\n").expect("script");
+    let e = c.call("ECHO", &s("first"), Flags::NONE).expect_err("ECHO");
+    assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
+    assert!(
+        e.detail.contains("cannot start the transaction branch"),
+        "{e:?}"
+    );
+    // The database is fine again: the next automatic transactions work.
+    for n in 0..3 {
+        let r = c
+            .call("ECHO", &s("next"), Flags::NONE)
+            .expect("ECHO after the failed begin");
+        assert_eq!(support::text(&r), "next", "{n}");
+    }
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 3);
+    // A routine that sets chained control: the runtime still ends its automatic
+    // transaction unchained, so the next request begins its own.
+    c.call("CHAINED", &s("c"), Flags::NONE).expect("CHAINED");
+    let r = c
+        .call("ECHO", &s("after"), Flags::NONE)
+        .expect("ECHO after CHAINED");
+    assert_eq!(support::text(&r), "after");
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 5);
+    assert_eq!(calls(&f.a, "begin", Some("fail")), 1);
+    nothing_left_in(&d, &[&f.a]);
+    let log = d.log();
+    assert!(
+        !log.contains("still open"),
+        "no transaction was left over:\n{log}"
+    );
+}
+
+/// A service outside any transaction, in a group with a database, that begins a
+/// transaction itself: its database is not enlisted, so the session is refused in it;
+/// and a transaction it leaves open is rolled back and its caller told.
+#[test]
+fn a_transaction_a_service_began_itself_neither_enlists_its_database_nor_stays_open() {
+    let f = fakes("tx-selftx");
+    let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("selftx")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.url("selftx");
+    let mut db =
+        tpmon_xa::drivers::postgres::Client::connect(&url, tpmon_xa::drivers::postgres::NoTls)
+            .expect("connect");
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .expect("table");
+    let cfg = Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
+        .section(&format!(
+            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"postgres\"\nopen = {}\n",
+            support::toml_string(&url)
+        ))
+        .section(&format!(
+            "[[group]]\nname = \"gb\"\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
+            support::toml_string(&f.b.display().to_string())
+        ))
+        .server("sp", &["group = \"gp\""])
+        .server("sb", &["group = \"gb\""])
+        .services("sp", &["SELFTX", "SQL"])
+        .services("sb", &["ECHO"]);
+    let d = Domain::boot("tx-selftx", &cfg);
+    let mut c = d.client();
+    let rows = |db: &mut tpmon_xa::drivers::postgres::Client| -> i64 {
+        db.query_one("SELECT count(*) FROM t", &[])
+            .expect("count")
+            .get(0)
+    };
+
+    // The routine's tx_begin: its own database is refused inside, nothing is written.
+    let r = c
+        .call("SELFTX", &s("use-db INSERT INTO t VALUES (1)"), Flags::NONE)
+        .expect("SELFTX use-db");
+    let said = support::text(&r);
+    assert!(
+        said.contains("not supported yet")
+            && said.contains("cannot enlist its own database")
+            && said.ends_with("rollback: Ok(())"),
+        "{said}"
+    );
+    assert_eq!(rows(&mut db), 0, "nothing autocommitted");
+    // Outside a transaction the same routine's database works.
+    let r = c
+        .call("SQL", &s("INSERT INTO t VALUES (2)"), Flags::NONE)
+        .expect("SQL");
+    assert_eq!(support::text(&r), "ok");
+    assert_eq!(rows(&mut db), 1);
+
+    // A transaction the routine leaves open: rolled back, and the caller is told.
+    let e = c
+        .call("SELFTX", &s("leave-open"), Flags::NONE)
+        .expect_err("SELFTX leave-open");
+    assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
+    assert!(
+        e.detail
+            .contains("began itself was still open; rolled back"),
+        "{e:?}"
+    );
+    support::wait_until("ECHO's branch is rolled back", LONG, || {
+        calls(&f.b, "rollback", Some("ok")) == 1
+    });
+    assert_eq!(calls(&f.b, "commit", None), 0);
+    nothing_left_in(&d, &[&f.b]);
+    // The instance serves on.
+    let r = c
+        .call("SQL", &s("INSERT INTO t VALUES (3)"), Flags::NONE)
+        .expect("SQL after");
+    assert_eq!(support::text(&r), "ok");
+    assert_eq!(rows(&mut db), 2);
+}
+
+/// End to end over PostgreSQL: a service that commits the branch's database
+/// transaction itself fails its call and the global transaction rolls back, with a
+/// message saying why; normal and read-only branches commit.
+#[test]
+fn a_service_that_commits_its_postgres_branch_itself_fails_the_transaction() {
+    use tpmon_xa::drivers::postgres;
+    let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("ended")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.url("ended");
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .expect("table");
+    let cfg = Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
+        .section(&format!(
+            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"postgres\"\nopen = {}\n",
+            support::toml_string(&url)
+        ))
+        .server("sp", &["group = \"gp\""])
+        .services("sp", &["SQL"]);
+    let d = Domain::boot("tx-pg-ended", &cfg);
+    let mut c = d.client();
+    let has = |db: &mut postgres::Client, id: i32| -> bool {
+        db.query_one("SELECT count(*) FROM t WHERE id = $1", &[&id])
+            .expect("count")
+            .get::<_, i64>(0)
+            == 1
+    };
+
+    c.tx_begin().expect("begin");
+    let e = c
+        .call("SQL", &s("INSERT INTO t VALUES (1); COMMIT"), Flags::NONE)
+        .expect_err("a service that committed its branch");
+    assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
+    assert!(
+        e.detail
+            .contains("committed or rolled back the database transaction itself")
+            && e.detail.contains("not part of the global transaction"),
+        "{e:?}"
+    );
+    assert!(matches!(c.tx_commit(), Err(TxError::RolledBack(_))));
+    assert!(has(&mut db, 1), "what the service committed itself stays");
+    support::wait_until("the instance logged it", LONG, || {
+        d.log().contains("failed to prepare")
+    });
+
+    // Normal and read-only branches commit.
+    c.tx_begin().expect("begin");
+    c.call("SQL", &s("INSERT INTO t VALUES (2)"), Flags::NONE)
+        .expect("SQL");
+    c.call("SQL", &s("SELECT 1"), Flags::NONE).expect("SQL");
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
+    assert!(has(&mut db, 2));
+    let prepared: i64 = db
+        .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+        .expect("prepared")
+        .get(0);
+    assert_eq!(prepared, 0);
+}
+
+/// A group on database `kind` at `url` whose server offers SQL; the database is
+/// restarted by `restart` after a first statement: a non-transactional service then
+/// fails at most once, and works on a new session after that. `count` reads `t`'s rows.
+fn restart_outside_transactions(
+    tag: &str,
+    kind: &str,
+    url: &str,
+    restart: impl FnOnce(),
+    count: impl Fn() -> i64,
+) {
+    let cfg = Config::new()
+        .section(&format!(
+            "[[group]]\nname = \"gm\"\n[group.rm]\nkind = \"{kind}\"\nopen = {}\n",
+            support::toml_string(url)
+        ))
+        .server("sm", &["group = \"gm\""])
+        .services("sm", &["SQL"]);
+    let d = Domain::boot(tag, &cfg);
+    let mut c = d.client();
+    let sql = |c: &mut Client, text: &str| c.call("SQL", &s(text), Flags::NONE);
+    assert_eq!(
+        support::text(&sql(&mut c, "INSERT INTO t VALUES (1)").expect("SQL")),
+        "ok"
+    );
+    restart();
+    // The instance's session died with the server: the first statement may fail
+    // (TPFAIL from the routine), the next one runs on a new session.
+    if let Err(e) = sql(&mut c, "INSERT INTO t VALUES (2)") {
+        assert_eq!(e.kind, ErrorKind::SvcFail, "{e:?}");
+        sql(&mut c, "INSERT INTO t VALUES (2)").expect("SQL after the failure");
+    }
+    sql(&mut c, "INSERT INTO t VALUES (3)").expect("SQL again");
+    assert_eq!(count(), 3);
+}
+
+/// After a MariaDB restart a non-transactional service fails at most once: the failure
+/// makes the instance check its connection (a ping) and replace the broken one.
+#[test]
+fn a_mariadb_session_broken_by_a_restart_is_replaced_outside_transactions() {
+    use tpmon_xa::drivers::mysql::{self, prelude::Queryable};
+    let mut maria = tpmon_testdb::MariaServer::start().unwrap_or_else(|e| panic!("{e}"));
+    maria
+        .create_database("restart")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = maria.url("restart");
+    let conn = || mysql::Conn::new(mysql::Opts::from_url(&url).expect("url")).expect("connect");
+    conn()
+        .query_drop("CREATE TABLE t (id int PRIMARY KEY) ENGINE=InnoDB")
+        .expect("table");
+    restart_outside_transactions(
+        "maria-restart",
+        "mariadb",
+        &url,
+        || {
+            maria.stop();
+            maria.start_again().unwrap_or_else(|e| panic!("{e}"));
+        },
+        || {
+            conn()
+                .query_first("SELECT COUNT(*) FROM t")
+                .expect("count")
+                .unwrap_or(-1)
+        },
+    );
+}
+
+/// The same with PostgreSQL, whose driver notices the closed session at the failed
+/// statement.
+#[test]
+fn a_postgres_session_broken_by_a_restart_is_replaced_outside_transactions() {
+    use tpmon_xa::drivers::postgres;
+    let mut pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("restart")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.url("restart");
+    let conn = || postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    conn()
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .expect("table");
+    restart_outside_transactions(
+        "pg-restart",
+        "postgres",
+        &url,
+        || {
+            pg.stop();
+            pg.start_again().unwrap_or_else(|e| panic!("{e}"));
+        },
+        || {
+            conn()
+                .query_one("SELECT count(*) FROM t", &[])
+                .expect("count")
+                .get(0)
+        },
+    );
+}
+
 fn nothing_left_in(d: &Domain, dirs: &[&Path]) {
     support::wait_until(
         "no branch stays prepared and the log is empty",

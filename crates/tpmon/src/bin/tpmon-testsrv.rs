@@ -4,13 +4,36 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tpmon_server::{tpforward, tpreturn, Buffer, Flags, Outcome, Server};
+use tpmon_client::TxControl;
+use tpmon_config::RmKind;
+use tpmon_server::{tpforward, tpreturn, Buffer, Context, Flags, Outcome, Server};
+use tpmon_xa::drivers::mysql::prelude::Queryable;
 
 fn text(b: &Option<Buffer>) -> String {
     b.as_ref()
         .and_then(|b| b.as_str())
         .unwrap_or_default()
         .to_string()
+}
+
+/// Runs `sql` on the group's database (PostgreSQL or MariaDB) through the context.
+fn run_sql(ctx: &mut Context, sql: &str) -> Result<(), String> {
+    let kind = ctx.resource_manager().map(|rm| rm.kind());
+    match kind {
+        Some(RmKind::Postgres) => ctx
+            .postgres()
+            .map_err(|e| e.to_string())?
+            .batch_execute(sql)
+            .map_err(|e| e.to_string()),
+        Some(RmKind::Mariadb) => ctx
+            .mariadb()
+            .map_err(|e| e.to_string())?
+            .query_drop(sql)
+            .map_err(|e| e.to_string()),
+        other => Err(format!(
+            "SQL needs a PostgreSQL or MariaDB group, not {other:?}"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -101,6 +124,45 @@ fn main() -> ExitCode {
             }
         })
         .service("FWD", |_ctx, req| tpforward("ECHO", req.buffer))
+        // Runs the request's text as SQL on the group's database: TPSUCCESS, or TPFAIL
+        // with the error.
+        .service("SQL", |ctx, req| match run_sql(ctx, &text(&req.buffer)) {
+            Ok(()) => tpreturn(Outcome::Success, 0, Buffer::string("ok")),
+            Err(e) => tpreturn(Outcome::Fail, 1, Buffer::string(e)),
+        })
+        // Sets chained transaction control on the instance's context and succeeds.
+        .service("CHAINED", |ctx, req| {
+            ctx.client().tx_set_control(TxControl::Chained);
+            tpreturn(Outcome::Success, 0, req.buffer)
+        })
+        // Begins a transaction of its own. "use-db SQL": runs SQL in it and ends it
+        // (replies with what running the SQL said); "leave-open": calls ECHO in it and
+        // returns without ending it.
+        .service("SELFTX", |ctx, req| {
+            let arg = text(&req.buffer);
+            if let Err(e) = ctx.client().tx_begin() {
+                return tpreturn(Outcome::Fail, 1, Buffer::string(e.to_string()));
+            }
+            if let Some(sql) = arg.strip_prefix("use-db ") {
+                let said = match run_sql(ctx, sql) {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => e,
+                };
+                let end = ctx.client().tx_rollback();
+                return tpreturn(
+                    Outcome::Success,
+                    0,
+                    Buffer::string(format!("{said}; rollback: {end:?}")),
+                );
+            }
+            match ctx
+                .client()
+                .call("ECHO", &Buffer::string("in"), Flags::NONE)
+            {
+                Ok(_) => tpreturn(Outcome::Success, 0, Buffer::string("left open")),
+                Err(e) => tpreturn(Outcome::Fail, 2, Buffer::string(e.to_string())),
+            }
+        })
         .service("FWDNONE", |_ctx, req| tpforward("NOSUCH", req.buffer))
         .run()
 }
