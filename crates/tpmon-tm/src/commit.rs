@@ -175,46 +175,35 @@ impl Tm {
         }
         // A test holds an end here while another end of the same gtrid goes ahead.
         failpoint::hit("tm.end_checked");
-        if let Some(bad) = req
-            .branches
-            .iter()
-            .find(|b| b.vote == Vote::Prepared && !usable_bqual(&b.bqual))
-        {
-            // No server makes such a branch, and a decision naming it could never be
-            // carried out (PostgreSQL cannot even be sent a NUL): logged, it would stay
-            // in the log for good.
-            if let Some(answer) = self.claim_rollback(&text, &req, g.deadline_s) {
-                return answer;
-            }
-            self.roll_back(&text, &req.branches, g.deadline_s).await;
-            return done(
-                &req.gtrid,
-                TxOutcome::Refused,
-                format!(
+        // A prepared branch that cannot be committed here: no server makes a qualifier
+        // no resource manager can hold, and a decision naming one could never be
+        // carried out (PostgreSQL cannot even be sent a NUL), so logged, it would stay
+        // in the log for good; a group without a resource manager has nothing to
+        // commit with. What can be is rolled back, and the answer says why.
+        let impossible = req.branches.iter().find_map(|b| {
+            if b.vote != Vote::Prepared {
+                None
+            } else if !usable_bqual(&b.bqual) {
+                Some(format!(
                     "branch of group #{} has a qualifier no resource manager can hold \
                      (not UTF-8 text, a control character, or '|')",
-                    bad.group
-                ),
-            );
-        }
-        if let Some(unknown) = req.branches.iter().find(|b| {
-            b.vote == Vote::Prepared
-                && self.pool(b.group).is_none()
-                && self.remote_node(b.group).is_none()
-        }) {
-            // Roll back what can be, and say why the rest cannot.
+                    b.group
+                ))
+            } else if self.pool(b.group).is_none() && self.remote_node(b.group).is_none() {
+                Some(format!(
+                    "branch of group #{} which has no resource manager",
+                    b.group
+                ))
+            } else {
+                None
+            }
+        });
+        if let Some(why) = impossible {
             if let Some(answer) = self.claim_rollback(&text, &req, g.deadline_s) {
                 return answer;
             }
             self.roll_back(&text, &req.branches, g.deadline_s).await;
-            return done(
-                &req.gtrid,
-                TxOutcome::Refused,
-                format!(
-                    "branch of group #{} which has no resource manager",
-                    unknown.group
-                ),
-            );
+            return done(&req.gtrid, TxOutcome::Refused, why);
         }
         let failed = req.branches.iter().any(|b| b.vote == Vote::Failed);
         let why_not = if !req.commit {

@@ -36,6 +36,20 @@ fn session_pids(url: &str) -> Vec<(i32, String)> {
     .collect()
 }
 
+/// A private PostgreSQL server with database `tm` holding table `t`, and its URL.
+fn server_with_table() -> (PgServer, String) {
+    let server = PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server
+        .create_database("tm")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = server.url("tm");
+    postgres::Client::connect(&url, postgres::NoTls)
+        .expect("connect")
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .expect("table");
+    (server, url)
+}
+
 fn prepare(url: &str, xid: &Xid) {
     let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect");
     c.batch_execute(&format!(
@@ -48,15 +62,7 @@ fn prepare(url: &str, xid: &Xid) {
 
 #[test]
 fn blocking_commits_respect_pool_max_and_close_safely_inside_a_runtime() {
-    let server = PgServer::start().unwrap_or_else(|e| panic!("{e}"));
-    server
-        .create_database("tm")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = server.url("tm");
-    postgres::Client::connect(&url, postgres::NoTls)
-        .expect("connect")
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .expect("table");
+    let (_server, url) = server_with_table();
     let mut res = XaResource::new(RmKind::Postgres, url.clone());
     res.pool_max = 1;
     let pool = Arc::new(Pool::new(res));
@@ -147,15 +153,7 @@ impl Drop for Resume {
 
 #[test]
 fn a_stopped_database_server_holds_a_blocking_commit_only_until_its_deadline() {
-    let server = PgServer::start().unwrap_or_else(|e| panic!("{e}"));
-    server
-        .create_database("tm")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = server.url("tm");
-    postgres::Client::connect(&url, postgres::NoTls)
-        .expect("connect")
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .expect("table");
+    let (_server, url) = server_with_table();
     let limit = Duration::from_secs(2);
     let pool = Arc::new(
         Pool::new(XaResource::new(RmKind::Postgres, url.clone())).with_call_timeout(limit),

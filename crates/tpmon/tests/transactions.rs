@@ -57,6 +57,11 @@ fn calls(dir: &Path, op: &str, result: Option<&str>) -> usize {
     FakeRm::count_calls(dir, op, result)
 }
 
+/// Rollbacks of any result on both fake RMs.
+fn rollbacks(f: &Fakes) -> usize {
+    calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None)
+}
+
 fn tx_list(d: &Domain) -> serde_json::Value {
     let run = tpmon([
         "tx",
@@ -103,10 +108,7 @@ fn commit_spans_two_groups_with_nested_calls_and_forwards() {
     assert_eq!(calls(&f.a, "commit", Some("ok")), 4);
     assert_eq!(calls(&f.b, "prepare", Some("ok")), 4);
     assert_eq!(calls(&f.b, "commit", Some("ok")), 4);
-    assert_eq!(
-        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
-        0
-    );
+    assert_eq!(rollbacks(&f), 0);
 }
 
 #[test]
@@ -205,10 +207,7 @@ fn scripted_rm_failures_have_exact_call_counts() {
     assert_eq!(calls(&f.b, "commit", Some("rmfail")), 2);
     assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
     assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
-    assert_eq!(
-        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
-        0
-    );
+    assert_eq!(rollbacks(&f), 0);
 }
 
 #[test]
@@ -254,10 +253,7 @@ fn kill_9_after_the_decision_is_durable_commits_after_reboot() {
     nothing_left(&d, &f);
     assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
     assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
-    assert_eq!(
-        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
-        0
-    );
+    assert_eq!(rollbacks(&f), 0);
 }
 
 #[test]
@@ -1039,20 +1035,14 @@ fn a_rollback_never_runs_beside_a_commit_under_way() {
     let answer = read_tx_done(&mut tm);
     assert_eq!(answer.outcome, TxOutcome::Refused, "{answer:?}");
     assert!(answer.detail.contains("being ended"), "{answer:?}");
-    assert_eq!(
-        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
-        0
-    );
+    assert_eq!(rollbacks(&f), 0);
     std::fs::remove_file(&deciding).expect("release the commit");
     let (_c, r) = committer.join().expect("committer");
     assert!(r.is_ok(), "{r:?}");
     nothing_left(&d, &f);
     assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
     assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
-    assert_eq!(
-        calls(&f.a, "rollback", None) + calls(&f.b, "rollback", None),
-        0
-    );
+    assert_eq!(rollbacks(&f), 0);
 }
 
 #[test]
