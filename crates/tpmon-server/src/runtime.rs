@@ -407,6 +407,9 @@ impl Instance {
         exit
     }
 
+    /// An error reply to `req`. It carries the branches the request brought (a
+    /// forward's prepared branches): the originator must learn of them whatever
+    /// happens here, or they would wait for recovery's rollback at the deadline.
     fn error_reply(req: &Request, kind: ErrorKind, detail: String) -> Reply {
         Reply {
             call_id: req.call_id,
@@ -414,7 +417,11 @@ impl Instance {
             urcode: 0,
             buffer: None,
             detail,
-            branches: Vec::new(),
+            branches: req
+                .tx
+                .as_ref()
+                .map(|t| t.branches.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -743,12 +750,12 @@ impl Instance {
                 self.ctx.client.take_transaction();
             }
             let mut reply = Self::error_reply(req, ErrorKind::SvcErr, why);
-            reply.branches = vec![Branch {
+            reply.branches.push(Branch {
                 group: self.group,
                 bqual: xid.bqual.into_bytes(),
                 vote: Vote::Failed,
                 cpn: 0,
-            }];
+            });
             return Err(Box::new(reply));
         }
         self.ctx.in_branch = true;
@@ -879,7 +886,8 @@ impl Instance {
         if req.flags.contains(Flags::NOREPLY) || req.reply_to.is_empty() {
             return;
         }
-        let mut body = Message::Reply(reply).encode();
+        let msg = Message::Reply(reply);
+        let mut body = msg.encode();
         let max = self.welcome.message_bytes_max as usize;
         if max > 0 && body.len() > max {
             let detail = format!(
@@ -888,7 +896,12 @@ impl Instance {
                 body.len()
             );
             self.log(&detail);
-            body = Message::Reply(Self::error_reply(req, ErrorKind::SvcErr, detail)).encode();
+            let mut short = Self::error_reply(req, ErrorKind::SvcErr, detail);
+            if let Message::Reply(r) = msg {
+                // The branches this call made, so that the originator rolls them back.
+                short.branches = r.branches;
+            }
+            body = Message::Reply(short).encode();
         }
         let give_up = Instant::now() + REPLY_SEND_PATIENCE;
         loop {

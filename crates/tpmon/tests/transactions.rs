@@ -1089,3 +1089,40 @@ fn a_commit_naming_an_impossible_branch_is_refused_and_logs_nothing() {
     assert_eq!(calls(&f.a, "rollback", Some("ok")), 1);
     drop(c);
 }
+
+#[test]
+fn a_forward_refused_by_its_target_still_reports_the_forwarded_branch() {
+    let f = fakes("tx-fwd-refused");
+    // ECHO accepts only FIELD buffers, so FWD's STRING is refused where it is forwarded
+    // to; recovery sweeps only once a minute, so what rolls FWD's branch back at once
+    // can only be the originator's rollback, which must know of it.
+    let cfg = Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 60000\n")
+        .section(&format!(
+            "[[group]]\nname = \"ga\"\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
+            support::toml_string(&f.a.display().to_string())
+        ))
+        .section(&format!(
+            "[[group]]\nname = \"gb\"\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
+            support::toml_string(&f.b.display().to_string())
+        ))
+        .server("sa", &["group = \"ga\""])
+        .server("sb", &["group = \"gb\""])
+        .services("sa", &["FWD"])
+        .service("ECHO", "sb", &["buffer_types = [\"FIELD\"]"]);
+    let d = Domain::boot("tx-fwd-refused", &cfg);
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    let e = c
+        .call("FWD", &s("not a field buffer"), Flags::NONE)
+        .expect_err("the forward's target refuses the buffer");
+    assert_eq!(e.kind, ErrorKind::IType, "{e:?}");
+    assert_eq!(FakeRm::prepared(&f.a).len(), 1, "FWD prepared its branch");
+    let r = c.tx_commit();
+    assert!(matches!(r, Err(TxError::RolledBack(_))), "{r:?}");
+    assert!(
+        FakeRm::prepared(&f.a).is_empty(),
+        "the rollback knew FWD's branch and rolled it back at once"
+    );
+    assert_eq!(calls(&f.a, "rollback", Some("ok")), 1);
+}
