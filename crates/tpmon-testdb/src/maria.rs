@@ -148,6 +148,11 @@ impl MariaServer {
         self.spawn_and_wait()
     }
 
+    /// The server's process id while it runs (for tests that stop it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+
     /// True while the server process is alive.
     pub fn is_running(&mut self) -> bool {
         self.proc.as_mut().is_some_and(Proc::running)

@@ -28,6 +28,18 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// cannot hold phase 2 or recovery forever.
 pub const RM_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A session for the transaction manager: a MariaDB connection whose reads, writes
+/// and connects give up after `io_timeout` (the call's deadline), so that a call that
+/// missed its deadline frees its thread and place soon after, even against a server
+/// stopped outright; other kinds as any session.
+fn open_bounded(res: &XaResource, io_timeout: std::time::Duration) -> Result<Box<dyn Rm>, XaError> {
+    if res.kind == RmKind::Mariadb {
+        let rm = tpmon_xa::mariadb::MariaRm::connect_bounded(res.open.expose(), io_timeout)?;
+        return Ok(Box::new(rm));
+    }
+    tpmon_rm::open(res)
+}
+
 async fn bounded<T>(
     limit: std::time::Duration,
     call: impl std::future::Future<Output = Result<T, XaError>>,
@@ -444,11 +456,12 @@ impl Pool {
             .map_err(|_| XaError::Unavailable("the pool is closed".into()))?;
         let cached = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
         let res = self.res.clone();
+        let io_timeout = self.call_timeout;
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut rm = match cached {
                 Some(rm) => rm,
-                None => match tpmon_rm::open(&res) {
+                None => match open_bounded(&res, io_timeout) {
                     Ok(rm) => rm,
                     Err(e) => return (None, Err(e)),
                 },

@@ -57,3 +57,77 @@ fn calls_stuck_in_a_hung_driver_keep_their_places() {
     assert!(FakeRm::prepared(&dir).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sends `sig` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// Continues a stopped server however the test ends.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+#[test]
+fn a_stopped_mariadb_frees_the_thread_and_place_soon_after_the_deadline() {
+    use tpmon_xa::Rm;
+
+    let server = tpmon_testdb::MariaServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server
+        .create_database("tm")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = server.url("tm");
+    let mut rm = tpmon_xa::mariadb::MariaRm::connect(&url).expect("connect");
+    tpmon_xa::drivers::mysql::prelude::Queryable::query_drop(
+        rm.conn().expect("connection"),
+        "CREATE TABLE t (id int PRIMARY KEY) ENGINE=InnoDB",
+    )
+    .expect("table");
+    let x = Xid::new("d:n:1:1:1:9", "m");
+    rm.begin(&x).expect("begin");
+    tpmon_xa::drivers::mysql::prelude::Queryable::query_drop(
+        rm.conn().expect("connection"),
+        "INSERT INTO t VALUES (1)",
+    )
+    .expect("insert");
+    assert_eq!(rm.prepare(&x), Ok(tpmon_xa::Vote::Prepared));
+    drop(rm);
+
+    let mut res = XaResource::new(RmKind::Mariadb, url.clone());
+    res.pool_max = 1;
+    let limit = Duration::from_secs(1);
+    let pool = Arc::new(Pool::new(res).with_call_timeout(limit));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pid = server.pid().expect("running");
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    let r = rt.block_on(pool.commit(&x, Default::default()));
+    assert!(matches!(r, Err(XaError::Unavailable(_))), "{r:?}");
+    // The driver's own deadline ends the blocked call while the server is still
+    // stopped: the place comes back (without it, only when the server runs again).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pool.places_free() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the place is still held by a call blocked in the driver"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(resume);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match rt.block_on(pool.commit(&x, Default::default())) {
+            Ok(()) | Err(XaError::NotFound(_)) => break,
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+    }
+    assert_eq!(rt.block_on(pool.recover("d:")), Ok(vec![]));
+}

@@ -50,6 +50,10 @@ pub struct MariaRm {
     in_branch: bool,
     /// The server's version was checked (on the first connection).
     version_checked: bool,
+    /// A deadline for every read, write and connect of the connection, for sessions
+    /// that must give up on a database that stops answering (the transaction
+    /// manager's); `None` for servers, whose services may run long statements.
+    io_timeout: Option<std::time::Duration>,
 }
 
 /// The oldest MariaDB that keeps a prepared XA branch when its connection closes.
@@ -139,11 +143,30 @@ fn hex(b: &[u8]) -> String {
 impl MariaRm {
     /// Connects with a `mysql://user:pass@host:port/db` URL.
     pub fn connect(open: &str) -> Result<MariaRm, XaError> {
+        Self::connect_with(open, None)
+    }
+
+    /// [`MariaRm::connect`] whose connections give up on every read, write and connect
+    /// that takes longer than `io_timeout` (the connection then counts as broken and
+    /// the call as [`XaError::Unavailable`]): no call can hold its thread longer, even
+    /// against a server stopped outright.
+    pub fn connect_bounded(
+        open: &str,
+        io_timeout: std::time::Duration,
+    ) -> Result<MariaRm, XaError> {
+        Self::connect_with(open, Some(io_timeout))
+    }
+
+    fn connect_with(
+        open: &str,
+        io_timeout: Option<std::time::Duration>,
+    ) -> Result<MariaRm, XaError> {
         let mut rm = MariaRm {
             open: open.to_string(),
             conn: None,
             in_branch: false,
             version_checked: false,
+            io_timeout,
         };
         rm.ensure_open()?;
         Ok(rm)
@@ -342,8 +365,15 @@ impl Rm for MariaRm {
         if self.conn.is_some() {
             return Ok(());
         }
-        let opts = Opts::from_url(&self.open)
+        let mut opts = Opts::from_url(&self.open)
             .map_err(|e| XaError::Protocol(format!("bad MariaDB URL: {e}")))?;
+        if let Some(t) = self.io_timeout {
+            opts = mysql::OptsBuilder::from_opts(opts)
+                .read_timeout(Some(t))
+                .write_timeout(Some(t))
+                .tcp_connect_timeout(Some(t))
+                .into();
+        }
         let mut c = Conn::new(opts)
             .map_err(|e| XaError::Unavailable(format!("cannot connect to MariaDB: {e}")))?;
         if !self.version_checked {
