@@ -64,8 +64,20 @@ pub struct Inspection {
     pub in_doubt_branches: usize,
 }
 
-/// Reads the site in `dir`.
+/// Reads the site in `dir`. The site may be running: a checkpoint or log generation
+/// it retires between the listing and the read is gone when read, and the reading
+/// starts again (a few times) rather than fail.
 pub fn inspect(dir: &Path) -> Result<Inspection, RmError> {
+    let mut attempt = 0;
+    loop {
+        match inspect_once(dir) {
+            Err(RmError::Io { path, .. }) if attempt < 4 && !path.exists() => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+fn inspect_once(dir: &Path) -> Result<Inspection, RmError> {
     let ccps = checkpoints(dir)?;
     let Some(&n) = ccps.last() else {
         return Err(RmError::NoCheckpoint(0));
