@@ -558,10 +558,11 @@ impl Remote {
     /// Sends the reply of a call that `peer` sent here.
     pub fn respond(&self, peer: u32, link_call: u64, mut reply: Reply) {
         reply.call_id = link_call;
+        let msg = Message::Reply(reply);
         let frame = Frame {
             response: true,
             async_seq: link_call,
-            ..Frame::request(Item::Call, self.me, Message::Reply(reply).encode())
+            ..Frame::request(Item::Call, self.me, msg.encode())
         };
         // A congested link makes the reply wait for room rather than be lost.
         match self.mesh.send_or_wait(peer, frame, self.blocking_timeout) {
@@ -574,13 +575,18 @@ impl Remote {
                     size,
                     "a reply to another node exceeds the node links' packet limit; answered TPELIMIT"
                 );
-                let error = error_reply(
+                let mut error = error_reply(
                     link_call,
                     ErrorKind::Limit,
                     format!(
                         "the reply is {size} bytes with its frame; node links carry at most {max}"
                     ),
                 );
+                if let Message::Reply(r) = msg {
+                    // The branches the call made here, so that the originator's
+                    // rollback reaches them at once rather than at the deadline.
+                    error.branches = r.branches;
+                }
                 let frame = Frame {
                     response: true,
                     async_seq: link_call,
@@ -628,9 +634,18 @@ impl Remote {
             request,
         } = request;
         let noreply = request.flags.contains(Flags::NOREPLY);
+        // A refusal carries the branches the request brought (a forward's prepared
+        // branches), so that the originator's rollback reaches them at once.
+        let carried = request
+            .tx
+            .as_ref()
+            .map(|t| t.branches.clone())
+            .unwrap_or_default();
         let refuse = |kind, detail: String| {
             if !noreply {
-                self.respond(from, id, error_reply(id, kind, detail));
+                let mut reply = error_reply(id, kind, detail);
+                reply.branches = carried.clone();
+                self.respond(from, id, reply);
             }
         };
         if dom.is_stopping() {

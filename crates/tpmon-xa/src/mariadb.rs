@@ -379,7 +379,12 @@ impl Rm for MariaRm {
         if !self.version_checked {
             // Once per session: the connections after it (one per prepared branch)
             // cost no extra round trip.
-            let version: Option<String> = c.query_first("SELECT @@version").map_err(classify)?;
+            // Setting up the session: any error here is the database not giving one
+            // (unavailable), never a verdict on a branch, which `classify` could make
+            // of a server error (a commit would then read as refused).
+            let version: Option<String> = c.query_first("SELECT @@version").map_err(|e| {
+                XaError::Unavailable(format!("cannot read the server's version: {e}"))
+            })?;
             supported_version(version.as_deref().unwrap_or_default())
                 .map_err(XaError::Unavailable)?;
             self.version_checked = true;
