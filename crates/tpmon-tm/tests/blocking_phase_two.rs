@@ -3,6 +3,8 @@
 //! `pool_max`, which sessions stay open, closing them when the pool is dropped inside
 //! a runtime, and the deadline of a commit on a database server that has stopped.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,24 +135,6 @@ fn blocking_commits_respect_pool_max_and_close_safely_inside_a_runtime() {
     assert!(prepared(&url).is_empty());
 }
 
-/// Sends `sig` (`STOP`, `CONT`) to a process.
-fn signal(pid: i32, sig: &str) {
-    let st = std::process::Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success(), "kill -{sig} {pid}");
-}
-
-/// Continues a stopped backend however the test ends.
-struct Resume(i32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        signal(self.0, "CONT");
-    }
-}
-
 #[test]
 fn a_stopped_database_server_holds_a_blocking_commit_only_until_its_deadline() {
     let (_server, url) = server_with_table();
@@ -175,8 +159,7 @@ fn a_stopped_database_server_holds_a_blocking_commit_only_until_its_deadline() {
     // fires): the next commit gives up at its deadline instead of holding the thread.
     let b = Xid::new("d:n:1:1:2:9", "bb");
     prepare(&url, &b);
-    signal(backend, "STOP");
-    let resume = Resume(backend);
+    let resume = common::stop(u32::try_from(backend).expect("a pid"));
     let (tx, rx) = std::sync::mpsc::channel();
     let (p, h, x) = (pool.clone(), rt.handle().clone(), b.clone());
     std::thread::spawn(move || {

@@ -3,6 +3,8 @@
 //! the driver keep their places in the pool, so that the threads they hold stay
 //! bounded by `pool_max` however long the database hangs.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,24 +60,6 @@ fn calls_stuck_in_a_hung_driver_keep_their_places() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Sends `sig` (`STOP`, `CONT`) to a process.
-fn signal(pid: u32, sig: &str) {
-    let st = std::process::Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success(), "kill -{sig} {pid}");
-}
-
-/// Continues a stopped server however the test ends.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        signal(self.0, "CONT");
-    }
-}
-
 #[test]
 fn a_stopped_mariadb_frees_the_thread_and_place_soon_after_the_deadline() {
     use tpmon_xa::Rm;
@@ -107,8 +91,7 @@ fn a_stopped_mariadb_frees_the_thread_and_place_soon_after_the_deadline() {
     let pool = Arc::new(Pool::new(res).with_call_timeout(limit));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pid = server.pid().expect("running");
-    signal(pid, "STOP");
-    let resume = Resume(pid);
+    let resume = common::stop(pid);
     let r = rt.block_on(pool.commit(&x, Default::default()));
     assert!(matches!(r, Err(XaError::Unavailable(_))), "{r:?}");
     // The driver's own deadline ends the blocked call while the server is still
