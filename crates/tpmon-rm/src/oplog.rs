@@ -33,6 +33,25 @@ pub fn sync_dir(dir: &Path) -> Result<(), RmError> {
         .map_err(|e| RmError::io(dir, "cannot sync the directory", e))
 }
 
+/// Makes the path to a site's directory durable: its entry in its parent, and so on to
+/// the root (`create_dir_all` may have made several levels, the daemon others, none
+/// fsynced); else a power failure could take the site's files with their directory and
+/// the next boot would start the site empty. Ancestors this process may not open are
+/// left to whoever made them.
+pub fn sync_path(dir: &Path) -> Result<(), RmError> {
+    let abs = dir
+        .canonicalize()
+        .map_err(|e| RmError::io(dir, "cannot resolve the directory", e))?;
+    for (level, d) in abs.ancestors().enumerate() {
+        match File::open(d).and_then(|f| f.sync_all()) {
+            Ok(()) => {}
+            Err(e) if level >= 1 && e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            Err(e) => return Err(RmError::io(d, "cannot sync the directory", e)),
+        }
+    }
+    Ok(())
+}
+
 struct Inner {
     gen: u64,
     file: Arc<File>,

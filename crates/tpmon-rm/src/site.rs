@@ -315,6 +315,7 @@ impl Site {
         let started = Instant::now();
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| RmError::io(&cfg.dir, "cannot create the site directory", e))?;
+        crate::oplog::sync_path(&cfg.dir)?;
         let lock = lock_dir(&cfg.dir)?;
         // Leftovers of an interrupted checkpoint write.
         if let Ok(rd) = std::fs::read_dir(&cfg.dir) {

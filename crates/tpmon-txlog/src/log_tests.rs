@@ -797,6 +797,40 @@ fn case_header_foreign_older_segment_is_refused() {
 }
 
 #[test]
+fn case_older_segment_with_another_seq_in_its_header_is_refused() {
+    // Our own segment 1, copied to the name of segment 3 and then made the newest as
+    // segment 4: the file named 3 is ours by log id but says it is segment 1. It is
+    // refused, as the newest would be, rather than deleted as a stale segment.
+    let s = log_with(1);
+    let (log, _) = open_sim(&s).expect("open");
+    let entries: Vec<Entry> = log.iter().collect();
+    drop(log);
+    let first = s.file_bytes(&first_segment()).expect("bytes");
+    let ours = crate::segment::SegmentHeader::decode(&first).expect("header");
+    s.put_file(&segment_name(3), &first);
+    crate::segment::write_segment(
+        &s,
+        &crate::segment::SegmentHeader {
+            seq: 4,
+            first_lsn: 2,
+            ..ours
+        },
+        entries.iter(),
+    )
+    .expect("seg 4");
+    match open_sim(&s) {
+        Err(LogError::Corrupt {
+            case, offset, file, ..
+        }) => {
+            assert_eq!((case, offset), (Case::HeaderInvalid, 32));
+            assert!(file.ends_with(segment_name(3)), "{file:?}");
+        }
+        other => panic!("expected a refusal of segment 3, got {other:?}"),
+    }
+    assert!(s.file_bytes(&segment_name(3)).is_some(), "nothing deleted");
+}
+
+#[test]
 fn case_no_segment_is_refused() {
     assert_eq!(Case::NoSegment.decision(), Decision::Refuse);
     let s = SimStorage::new();

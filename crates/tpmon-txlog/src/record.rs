@@ -379,6 +379,11 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<Op, DecodeError> {
                 Some(TxState::from_code(state_code).ok_or_else(|| {
                     DecodeError::Malformed(format!("unknown transaction state {state_code}"))
                 })?)
+            } else if state_code != 0 {
+                // The writer puts 0 where the flag is clear; anything else is not ours.
+                return Err(DecodeError::Malformed(format!(
+                    "state byte {state_code} without the state flag (must be 0)"
+                )));
             } else {
                 None
             };
@@ -386,6 +391,10 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<Op, DecodeError> {
                 Some(Advice::from_code(advice_code).ok_or_else(|| {
                     DecodeError::Malformed(format!("unknown advice {advice_code}"))
                 })?)
+            } else if advice_code != 0 {
+                return Err(DecodeError::Malformed(format!(
+                    "advice byte {advice_code} without the advice flag (must be 0)"
+                )));
             } else {
                 None
             };
@@ -527,6 +536,20 @@ mod tests {
         assert!(matches!(
             decode_payload(&[KIND_REMOVE, 0, 0, 0, 0, 0]),
             Err(DecodeError::Malformed(_))
+        ));
+        // An update's state or advice byte set while its flag is clear.
+        let update = |flags, state, advice| {
+            decode_payload(&[KIND_UPDATE, 0, 0, 0, 0, 1, b'g', flags, state, advice])
+        };
+        assert!(update(FLAG_STATE, 1, 0).is_ok());
+        assert!(update(FLAG_ADVICE, 0, 1).is_ok());
+        assert!(matches!(
+            update(FLAG_STATE, 1, 2),
+            Err(DecodeError::Malformed(m)) if m.contains("advice byte 2")
+        ));
+        assert!(matches!(
+            update(FLAG_ADVICE, 3, 1),
+            Err(DecodeError::Malformed(m)) if m.contains("state byte 3")
         ));
     }
 

@@ -259,7 +259,18 @@ impl<S: Storage> Judge<'_, S> {
                 "the file is larger than memory can address",
             )
         })?;
-        let mut buf = vec![0u8; len];
+        // A size no segment of ours reaches (a damaged file system, a sparse file) must
+        // be a named refusal, not an aborted process.
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).map_err(|_| {
+            self.refuse(
+                name,
+                0,
+                Case::HeaderInvalid,
+                format!("the file's size ({len} bytes) cannot be held in memory"),
+            )
+        })?;
+        buf.resize(len, 0);
         file.read_at(0, &mut buf)
             .map_err(self.io(name, 0, "read"))?;
         Ok((file, buf))
@@ -350,9 +361,20 @@ pub(crate) fn recover<S: Storage>(
 
     // Older segments are deleted only if they are provably ours and superseded.
     let mut deletions = Vec::new();
-    for (_, old) in &segments {
+    for (old_seq, old) in &segments {
         let (len, head) = judge.read_head(old)?;
         let h = judge.header(old, &head)?;
+        if h.seq != *old_seq {
+            return Err(judge.refuse(
+                old,
+                32,
+                Case::HeaderInvalid,
+                format!(
+                    "the header names segment {} but the file name {old_seq}",
+                    h.seq
+                ),
+            ));
+        }
         if h.log_id != header.log_id || h.identity != header.identity {
             return Err(judge.refuse(
                 old,

@@ -64,14 +64,8 @@ impl FileStorage {
     /// it; fails with `WouldBlock` if another handle holds the lock.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<FileStorage> {
         let dir = dir.as_ref().to_path_buf();
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir)?;
-            // The new directory's own entry must be durable too, or a crash right after
-            // `create` could lose the whole log.
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                File::open(parent)?.sync_all()?;
-            }
-        }
+        std::fs::create_dir_all(&dir)?;
+        sync_path(&dir)?;
         let handle = File::open(&dir)?;
         // SAFETY: flock on a descriptor we own; no memory is passed.
         let rc = unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -85,6 +79,26 @@ impl FileStorage {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Makes the path to `dir` durable: `dir`'s entry in its parent, the parent's in its
+/// own, and so on to the root. `create_dir_all` may have made several levels at once,
+/// and an earlier step (the daemon's run directory) may have made others without an
+/// fsync; until each level's entry is on disk, a power failure can take the whole log
+/// with it, and the next boot would find no log and start an empty one. Directories
+/// this process may not open (an ancestor with search permission only) are left to
+/// whoever made them: nothing else can be done for them from here.
+fn sync_path(dir: &Path) -> io::Result<()> {
+    let dir = dir.canonicalize()?;
+    for (level, d) in dir.ancestors().enumerate() {
+        match File::open(d).and_then(|f| f.sync_all()) {
+            Ok(()) => {}
+            // The log's own directory is opened anyway; any other failure is real.
+            Err(e) if level >= 1 && e.kind() == io::ErrorKind::PermissionDenied => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Storage for FileStorage {
@@ -214,5 +228,14 @@ mod tests {
         assert!(FileStorage::new(dir.path()).is_err());
         drop(s);
         assert!(FileStorage::new(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn missing_levels_are_created() {
+        let dir = TestDir::new("storage-levels");
+        let deep = dir.path().join("a").join("b").join("log");
+        let s = FileStorage::new(&deep).expect("open a path three levels short");
+        assert!(deep.is_dir());
+        s.create_new("x").expect("usable");
     }
 }
