@@ -197,6 +197,11 @@ pub struct Tm {
     domain: String,
     node: String,
     epoch: u64,
+    /// The epoch this node's log began with. A branch of an earlier epoch that no
+    /// entry covers comes from a log this one replaced (lost, deleted, or `log_dir`
+    /// pointed elsewhere): its decision is unknown here, so it is never presumed
+    /// aborted, only shown for the operator to resolve.
+    pub(crate) first_epoch: u64,
     prefix: String,
     one_phase_commit: bool,
     recovery_interval: Duration,
@@ -226,10 +231,11 @@ pub struct Tm {
     /// In-doubt transactions resolved here with an outcome their coordinator pushed
     /// (RECOVER_INDOUBT_GLOBAL_TX).
     pub(crate) pushed_resolved: std::sync::atomic::AtomicU64,
-    /// Commit sequence number (GET_MAX_SCN): `epoch << 32` plus the commit decisions
-    /// logged since this boot. Durable at no cost: the epoch is (the log's epoch
-    /// record, advanced at every boot), so it never goes back across restarts; the
-    /// node with the highest one decided most recently.
+    /// Commit sequence number (GET_MAX_SCN): the log's boot count (`epoch -
+    /// first_epoch + 1`) `<< 32` plus the commit decisions logged since this boot.
+    /// Durable at no cost: the epoch is (the log's epoch record, advanced at every
+    /// boot), so it never goes back across restarts; the node with the highest one
+    /// decided most recently.
     pub(crate) scn: std::sync::atomic::AtomicU64,
 }
 
@@ -286,12 +292,18 @@ impl Tm {
                 });
             }
         };
-        let epoch = match log.get(EPOCH_KEY) {
-            Some(e) => decode_epoch(&e.data) + 1,
-            None => 1,
+        let (epoch, first_epoch) = match log.get(EPOCH_KEY) {
+            Some(e) => {
+                let (last, first) = decode_epoch(&e.data);
+                (last + 1, first)
+            }
+            None => {
+                let first = first_epoch_of_new_log();
+                (first, first)
+            }
         };
         let mut marker = Entry::new(EPOCH_KEY.to_vec(), TxState::Idle);
-        marker.data = epoch.to_be_bytes().to_vec();
+        marker.data = [epoch.to_be_bytes(), first_epoch.to_be_bytes()].concat();
         log.put(marker).map_err(log_err)?;
         let mut pools = Vec::with_capacity(cfg.groups.len());
         let mut rm_of_group = Vec::with_capacity(cfg.groups.len());
@@ -317,6 +329,7 @@ impl Tm {
             domain: cfg.domain.name.clone(),
             node: node.to_string(),
             epoch,
+            first_epoch,
             one_phase_commit: settings.one_phase_commit,
             recovery_interval: settings.recovery_interval,
             timeout_max: settings.timeout_max,
@@ -331,7 +344,9 @@ impl Tm {
             state: Mutex::new(State::default()),
             recovered: std::sync::atomic::AtomicBool::new(false),
             pushed_resolved: std::sync::atomic::AtomicU64::new(0),
-            scn: std::sync::atomic::AtomicU64::new(epoch << 32),
+            // The boots of this log, not the epoch itself, so that the counter of
+            // decisions keeps its 32 bits.
+            scn: std::sync::atomic::AtomicU64::new((epoch.saturating_sub(first_epoch) + 1) << 32),
         }))
     }
 
@@ -343,6 +358,11 @@ impl Tm {
     /// This boot's epoch (part of every gtrid begun here).
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The epoch the node's log began with ([`Tm::epoch`] at the log's first boot).
+    pub fn first_epoch(&self) -> u64 {
+        self.first_epoch
     }
 
     /// The prefix of every gtrid this node coordinates.
@@ -448,10 +468,26 @@ fn log_dir_state(dir: &Path) -> LogDir {
     }
 }
 
-fn decode_epoch(data: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    if data.len() == 8 {
-        b.copy_from_slice(data);
+/// The epoch entry's data: the last boot's epoch and the log's first epoch (logs
+/// written before the first epoch was kept hold the last epoch only; they began at 1).
+fn decode_epoch(data: &[u8]) -> (u64, u64) {
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        u64::from_be_bytes(w)
+    };
+    match data.len() {
+        16 => (word(&data[..8]), word(&data[8..])),
+        8 => (word(data), 1),
+        _ => (0, 1),
     }
-    u64::from_be_bytes(b)
+}
+
+/// The first epoch of a log created now: the seconds since the Unix epoch. A log that
+/// replaces a lost one then starts above every epoch the lost one used (unless that
+/// one booted more often than once a second on average), so its gtrids never repeat
+/// and recovery can tell the lost log's branches from its own (`first_epoch`). It
+/// stays below 2^32, which the gtrid's length bound assumes, until 2106.
+fn first_epoch_of_new_log() -> u64 {
+    (now_unix_ms() / 1000).max(1)
 }

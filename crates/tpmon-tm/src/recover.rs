@@ -9,6 +9,7 @@
 //! | COMMIT | any | | commit (unknown branch = already done) |
 //! | ROLLBACK | any | | roll back |
 //! | none | being decided now | | leave (the decision is in progress) |
+//! | none | before the log's first epoch | | leave, shown for the operator (the log that decided it was replaced) |
 //! | none | earlier epoch | | roll back (its originator died with that daemon) |
 //! | none | this epoch | rolled back here | roll back (a branch that prepared late) |
 //! | none | this epoch | deadline + grace passed | roll back (no commit can be decided) |
@@ -48,7 +49,12 @@ pub(crate) enum Action {
     Commit,
     RollBack,
     Leave,
+    /// Leave: older than this node's log, so no decision of it can be known here.
+    LeaveUnknown,
 }
+
+/// How `tpmon tx list` shows a branch recovery leaves because it is older than the log.
+pub(crate) const OLDER_THAN_LOG: &str = "in doubt: older than this node's log (resolve by hand)";
 
 /// At most this many subordinate entries are resolved at once by one recovery pass.
 const SUBORDINATE_DRIVES: usize = 32;
@@ -104,6 +110,9 @@ impl Tm {
             );
             return Action::Leave;
         };
+        if g.epoch < self.first_epoch {
+            return Action::LeaveUnknown;
+        }
         if g.epoch < self.epoch || st.rolled_back.contains_key(gtrid) {
             return Action::RollBack;
         }
@@ -387,7 +396,9 @@ impl Tm {
     }
 
     async fn sweep_rms(self: &Arc<Self>) {
-        let mut found: HashMap<String, Vec<(u16, String)>> = HashMap::new();
+        // Per gtrid left alone: how to show it, and its branches (group, bqual).
+        type Left = (&'static str, Vec<(u16, String)>);
+        let mut found: HashMap<String, Left> = HashMap::new();
         for (group, pool) in self.pools.iter().enumerate() {
             let Some(pool) = pool.clone() else { continue };
             if self.rm_of_group[group] != group {
@@ -432,10 +443,16 @@ impl Tm {
             let mut tasks = Vec::new();
             for xid in xids {
                 match self.presume(&xid) {
-                    Action::Leave => {
+                    leave @ (Action::Leave | Action::LeaveUnknown) => {
+                        let state = if leave == Action::LeaveUnknown {
+                            OLDER_THAN_LOG
+                        } else {
+                            "in flight"
+                        };
                         found
                             .entry(xid.gtrid.clone())
-                            .or_default()
+                            .or_insert_with(|| (state, Vec::new()))
+                            .1
                             .push((group as u16, xid.bqual.clone()));
                     }
                     action => {
@@ -473,22 +490,36 @@ impl Tm {
         let mut st = self.lock();
         let mut earlier: HashMap<String, SystemTime> = HashMap::new();
         st.tracked.retain(|g, t| {
-            if t.state == "in flight" {
+            if t.state == "in flight" || t.state == OLDER_THAN_LOG {
                 earlier.insert(g.clone(), t.since);
                 false
             } else {
                 true
             }
         });
-        for (gtrid, branches) in found {
+        for (gtrid, (state, branches)) in found {
             if st.tracked.contains_key(&gtrid) {
                 continue;
             }
-            let since = earlier.get(&gtrid).copied().unwrap_or_else(SystemTime::now);
+            let since = match earlier.get(&gtrid) {
+                Some(t) => *t,
+                None => {
+                    if state == OLDER_THAN_LOG {
+                        tracing::error!(
+                            gtrid,
+                            first_epoch = self.first_epoch,
+                            "a prepared branch older than this node's transaction log: the \
+                             log that decided it was lost or replaced, so it is left in doubt; \
+                             resolve it with `tpmon tx commit|rollback`"
+                        );
+                    }
+                    SystemTime::now()
+                }
+            };
             st.tracked.insert(
                 gtrid,
                 Tracked {
-                    state: "in flight",
+                    state,
                     since,
                     branches: branches.into_iter().map(|(g, b)| (g, b, false)).collect(),
                     retries: 0,

@@ -280,7 +280,12 @@ impl SubRequest {
         let gcpn = r.u64()?;
         let origin = r.u16()?;
         let n = r.u16()? as usize;
-        let mut branches = Vec::with_capacity(n.min(1024));
+        // No transaction has more branches than its log entry can hold; a request
+        // with more would only make this node start a task per branch for nothing.
+        if n > tpmon_txlog::BRANCHES_MAX {
+            return None;
+        }
+        let mut branches = Vec::with_capacity(n);
         for _ in 0..n {
             let g = r.u16()?;
             branches.push((g, r.bytes16()?));
@@ -561,6 +566,14 @@ impl Tm {
         }
         if st.deciding.contains(&text) {
             return SubAnswer::new(Status::Wait, "being decided");
+        }
+        if g.epoch < self.first_epoch {
+            // The log that knew its outcome was replaced: not presumed aborted.
+            return SubAnswer::new(
+                Status::Wait,
+                "older than the coordinator's log, which cannot know its outcome; \
+                 resolve it by hand",
+            );
         }
         let grace = DEADLINE_GRACE.as_millis() as u64;
         if g.epoch < self.epoch
@@ -1294,13 +1307,21 @@ mod tests {
             branches: vec![(2, b"2.1f.9".to_vec()), (0, Vec::new())],
         };
         let wire = req.encode();
-        assert_eq!(SubRequest::decode(&wire), Some(req));
+        assert_eq!(SubRequest::decode(&wire), Some(req.clone()));
         for n in 0..wire.len() {
             assert_eq!(SubRequest::decode(&wire[..n]), None, "cut at {n}");
         }
         let mut longer = wire.clone();
         longer.push(0);
         assert_eq!(SubRequest::decode(&longer), None);
+        // As many branches as a log entry holds, and one more.
+        let mut many = SubRequest {
+            branches: vec![(1, b"b".to_vec()); tpmon_txlog::BRANCHES_MAX],
+            ..req
+        };
+        assert_eq!(SubRequest::decode(&many.encode()), Some(many.clone()));
+        many.branches.push((1, b"c".to_vec()));
+        assert_eq!(SubRequest::decode(&many.encode()), None);
         let a = SubAnswer {
             status: Status::Commit,
             decision: Decision { gcpn: 7, origin: 1 },

@@ -210,7 +210,11 @@ impl Tm {
                 ));
             }
         } else {
-            if commit {
+            // Older than the log: the log that decided it is gone, and the operator
+            // decides (from the other databases' state) either way.
+            let older_than_log =
+                Gtrid::parse(gtrid.as_bytes()).is_some_and(|g| g.epoch < self.first_epoch);
+            if commit && !older_than_log {
                 return Err(format!(
                     "refused: the log holds no commit decision for {gtrid}, so it is \
                      presumed aborted (rolled back)"
@@ -232,11 +236,6 @@ impl Tm {
                 }
             }
             let branches = self.prepared_in_rms(gtrid).await?;
-            if branches.is_empty() {
-                return Err(format!(
-                    "no resource manager holds a prepared branch of {gtrid}"
-                ));
-            }
             if branches.is_empty() {
                 return Err(format!(
                     "no resource manager holds a prepared branch of {gtrid}"

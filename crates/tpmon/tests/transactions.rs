@@ -278,6 +278,79 @@ fn kill_9_before_the_decision_rolls_back_after_reboot() {
 }
 
 #[test]
+fn a_lost_log_never_presumes_abort() {
+    // A node whose log is lost (deleted here; a wrong `log_dir` is the same) boots
+    // with a new, empty log. The prepared branches of the lost log's transactions may
+    // belong to a commit that log had decided: recovery must not presume them aborted.
+    let f = fakes("tx-lostlog");
+    let cfg = config(&f.a, &f.b, &[]);
+    let mut d = Domain::boot_env(
+        "tx-lostlog",
+        &cfg,
+        &[("TPMON_FAILPOINTS", "tm.before_decision=kill")],
+    );
+    let mut c = d.client();
+    c.tx_set_timeout(Duration::from_secs(1)).expect("timeout");
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("lost"), Flags::NONE).expect("NESTED");
+    let gtrid = c.tx_info().xid.expect("xid");
+    assert!(c.tx_commit().is_err());
+    drop(c);
+    let pids = d
+        .try_status()
+        .map(|st| support::all_pids(&st))
+        .unwrap_or_default();
+    d.kill_all(&pids);
+    std::fs::remove_dir_all(d.run_dir.join("txlog")).expect("remove the log");
+    // A new log's first epoch is the second it is created in; the lost one's first
+    // epoch was the second of the first boot. Only a log lost and replaced within the
+    // same second (or one that booted more than once a second) could share epochs.
+    let lost_epoch = tpmon_proto::Gtrid::parse(gtrid.as_bytes())
+        .expect("a tpmon gtrid")
+        .epoch;
+    support::wait_until("the next second", LONG, || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|t| t.as_secs() > lost_epoch)
+    });
+    d.reboot(&cfg, &[]);
+    // Recovery lists the branches for the operator, pass after pass, well past the
+    // transaction's deadline and the grace after it (1 s + 2 s), and touches neither.
+    let item = support::wait_for("the branches listed for 4 s", LONG, || {
+        tx_list(&d)
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["gtrid"] == gtrid.as_str()).cloned())
+            .filter(|t| t["age_s"].as_u64().unwrap_or(0) >= 4)
+    });
+    assert!(
+        item["state"]
+            .as_str()
+            .unwrap_or("")
+            .contains("older than this node's log"),
+        "{item}"
+    );
+    assert_eq!(item["logged"], false);
+    assert_eq!(item["branches"].as_array().map_or(0, Vec::len), 2, "{item}");
+    assert_eq!(FakeRm::prepared(&f.a).len(), 1);
+    assert_eq!(FakeRm::prepared(&f.b).len(), 1);
+    assert_eq!(rollbacks(&f), 0);
+    assert!(
+        d.log().contains("older than this node's transaction log"),
+        "the daemon's log says why"
+    );
+    // The operator decides; committing by hand is allowed, since no log decided
+    // otherwise.
+    let conf = d.client_config.to_str().unwrap_or_default().to_string();
+    let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
+    let run = tpmon(["tx", "commit", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
+    assert!(run.ok(), "{run:?}");
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+    assert_eq!(rollbacks(&f), 0);
+}
+
+#[test]
 fn operators_list_and_resolve_transactions() {
     let f = fakes("tx-ops");
     let d = Domain::boot("tx-ops", &config(&f.a, &f.b, &[]));
