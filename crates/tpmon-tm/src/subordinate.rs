@@ -858,12 +858,20 @@ impl Tm {
         }
         let mut refused: Vec<(u16, Vec<u8>, String)> = Vec::new();
         let mut done: Vec<(u16, Vec<u8>)> = Vec::new();
+        // Not finished for a passing reason: kept in the entry, for recovery to retry.
+        let mut unfinished: Vec<(u16, Vec<u8>)> = Vec::new();
         for (grp, bq, t) in tasks {
             match t.await {
                 Ok(None) => done.push((grp, bq)),
                 Ok(Some(XaError::Failed(e))) if commit => refused.push((grp, bq, e)),
-                Ok(Some(e)) => last = Some(e),
-                Err(e) => last = Some(XaError::Unavailable(e.to_string())),
+                Ok(Some(e)) => {
+                    last = Some(e);
+                    unfinished.push((grp, bq));
+                }
+                Err(e) => {
+                    last = Some(XaError::Unavailable(e.to_string()));
+                    unfinished.push((grp, bq));
+                }
             }
         }
         if !refused.is_empty() || last.is_some() {
@@ -877,7 +885,11 @@ impl Tm {
                 branches: Vec::new(),
                 data: Vec::new(),
             });
-            for (grp, bq, _) in &refused {
+            let kept = refused
+                .iter()
+                .map(|(grp, bq, _)| (grp, bq))
+                .chain(unfinished.iter().map(|(grp, bq)| (grp, bq)));
+            for (grp, bq) in kept {
                 if !e
                     .branches
                     .iter()
@@ -1103,17 +1115,24 @@ impl Tm {
     /// (QUERY_ADVICE) and, when it cannot be reached, the other nodes from the highest
     /// SCN down. `Ok((commit, decision))` only on a definite answer; otherwise why
     /// there is none (the transaction stays in doubt: never a guess).
-    pub(crate) async fn learn_outcome(&self, text: &str) -> Result<(bool, Decision), String> {
+    pub(crate) async fn learn_outcome(
+        &self,
+        text: &str,
+        branches: Vec<(u16, Vec<u8>)>,
+    ) -> Result<(bool, Decision), String> {
         let g = Gtrid::parse(text.as_bytes()).ok_or("not a tpmon transaction id")?;
         let node = self
             .nodes
             .iter()
             .position(|n| *n == g.node)
             .ok_or_else(|| format!("its coordinator {:?} is not a node of this domain", g.node))?;
+        // With `branches`, a commit is the answer only if the decision lists each of
+        // them; without, the answer is the transaction's outcome for the branches the
+        // coordinator itself asked this node to prepare.
         let req = SubRequest {
             gtrid: text.as_bytes().to_vec(),
             decision: Decision::default(),
-            branches: Vec::new(),
+            branches,
         };
         let asked = match self.ask(node, SubItem::QueryAdvice, req).await {
             // The coordinator cannot be reached: ask the others, highest SCN first
@@ -1159,7 +1178,7 @@ impl Tm {
         let (outcome, decision) = match entry.as_ref().map(|e| (e.advice, e)) {
             Some((Advice::Commit, e)) => (true, Decision::decode(&e.data)),
             Some((Advice::Rollback, _)) => (false, Decision::default()),
-            _ => self.learn_outcome(text).await.map_err(|why| {
+            _ => self.learn_outcome(text, Vec::new()).await.map_err(|why| {
                 format!(
                     "refused: {text} is coordinated by node {coordinator:?} and no node can \
                      tell its outcome now ({why}); it stays in doubt here and is resolved as \
@@ -1174,10 +1193,36 @@ impl Tm {
                 word(outcome)
             ));
         }
-        let n = prepared_here
-            .len()
-            .max(entry.map_or(0, |e| e.branches.len()));
-        self.finish_sub(text, prepared_here, commit, decision)
+        // The branches the coordinator asked this node to prepare are the entry's. A
+        // branch prepared here that the entry does not list (an orphan: its server's
+        // reply never reached the caller) is committed only if the coordinator's
+        // decision lists it too; otherwise recovery resolves it on its own.
+        let listed: Vec<(u16, Vec<u8>)> = entry.as_ref().map_or_else(Vec::new, |e| {
+            e.branches
+                .iter()
+                .map(|b| (b.rm as u16, b.bqual.clone()))
+                .collect()
+        });
+        let extras: Vec<(u16, Vec<u8>)> = prepared_here
+            .into_iter()
+            .filter(|k| !listed.contains(k))
+            .collect();
+        let mut to_end = listed;
+        let mut left = 0;
+        if !extras.is_empty() {
+            let covered = !commit
+                || matches!(
+                    self.learn_outcome(text, extras.clone()).await,
+                    Ok((true, _))
+                );
+            if covered {
+                to_end.extend(extras);
+            } else {
+                left = extras.len();
+            }
+        }
+        let n = to_end.len();
+        self.finish_sub(text, to_end, commit, decision)
             .await
             .map_err(|e| {
                 format!(
@@ -1190,8 +1235,17 @@ impl Tm {
             commit,
             "an operator resolved a subordinate's branches with its coordinator's outcome"
         );
+        let unlisted = if left > 0 {
+            format!(
+                "; {left} other prepared branch(es) here are not in its decision and are \
+                 left to recovery"
+            )
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "{text}: {} done on {n} branch(es) here, as its coordinator {coordinator:?} decided",
+            "{text}: {} done on {n} branch(es) here, as its coordinator {coordinator:?} \
+             decided{unlisted}",
             word(commit)
         ))
     }
@@ -1247,7 +1301,7 @@ impl Tm {
                     // coordinator's RECOVER_INDOUBT_GLOBAL_TX can resolve it.
                     return;
                 }
-                match self.learn_outcome(&text).await {
+                match self.learn_outcome(&text, Vec::new()).await {
                     Ok(found) => found,
                     Err(why) => {
                         let mut st = self.lock();
