@@ -24,6 +24,12 @@ use crate::domain::Domain;
 /// Longest wait for another node's TM to answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most requests of other nodes' TMs served at once. Each holds its body and may wait
+/// on a database; past this, a request is dropped (its sender times out and asks
+/// again later), so that a peer, or a storm of retries while a database hangs, cannot
+/// make this node start tasks without limit.
+pub const SERVED_MAX: usize = 64;
+
 /// A request in flight: the node asked, the item, and where its answer goes.
 type Waiting = HashMap<(u32, u64), (Item, oneshot::Sender<Vec<u8>>)>;
 
@@ -35,6 +41,8 @@ struct Inner {
     /// taken for the answer to a new one.
     next: AtomicU64,
     waiting: Mutex<Waiting>,
+    /// Places for the other nodes' requests being served ([`SERVED_MAX`]).
+    serving: Arc<tokio::sync::Semaphore>,
 }
 
 /// The TM's side of the node links.
@@ -73,6 +81,7 @@ impl TmLinks {
             me,
             next: AtomicU64::new((epoch << 32) | 1),
             waiting: Mutex::new(HashMap::new()),
+            serving: Arc::new(tokio::sync::Semaphore::new(SERVED_MAX)),
         }))
     }
 
@@ -104,8 +113,18 @@ impl TmLinks {
         let Some(item) = sub_item(frame.item) else {
             return;
         };
+        let Ok(place) = self.0.serving.clone().try_acquire_owned() else {
+            tracing::warn!(
+                peer = from,
+                ?item,
+                "another node's transaction manager sent a request while {SERVED_MAX} are \
+                 being served; dropped (it asks again after its timeout)"
+            );
+            return;
+        };
         let (tm, me) = (dom.tm.clone(), self.clone());
         tokio::spawn(async move {
+            let _place = place;
             let body = tm.on_link_request(from as usize, item, &frame.body).await;
             let answer = Frame {
                 response: true,
