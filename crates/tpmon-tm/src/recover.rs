@@ -437,8 +437,29 @@ impl Tm {
             let (xids, foreign): (Vec<Xid>, Vec<Xid>) = xids
                 .into_iter()
                 .partition(|x| x.gtrid.starts_with(&self.prefix));
+            // Each asks the coordinator, which may take up to the link request timeout
+            // when it does not answer: side by side (at most SUBORDINATE_DRIVES at
+            // once; one transaction's branches one after the other), so that a silent
+            // node does not hold this pass, nor the boot's `recovered`, for minutes.
+            let mut by_gtrid: HashMap<String, Vec<Xid>> = HashMap::new();
             for xid in foreign {
-                self.resolve_foreign(group as u16, &pool, xid).await;
+                by_gtrid.entry(xid.gtrid.clone()).or_default().push(xid);
+            }
+            let slots = Arc::new(tokio::sync::Semaphore::new(SUBORDINATE_DRIVES));
+            let mut asks = Vec::with_capacity(by_gtrid.len());
+            for (_, xids) in by_gtrid {
+                let (me, pool, slots) = (self.clone(), pool.clone(), slots.clone());
+                asks.push(tokio::spawn(async move {
+                    let Ok(_slot) = slots.acquire_owned().await else {
+                        return;
+                    };
+                    for xid in xids {
+                        me.resolve_foreign(group as u16, &pool, xid).await;
+                    }
+                }));
+            }
+            for a in asks {
+                let _ = a.await;
             }
             let mut tasks = Vec::new();
             for xid in xids {
