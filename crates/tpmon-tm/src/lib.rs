@@ -489,5 +489,7 @@ fn decode_epoch(data: &[u8]) -> (u64, u64) {
 /// and recovery can tell the lost log's branches from its own (`first_epoch`). It
 /// stays below 2^32, which the gtrid's length bound assumes, until 2106.
 fn first_epoch_of_new_log() -> u64 {
-    (now_unix_ms() / 1000).max(1)
+    // A clock set far ahead must not make gtrids longer than XA allows: room is left
+    // below 2^32 for a million boots.
+    (now_unix_ms() / 1000).clamp(1, u64::from(u32::MAX) - (1 << 20))
 }
