@@ -92,6 +92,26 @@ pub enum TxError {
     /// TX_EINVAL: a bad argument.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// TX_NO_BEGIN and its variants (chained control only): the transaction ended
+    /// with `outcome` (what the call returns without chaining: `Ok` when it committed
+    /// or rolled back as asked, else [`TxError::RolledBack`], [`TxError::Hazard`] or
+    /// [`TxError::Mixed`]), but the next transaction could not begin: the context is
+    /// outside any transaction.
+    #[error("{}; the chained tx_begin failed: {why}", ended_text(.outcome))]
+    NoBegin {
+        /// How the transaction ended.
+        outcome: Box<Result<Committed, TxError>>,
+        /// Why the next one did not begin.
+        why: String,
+    },
+}
+
+fn ended_text(outcome: &Result<Committed, TxError>) -> String {
+    match outcome {
+        Ok(Committed::Done) => "the transaction ended as asked".into(),
+        Ok(Committed::Pending) => "the transaction committed (some branches later)".into(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// How a successful commit ended.
@@ -203,6 +223,31 @@ impl ActiveTx {
 impl Client {
     /// `tx_begin`: starts a global transaction with this context as originator.
     pub fn tx_begin(&mut self) -> Result<(), TxError> {
+        self.begin(self.tx_settings.timeout)
+    }
+
+    /// Begins a transaction with the domain's default timeout, whatever this
+    /// context's `tx_set_timeout` says: the server runtime's automatic transactions,
+    /// which must not inherit what a routine set for the transactions it begins itself.
+    pub fn begin_automatic(&mut self) -> Result<(), TxError> {
+        self.begin(None)
+    }
+
+    /// Ends the current transaction as its originator, unchained and returning once
+    /// the decision is logged, whatever this context's TX settings: the server
+    /// runtime's end of a transaction it owns (an automatic transaction, or one a
+    /// routine left open). The context is outside any transaction afterwards,
+    /// whatever the outcome.
+    pub fn end_automatic(&mut self, commit: bool) -> Result<Committed, TxError> {
+        if let Some(t) = &mut self.txn {
+            t.originator = true;
+        }
+        let r = self.end(commit, CommitReturn::DecisionLogged);
+        self.txn = None;
+        r
+    }
+
+    fn begin(&mut self, timeout: Option<Duration>) -> Result<(), TxError> {
         if self.txn.is_some() {
             return Err(TxError::Protocol(
                 "already in a transaction; the running transaction continues".into(),
@@ -215,9 +260,7 @@ impl Client {
             ));
         }
         let max = Duration::from_millis(u64::from(w.tx_timeout_max_ms.max(1)));
-        let timeout = self
-            .tx_settings
-            .timeout
+        let timeout = timeout
             .unwrap_or(Duration::from_millis(u64::from(w.tx_timeout_ms.max(1))))
             .min(max);
         if self.tx_settings.seq >= SEQ_MAX {
@@ -226,7 +269,9 @@ impl Client {
             ));
         }
         self.tx_settings.seq += 1;
-        let deadline_ms = now_unix_ms() + timeout.as_millis() as u64;
+        // Rounded up: a timeout under a millisecond must not start the transaction
+        // already expired.
+        let deadline_ms = now_unix_ms() + timeout.as_nanos().div_ceil(1_000_000) as u64;
         let g = Gtrid {
             domain: w.domain.clone(),
             node: w.node.clone(),
@@ -254,25 +299,15 @@ impl Client {
     /// `tx_commit`: commits the current transaction (two-phase commit by the
     /// transaction manager). With chained control a new transaction begins after.
     pub fn tx_commit(&mut self) -> Result<Committed, TxError> {
-        let r = self.end(true);
-        // The outcome comes first; a failed chained begin is reported only after a
-        // successful end (X/Open's TX_NO_BEGIN).
-        let chained = self.chain();
-        let done = r?;
-        chained.map_err(|e| {
-            TxError::Error(format!("committed, but the chained tx_begin failed: {e}"))
-        })?;
-        Ok(done)
+        let r = self.end(true, self.tx_settings.commit_return);
+        self.chain(r)
     }
 
-    /// `tx_rollback`: rolls the current transaction back.
+    /// `tx_rollback`: rolls the current transaction back. With chained control a new
+    /// transaction begins after.
     pub fn tx_rollback(&mut self) -> Result<(), TxError> {
-        let r = self.end(false).map(|_| ());
-        let chained = self.chain();
-        r?;
-        chained.map_err(|e| {
-            TxError::Error(format!("rolled back, but the chained tx_begin failed: {e}"))
-        })
+        let r = self.end(false, self.tx_settings.commit_return);
+        self.chain(r).map(|_| ())
     }
 
     /// `tx_info`.
@@ -328,14 +363,29 @@ impl Client {
         self.txn.is_some()
     }
 
-    fn chain(&mut self) -> Result<(), TxError> {
-        if self.tx_settings.control == TxControl::Chained && self.txn.is_none() {
-            self.tx_begin()?;
+    /// With chained control, begins the next transaction after one that ended:
+    /// committed, rolled back or with a heuristic outcome. Not after a protocol error
+    /// (nothing ended: the caller's state stays as it was) nor when the outcome is
+    /// unknown here (TX_FAIL). A begin that fails turns the result into
+    /// [`TxError::NoBegin`], which carries it.
+    fn chain(&mut self, ended: Result<Committed, TxError>) -> Result<Committed, TxError> {
+        let over = matches!(
+            ended,
+            Ok(_) | Err(TxError::RolledBack(_) | TxError::Hazard(_) | TxError::Mixed(_))
+        );
+        if !over || self.tx_settings.control != TxControl::Chained || self.txn.is_some() {
+            return ended;
         }
-        Ok(())
+        match self.tx_begin() {
+            Ok(()) => ended,
+            Err(e) => Err(TxError::NoBegin {
+                outcome: Box::new(ended),
+                why: e.to_string(),
+            }),
+        }
     }
 
-    fn end(&mut self, commit: bool) -> Result<Committed, TxError> {
+    fn end(&mut self, commit: bool, when: CommitReturn) -> Result<Committed, TxError> {
         let Some(t) = &self.txn else {
             return Err(TxError::Protocol("not in a transaction".into()));
         };
@@ -360,7 +410,7 @@ impl Client {
         let req = TxEnd {
             gtrid: t.gtrid.as_bytes().to_vec(),
             commit,
-            wait_completed: self.tx_settings.commit_return == CommitReturn::Completed,
+            wait_completed: when == CommitReturn::Completed,
             branches: t.branches,
             doomed: doomed.clone(),
         };

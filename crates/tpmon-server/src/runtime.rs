@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tpmon_client::{from_wire, to_wire, Client, Committed, TxControl, TxError};
+use tpmon_client::{from_wire, to_wire, Client, Committed, TxError};
 use tpmon_ipc::{monotonic_us, BusyRequest, CallOutcome, Endpoint, IpcError, Spin, StatusTable};
 use tpmon_proto::{
     encode_frame, Branch, ControlMessage, ErrorKind, Flags, FrameDecoder, Message, Reply,
@@ -472,9 +472,16 @@ impl Instance {
             Ok(r) => r,
             Err(reply) => return (Some(*reply), CallOutcome::Error, None),
         };
+        // TPTRAN tells the routine whether it runs in a global transaction: the
+        // caller's or an automatic one (never what the wire claims).
+        let flags = if self.ctx.client.in_transaction() {
+            req.flags | Flags::TRAN
+        } else {
+            req.flags.without(Flags::TRAN)
+        };
         let sreq = ServiceRequest {
             service: req.service.clone(),
-            flags: req.flags,
+            flags,
             client: req.client,
             call_id: req.call_id,
             buffer,
@@ -642,23 +649,12 @@ impl Instance {
     }
 
     /// Ends a transaction this instance's context began (an automatic transaction, a
-    /// leftover): as its originator, and unchained whatever the routine set with
-    /// `tx_set_control`, so that no new transaction begins with the end. The routine's
-    /// setting is kept for its own transactions.
+    /// leftover): as its originator, unchained and with the domain's commit-return
+    /// (decision logged) whatever the routine set with `tx_set_control` or
+    /// `tx_set_commit_return`, which stay in force for its own transactions. The
+    /// context is outside any transaction afterwards.
     fn end_own_transaction(&mut self, commit: bool) -> Result<Committed, TxError> {
-        let client = &mut self.ctx.client;
-        client.set_originator(true);
-        let control = client.tx_info().control;
-        client.tx_set_control(TxControl::Unchained);
-        let r = if commit {
-            client.tx_commit()
-        } else {
-            client.tx_rollback().map(|()| Committed::Done)
-        };
-        client.tx_set_control(control);
-        // The end takes the transaction whatever its outcome; never keep one.
-        client.take_transaction();
-        r
+        self.ctx.client.end_automatic(commit)
     }
 
     /// True when the gtrid is of a transaction this instance's context began (its
@@ -704,7 +700,9 @@ impl Instance {
     /// group) and starts this instance's branch in the resource manager.
     fn enter_transaction(&mut self, req: &Request) -> Result<TxRole, Box<Reply>> {
         self.clear_leftover_transaction();
-        let auto = self.auto_transaction && req.tx.is_none() && !req.flags.contains(Flags::NOTRAN);
+        // As with Tuxedo's AUTOTRAN, a request made with TPNOTRAN from inside a
+        // transaction arrives without one, so it too runs in a new transaction.
+        let auto = self.auto_transaction && req.tx.is_none();
         if let Some(tx) = &req.tx {
             if let Err(why) = self.check_transaction(tx) {
                 return Err(Box::new(Self::error_reply(req, ErrorKind::Tran, why)));
@@ -712,7 +710,7 @@ impl Instance {
         }
         if !auto {
             self.ctx.client.set_transaction(req.tx.clone());
-        } else if let Err(e) = self.ctx.client.tx_begin() {
+        } else if let Err(e) = self.ctx.client.begin_automatic() {
             return Err(Box::new(Self::error_reply(
                 req,
                 ErrorKind::Tran,

@@ -8,7 +8,8 @@ use tpmon_proto::{ClientId, Flags, TxContext};
 pub struct ServiceRequest {
     /// The service name the caller asked for.
     pub service: String,
-    /// Flags: TPTRAN inside a global transaction, TPNOREPLY when no reply is wanted.
+    /// Flags: TPTRAN while the routine runs in a global transaction (the caller's or an
+    /// automatic one; set by the runtime), TPNOREPLY when no reply is wanted.
     pub flags: Flags,
     /// The calling client.
     pub client: ClientId,

@@ -418,7 +418,7 @@ fn a_group_with_automatic_transactions_runs_each_call_in_its_own() {
             support::toml_string(&f.a.display().to_string())
         ))
         .server("sa", &["group = \"ga\""])
-        .services("sa", &["ECHO", "FAIL"]);
+        .services("sa", &["ECHO", "FAIL", "TXINFO"]);
     let d = Domain::boot("tx-auto", &cfg);
     let mut c = d.client();
     // Outside a transaction: the server begins, prepares and commits on its own.
@@ -436,6 +436,20 @@ fn a_group_with_automatic_transactions_runs_each_call_in_its_own() {
     assert_eq!(c.tx_info().branches, 1);
     assert_eq!(c.tx_commit(), Ok(Committed::Done));
     assert_eq!(calls(&f.a, "commit", Some("ok")), 2);
+    // TPNOTRAN from inside a transaction (Tuxedo's AUTOTRAN): the call runs in a
+    // transaction of its own, which commits whatever becomes of the caller's.
+    c.tx_begin().expect("begin");
+    c.call("ECHO", &s("apart"), Flags::NOTRAN).expect("ECHO");
+    assert_eq!(c.tx_info().branches, 0, "the call did not join");
+    c.tx_rollback().expect("rollback");
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 3);
+    // The routine is told it runs in a transaction (TPTRAN), its own or the caller's.
+    let r = c.call("TXINFO", &s(""), Flags::NONE).expect("TXINFO");
+    assert!(support::text(&r).starts_with("tran=true "), "{r:?}");
+    c.tx_begin().expect("begin");
+    let r = c.call("TXINFO", &s(""), Flags::NOTRAN).expect("TXINFO");
+    assert!(support::text(&r).starts_with("tran=true "), "{r:?}");
+    assert_eq!(c.tx_commit(), Ok(Committed::Done));
     nothing_left_in(&d, &[&f.a]);
 }
 
@@ -449,7 +463,7 @@ fn an_automatic_transaction_group_survives_a_failed_branch_start_and_chained_con
             support::toml_string(&f.a.display().to_string())
         ))
         .server("sa", &["group = \"ga\""])
-        .services("sa", &["ECHO", "CHAINED"]);
+        .services("sa", &["ECHO", "CHAINED", "TXINFO"]);
     let d = Domain::boot("tx-auto-fail", &cfg);
     let mut c = d.client();
     // The database refuses the first branch (a refusal: no retry on a new session).
@@ -476,6 +490,18 @@ fn an_automatic_transaction_group_survives_a_failed_branch_start_and_chained_con
         .expect("ECHO after CHAINED");
     assert_eq!(support::text(&r), "after");
     assert_eq!(calls(&f.a, "commit", Some("ok")), 5);
+    // CHAINED also set a one-second timeout for the routine's own transactions; the
+    // automatic ones keep the domain's default (30 s).
+    let r = c.call("TXINFO", &s(""), Flags::NONE).expect("TXINFO");
+    let left: u64 = support::text(&r)
+        .split("left_ms=")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("left_ms");
+    assert!(
+        left > 10_000,
+        "the automatic transaction has {left} ms: {r:?}"
+    );
     assert_eq!(calls(&f.a, "begin", Some("fail")), 1);
     nothing_left_in(&d, &[&f.a]);
     let log = d.log();
@@ -842,6 +868,11 @@ fn chained_control_and_tx_info() {
     c.tx_set_timeout(Duration::from_secs(5)).expect("timeout");
     c.tx_set_commit_return(CommitReturn::Completed);
     c.tx_set_control(tpmon_client::TxControl::Chained);
+    // Ending nothing is a protocol error that leaves the context as it was: no
+    // transaction begins behind the caller's back.
+    assert!(matches!(c.tx_rollback(), Err(TxError::Protocol(_))));
+    assert!(matches!(c.tx_commit(), Err(TxError::Protocol(_))));
+    assert!(!c.in_transaction(), "a protocol error chains nothing");
     c.tx_begin().expect("begin");
     let first = c.tx_info().xid.expect("xid");
     assert_eq!(c.tx_info().status, Some(TxStatus::Active));

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tpmon_client::TxControl;
+use tpmon_client::{CommitReturn, TxControl};
 use tpmon_config::RmKind;
 use tpmon_server::{tpforward, tpreturn, Buffer, Context, Flags, Outcome, Server};
 use tpmon_xa::drivers::mysql::prelude::Queryable;
@@ -130,10 +130,32 @@ fn main() -> ExitCode {
             Ok(()) => tpreturn(Outcome::Success, 0, Buffer::string("ok")),
             Err(e) => tpreturn(Outcome::Fail, 1, Buffer::string(e)),
         })
-        // Sets chained transaction control on the instance's context and succeeds.
+        // Sets chained transaction control, a one-second transaction timeout and
+        // commit-return "completed" on the instance's context, and succeeds.
         .service("CHAINED", |ctx, req| {
             ctx.client().tx_set_control(TxControl::Chained);
+            ctx.client().tx_set_commit_return(CommitReturn::Completed);
+            if let Err(e) = ctx.client().tx_set_timeout(Duration::from_secs(1)) {
+                return tpreturn(Outcome::Fail, 1, Buffer::string(e.to_string()));
+            }
             tpreturn(Outcome::Success, 0, req.buffer)
+        })
+        // Replies "tran=BOOL left_ms=N": whether the request's flags say TPTRAN, and
+        // how long its transaction has left (0 outside one).
+        .service("TXINFO", |_ctx, req| {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let left = req
+                .tx
+                .as_ref()
+                .map_or(0, |t| t.deadline_ms.saturating_sub(now_ms));
+            let tran = req.flags.contains(Flags::TRAN);
+            tpreturn(
+                Outcome::Success,
+                0,
+                Buffer::string(format!("tran={tran} left_ms={left}")),
+            )
         })
         // Begins a transaction of its own. "use-db SQL": runs SQL in it and ends it
         // (replies with what running the SQL said); "leave-open": calls ECHO in it and
