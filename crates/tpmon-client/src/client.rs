@@ -85,6 +85,9 @@ pub struct Client {
     pub(crate) txn: Option<crate::tx::ActiveTx>,
     /// TX settings (timeout, commit return, control) and the sequence of gtrids.
     pub(crate) tx_settings: crate::tx::TxSettings,
+    /// A server's own branch of the current transaction is active in its database
+    /// (a transaction its routine began): only the server's context can end it.
+    pub(crate) local_branch: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -216,6 +219,7 @@ impl Client {
             pending_max,
             txn: None,
             tx_settings: crate::tx::TxSettings::default(),
+            local_branch: false,
         }
     }
 
@@ -295,7 +299,16 @@ impl Client {
 
     /// Leaves the current transaction and returns what was collected in it.
     pub fn take_transaction(&mut self) -> Option<crate::tx::ActiveTx> {
+        self.local_branch = false;
         self.txn.take()
+    }
+
+    /// Marks that a server's own branch of the current transaction is active (true)
+    /// or ended (false). Used by the server runtime: while it is active,
+    /// [`Client::tx_commit`] and [`Client::tx_rollback`] refuse (TX_PROTOCOL_ERROR),
+    /// since only the server's context can prepare or roll that branch back.
+    pub fn set_local_branch(&mut self, active: bool) {
+        self.local_branch = active;
     }
 
     /// Looks a service up in the routing table: a server of this node offers it

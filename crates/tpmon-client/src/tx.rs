@@ -242,6 +242,7 @@ impl Client {
         if let Some(t) = &mut self.txn {
             t.originator = true;
         }
+        self.local_branch = false;
         let r = self.end(commit, CommitReturn::DecisionLogged);
         self.txn = None;
         r
@@ -392,6 +393,14 @@ impl Client {
         if !t.originator {
             return Err(TxError::Protocol(
                 "only the transaction's originator may end it".into(),
+            ));
+        }
+        if self.local_branch {
+            return Err(TxError::Protocol(
+                "the service's own database work is part of the transaction: end it with \
+                 tx_commit / tx_rollback on the server's context (ctx.client()), which \
+                 prepare or roll back that branch first; the transaction continues"
+                    .into(),
             ));
         }
         // Calls still outstanding in the transaction: their branches are unknown, so

@@ -19,7 +19,7 @@ mod context;
 mod runtime;
 mod service;
 
-pub use context::Context;
+pub use context::{Context, ServiceClient};
 pub use runtime::Server;
 pub use service::{tpforward, tpreturn, Outcome, ServiceRequest, ServiceResult};
 pub use tpmon_buffer::{Buffer, BufferType};

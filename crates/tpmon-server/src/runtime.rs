@@ -100,8 +100,6 @@ struct Instance {
     group: u16,
     /// Implicit demarcation: a call outside a transaction runs in its own.
     auto_transaction: bool,
-    /// Branches started by this instance (for unique bquals).
-    branches: u64,
 }
 
 /// Environment variables the daemon sets for servers of a group with a resource
@@ -224,8 +222,11 @@ impl Instance {
             server_name: name.clone(),
             args: args.clone(),
             slot: slot as u32,
+            group,
             rm,
             in_branch: false,
+            own_branch: None,
+            branch_seq: 0,
             suspect_session: false,
         };
         // Every service the configuration gives this server must have a routine.
@@ -282,7 +283,6 @@ impl Instance {
             spin: Spin::new(Duration::from_micros(u64::from(spin_us))),
             group,
             auto_transaction,
-            branches: 0,
         };
         let code = inst.serve();
         if let Some(done) = inst.server.done.take() {
@@ -674,6 +674,7 @@ impl Instance {
     /// make every later request fail: rolled back if this instance began it, else
     /// left.
     fn clear_leftover_transaction(&mut self) {
+        self.ctx.end_own_branch(false);
         let Some(gtrid) = self.ctx.client.current_gtrid() else {
             return;
         };
@@ -723,19 +724,13 @@ impl Instance {
         let Some(gtrid) = self.ctx.client.current_gtrid() else {
             return Ok(TxRole::None);
         };
+        if self.ctx.rm.is_none() {
+            return Ok(TxRole::Join { own: None });
+        }
+        let xid = self.ctx.next_xid(gtrid);
         let Some(rm) = self.ctx.rm.as_mut() else {
             return Ok(TxRole::Join { own: None });
         };
-        self.branches += 1;
-        let xid = Xid::new(
-            gtrid,
-            format!(
-                "{:x}.{:x}.{:x}",
-                self.slot,
-                std::process::id(),
-                self.branches
-            ),
-        );
         if let Err(e) = tpmon_xa::with_reconnect(rm.as_mut(), |rm| rm.begin(&xid)) {
             let why = format!("cannot start the transaction branch: {e}");
             let _ = rm.rollback_active(&xid);
@@ -769,6 +764,9 @@ impl Instance {
     /// rolls back the whole. Returns why the transaction work failed (when the
     /// routine succeeded but it did not) and the branches to report to the caller.
     fn leave_transaction(&mut self, role: TxRole, success: bool) -> (Option<String>, Vec<Branch>) {
+        // The branch of a transaction the routine began and left open (its rollback
+        // follows below).
+        self.ctx.end_own_branch(false);
         self.ctx.in_branch = false;
         let own = match &role {
             TxRole::None => None,

@@ -511,26 +511,27 @@ fn an_automatic_transaction_group_survives_a_failed_branch_start_and_chained_con
     );
 }
 
-/// A service outside any transaction, in a group with a database, that begins a
-/// transaction itself: its database is not enlisted, so the session is refused in it;
-/// and a transaction it leaves open is rolled back and its caller told.
-#[test]
-fn a_transaction_a_service_began_itself_neither_enlists_its_database_nor_stays_open() {
-    let f = fakes("tx-selftx");
-    let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
-    pg.create_database("selftx")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = pg.url("selftx");
-    let mut db =
-        tpmon_xa::drivers::postgres::Client::connect(&url, tpmon_xa::drivers::postgres::NoTls)
-            .expect("connect");
-    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .expect("table");
+/// A service outside any transaction, in a group with database `kind` at `url`
+/// (holding an empty table `t`), that begins a transaction itself: its own statements
+/// join it (a branch begun at their first use) and commit or roll back with the work
+/// of the services it calls, in chained transactions too; a transaction it leaves open
+/// is rolled back with its statements and its caller told; ending past the server's
+/// context is refused. `rows` reads `t`'s ids in order, `prepared` counts the
+/// database's prepared branches.
+fn a_transaction_a_service_began_itself(
+    tag: &str,
+    kind: &str,
+    url: &str,
+    failed_statement_dooms: bool,
+    rows: impl Fn() -> Vec<i64>,
+    prepared: impl Fn() -> usize,
+) {
+    let f = fakes(tag);
     let cfg = Config::new()
         .section("[domain.tx]\nrecovery_interval_ms = 50\n")
         .section(&format!(
-            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"postgres\"\nopen = {}\n",
-            support::toml_string(&url)
+            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"{kind}\"\nopen = {}\n",
+            support::toml_string(url)
         ))
         .section(&format!(
             "[[group]]\nname = \"gb\"\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
@@ -540,54 +541,138 @@ fn a_transaction_a_service_began_itself_neither_enlists_its_database_nor_stays_o
         .server("sb", &["group = \"gb\""])
         .services("sp", &["SELFTX", "SQL"])
         .services("sb", &["ECHO"]);
-    let d = Domain::boot("tx-selftx", &cfg);
+    let d = Domain::boot(tag, &cfg);
     let mut c = d.client();
-    let rows = |db: &mut tpmon_xa::drivers::postgres::Client| -> i64 {
-        db.query_one("SELECT count(*) FROM t", &[])
-            .expect("count")
-            .get(0)
+    // The commit returns once the decision is logged; phase 2 follows.
+    let committed = |ids: &[i64]| {
+        support::wait_until("the committed rows are visible", LONG, || rows() == ids);
+    };
+    let mut selftx = |arg: &str| -> String {
+        let r = c
+            .call("SELFTX", &s(arg), Flags::NONE)
+            .unwrap_or_else(|e| panic!("SELFTX {arg}: {e:?}"));
+        support::text(&r)
     };
 
-    // The routine's tx_begin: its own database is refused inside, nothing is written.
-    let r = c
-        .call("SELFTX", &s("use-db INSERT INTO t VALUES (1)"), Flags::NONE)
-        .expect("SELFTX use-db");
-    let said = support::text(&r);
+    // Committed: the routine's statement and ECHO's work together.
+    let said = selftx("commit INSERT INTO t VALUES (1)");
+    assert_eq!(said, "sql: ok; echo: Ok(()); end: Ok(Done)");
+    committed(&[1]);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+    // Rolled back: neither stays.
+    let said = selftx("rollback INSERT INTO t VALUES (2)");
+    assert_eq!(said, "sql: ok; echo: Ok(()); end: Ok(())");
+    assert_eq!(rows(), [1]);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+    // Ending past the server's context would lose the instance's branch: refused, and
+    // the transaction continues (here to its rollback).
+    let said = selftx("bypass INSERT INTO t VALUES (3)");
     assert!(
-        said.contains("not supported yet")
-            && said.contains("cannot enlist its own database")
-            && said.ends_with("rollback: Ok(())"),
+        said.starts_with("sql: ok; bypass: Err(Protocol(")
+            && said.contains("ctx.client()")
+            && said.ends_with("end: Ok(())"),
         "{said}"
     );
-    assert_eq!(rows(&mut db), 0, "nothing autocommitted");
-    // Outside a transaction the same routine's database works.
+    assert_eq!(rows(), [1]);
+    // Chained: the second transaction enlists the database again.
+    let said = selftx("chained INSERT INTO t VALUES (4)|INSERT INTO t VALUES (5)");
+    assert_eq!(said, "sql: ok; commit: Ok(Done); sql: ok; end: Ok(())");
+    committed(&[1, 4]);
+    // A statement that failed in the branch (PostgreSQL's transaction is then
+    // aborted) fails its prepare: the whole transaction rolls back.
+    let mut echo_rollbacks = 2;
+    if failed_statement_dooms {
+        let said = selftx("commit INSERT INTO t VALUES (1)");
+        assert!(
+            !said.starts_with("sql: ok;") && said.contains("end: Err(RolledBack("),
+            "{said}"
+        );
+        echo_rollbacks += 1;
+    }
+    // Left open: rolled back with the routine's statement, and the caller is told.
+    for arg in ["leave INSERT INTO t VALUES (6)", "leave-open"] {
+        let e = c
+            .call("SELFTX", &s(arg), Flags::NONE)
+            .expect_err("SELFTX leave");
+        assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
+        assert!(
+            e.detail
+                .contains("began itself was still open; rolled back"),
+            "{e:?}"
+        );
+    }
+    support::wait_until("ECHO's branches are rolled back", LONG, || {
+        calls(&f.b, "rollback", Some("ok")) == echo_rollbacks + 1
+    });
+    assert_eq!(rows(), [1, 4]);
+    // Outside a transaction the same routine's database autocommits.
     let r = c
-        .call("SQL", &s("INSERT INTO t VALUES (2)"), Flags::NONE)
+        .call("SQL", &s("INSERT INTO t VALUES (7)"), Flags::NONE)
         .expect("SQL");
     assert_eq!(support::text(&r), "ok");
-    assert_eq!(rows(&mut db), 1);
-
-    // A transaction the routine leaves open: rolled back, and the caller is told.
-    let e = c
-        .call("SELFTX", &s("leave-open"), Flags::NONE)
-        .expect_err("SELFTX leave-open");
-    assert_eq!(e.kind, ErrorKind::SvcErr, "{e:?}");
-    assert!(
-        e.detail
-            .contains("began itself was still open; rolled back"),
-        "{e:?}"
-    );
-    support::wait_until("ECHO's branch is rolled back", LONG, || {
-        calls(&f.b, "rollback", Some("ok")) == 1
-    });
-    assert_eq!(calls(&f.b, "commit", None), 0);
+    assert_eq!(rows(), [1, 4, 7]);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
     nothing_left_in(&d, &[&f.b]);
-    // The instance serves on.
-    let r = c
-        .call("SQL", &s("INSERT INTO t VALUES (3)"), Flags::NONE)
-        .expect("SQL after");
-    assert_eq!(support::text(&r), "ok");
-    assert_eq!(rows(&mut db), 2);
+    assert_eq!(prepared(), 0, "no branch of the database stays prepared");
+}
+
+#[test]
+fn a_transaction_a_service_began_itself_includes_its_postgres_work() {
+    use tpmon_xa::drivers::postgres;
+    let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("selftx")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.url("selftx");
+    let db =
+        std::cell::RefCell::new(postgres::Client::connect(&url, postgres::NoTls).expect("connect"));
+    db.borrow_mut()
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .expect("table");
+    a_transaction_a_service_began_itself(
+        "tx-selftx-pg",
+        "postgres",
+        &url,
+        true,
+        || {
+            db.borrow_mut()
+                .query("SELECT id FROM t ORDER BY id", &[])
+                .expect("rows")
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        },
+        || {
+            db.borrow_mut()
+                .query("SELECT gid FROM pg_prepared_xacts", &[])
+                .expect("prepared")
+                .len()
+        },
+    );
+}
+
+#[test]
+fn a_transaction_a_service_began_itself_includes_its_mariadb_work() {
+    use tpmon_xa::drivers::mysql::{self, prelude::Queryable};
+    let maria = tpmon_testdb::MariaServer::start().unwrap_or_else(|e| panic!("{e}"));
+    maria
+        .create_database("selftx")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = maria.url("selftx");
+    let conn = || mysql::Conn::new(mysql::Opts::from_url(&url).expect("url")).expect("connect");
+    conn()
+        .query_drop("CREATE TABLE t (id bigint PRIMARY KEY) ENGINE=InnoDB")
+        .expect("table");
+    a_transaction_a_service_began_itself(
+        "tx-selftx-maria",
+        "mariadb",
+        &url,
+        false,
+        || conn().query("SELECT id FROM t ORDER BY id").expect("rows"),
+        || {
+            let r: Vec<mysql::Row> = conn().query("XA RECOVER").expect("xa recover");
+            r.len()
+        },
+    );
 }
 
 /// End to end over PostgreSQL: a service that commits the branch's database

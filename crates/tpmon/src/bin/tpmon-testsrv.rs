@@ -157,33 +157,65 @@ fn main() -> ExitCode {
                 Buffer::string(format!("tran={tran} left_ms={left}")),
             )
         })
-        // Begins a transaction of its own. "use-db SQL": runs SQL in it and ends it
-        // (replies with what running the SQL said); "leave-open": calls ECHO in it and
-        // returns without ending it.
+        // Begins a transaction of its own; the request is "VERB[ SQL]":
+        // "commit SQL" / "rollback SQL": runs SQL on the group's database and calls
+        // ECHO in it, then ends it so; "leave SQL": the same, but returns with the
+        // transaction open; "leave-open": only calls ECHO and returns with it open;
+        // "bypass SQL": runs SQL, tries Client::tx_commit past the server's context,
+        // then rolls back; "chained SQL1|SQL2": with chained control, runs SQL1 and
+        // commits, runs SQL2 in the chained transaction and rolls that back. Replies
+        // with what each step said.
         .service("SELFTX", |ctx, req| {
             let arg = text(&req.buffer);
+            let (verb, sql) = arg.split_once(' ').unwrap_or((arg.as_str(), ""));
+            let said = |r: Result<(), String>| match r {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e,
+            };
+            if verb == "chained" {
+                ctx.client().tx_set_control(TxControl::Chained);
+            }
             if let Err(e) = ctx.client().tx_begin() {
                 return tpreturn(Outcome::Fail, 1, Buffer::string(e.to_string()));
             }
-            if let Some(sql) = arg.strip_prefix("use-db ") {
-                let said = match run_sql(ctx, sql) {
-                    Ok(()) => "ok".to_string(),
-                    Err(e) => e,
-                };
-                let end = ctx.client().tx_rollback();
-                return tpreturn(
-                    Outcome::Success,
-                    0,
-                    Buffer::string(format!("{said}; rollback: {end:?}")),
-                );
-            }
-            match ctx
-                .client()
-                .call("ECHO", &Buffer::string("in"), Flags::NONE)
-            {
-                Ok(_) => tpreturn(Outcome::Success, 0, Buffer::string("left open")),
-                Err(e) => tpreturn(Outcome::Fail, 2, Buffer::string(e.to_string())),
-            }
+            let reply = match verb {
+                "commit" | "rollback" | "leave" => {
+                    let sql_said = said(run_sql(ctx, sql));
+                    let echo = ctx
+                        .client()
+                        .call("ECHO", &Buffer::string("in"), Flags::NONE)
+                        .map(|_| ());
+                    let end = match verb {
+                        "commit" => format!("{:?}", ctx.client().tx_commit()),
+                        "rollback" => format!("{:?}", ctx.client().tx_rollback()),
+                        _ => "left open".to_string(),
+                    };
+                    format!("sql: {sql_said}; echo: {echo:?}; end: {end}")
+                }
+                "bypass" => {
+                    let sql_said = said(run_sql(ctx, sql));
+                    let by = tpmon_client::Client::tx_commit(&mut ctx.client());
+                    let end = ctx.client().tx_rollback();
+                    format!("sql: {sql_said}; bypass: {by:?}; end: {end:?}")
+                }
+                "chained" => {
+                    let (first, second) = sql.split_once('|').unwrap_or((sql, ""));
+                    let one = said(run_sql(ctx, first));
+                    let c1 = ctx.client().tx_commit();
+                    let two = said(run_sql(ctx, second));
+                    ctx.client().tx_set_control(TxControl::Unchained);
+                    let end = ctx.client().tx_rollback();
+                    format!("sql: {one}; commit: {c1:?}; sql: {two}; end: {end:?}")
+                }
+                _ => match ctx
+                    .client()
+                    .call("ECHO", &Buffer::string("in"), Flags::NONE)
+                {
+                    Ok(_) => "left open".to_string(),
+                    Err(e) => return tpreturn(Outcome::Fail, 2, Buffer::string(e.to_string())),
+                },
+            };
+            tpreturn(Outcome::Success, 0, Buffer::string(reply))
         })
         .service("FWDNONE", |_ctx, req| tpforward("NOSUCH", req.buffer))
         .run()
