@@ -251,12 +251,14 @@ impl Client {
     /// Joins the transaction of a request being served (a participant: its calls
     /// carry the transaction, and their branches are collected for the reply), or
     /// leaves it with None. Used by the server runtime.
+    #[doc(hidden)]
     pub fn set_transaction(&mut self, tx: Option<TxContext>) {
         self.txn = tx.map(crate::tx::ActiveTx::participant);
     }
 
     /// Adds a branch to the current transaction (a server's own branch in a
     /// transaction it began itself); a failed branch dooms the transaction.
+    #[doc(hidden)]
     pub fn join_branch(&mut self, b: tpmon_proto::Branch) {
         if let Some(t) = &mut self.txn {
             if b.vote == tpmon_proto::Vote::Failed {
@@ -270,6 +272,7 @@ impl Client {
     /// Lets this context end its current transaction (true) or not (false): the
     /// server runtime owns a transaction it began for an automatic-transaction call,
     /// so the routine may not end it.
+    #[doc(hidden)]
     pub fn set_originator(&mut self, originator: bool) {
         if let Some(t) = &mut self.txn {
             t.originator = originator;
@@ -298,6 +301,7 @@ impl Client {
     }
 
     /// Leaves the current transaction and returns what was collected in it.
+    #[doc(hidden)]
     pub fn take_transaction(&mut self) -> Option<crate::tx::ActiveTx> {
         self.local_branch = false;
         self.txn.take()
@@ -307,6 +311,7 @@ impl Client {
     /// or ended (false). Used by the server runtime: while it is active,
     /// [`Client::tx_commit`] and [`Client::tx_rollback`] refuse (TX_PROTOCOL_ERROR),
     /// since only the server's context can prepare or roll that branch back.
+    #[doc(hidden)]
     pub fn set_local_branch(&mut self, active: bool) {
         self.local_branch = active;
     }

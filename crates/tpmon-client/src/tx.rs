@@ -229,6 +229,7 @@ impl Client {
     /// Begins a transaction with the domain's default timeout, whatever this
     /// context's `tx_set_timeout` says: the server runtime's automatic transactions,
     /// which must not inherit what a routine set for the transactions it begins itself.
+    #[doc(hidden)]
     pub fn begin_automatic(&mut self) -> Result<(), TxError> {
         self.begin(None)
     }
@@ -238,11 +239,19 @@ impl Client {
     /// runtime's end of a transaction it owns (an automatic transaction, or one a
     /// routine left open). The context is outside any transaction afterwards,
     /// whatever the outcome.
+    ///
+    /// Refused (TX_PROTOCOL_ERROR, nothing changed) while a server's own branch is
+    /// active ([`Client::set_local_branch`]): the server's context ends that first.
+    #[doc(hidden)]
     pub fn end_automatic(&mut self, commit: bool) -> Result<Committed, TxError> {
+        if self.local_branch {
+            return Err(TxError::Protocol(
+                "the server's own branch of the transaction is still active".into(),
+            ));
+        }
         if let Some(t) = &mut self.txn {
             t.originator = true;
         }
-        self.local_branch = false;
         let r = self.end(commit, CommitReturn::DecisionLogged);
         self.txn = None;
         r

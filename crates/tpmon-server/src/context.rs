@@ -42,7 +42,7 @@ pub struct Context {
 }
 
 /// The routine's client context ([`Context::client`]): nested calls (`tpcall`,
-/// `tpacall`, `tpgetrply`, conversations) and the TX API, through [`Client`], which it
+/// `tpacall`, `tpgetrply`) and the TX API, through [`Client`], which it
 /// dereferences to. Its own [`ServiceClient::tx_commit`] and
 /// [`ServiceClient::tx_rollback`] first prepare or roll back this instance's branch of
 /// a transaction the routine began itself.
@@ -113,10 +113,20 @@ impl Context {
     /// began itself, of which this instance has no branch yet, starts one (the
     /// session's work then belongs to the transaction, and the end prepares it).
     fn enlist(&mut self) -> Result<(), CallError> {
+        let current = self.client.current_gtrid();
+        // A branch of a transaction the context is no longer in (left through the
+        // client's runtime-only methods): its work can never commit.
+        if self
+            .own_branch
+            .as_ref()
+            .is_some_and(|x| Some(&x.gtrid) != current.as_ref())
+        {
+            self.end_own_branch(false);
+        }
         if self.in_branch || !self.client.is_originator() {
             return Ok(());
         }
-        let Some(gtrid) = self.client.current_gtrid() else {
+        let Some(gtrid) = current else {
             return Ok(());
         };
         let xid = self.next_xid(gtrid);
@@ -149,6 +159,21 @@ impl Context {
         let Some(rm) = self.rm.as_mut() else {
             return;
         };
+        let current = self.client.current_gtrid();
+        if current.as_ref() != Some(&xid.gtrid) {
+            // The context left the branch's transaction behind (through the client's
+            // runtime-only methods): the branch cannot belong to the current one.
+            let _ = rm.rollback_active(&xid);
+            if current.is_some() {
+                self.client.join_branch(Branch {
+                    group: self.group,
+                    bqual: b"abandoned".to_vec(),
+                    vote: Vote::Failed,
+                    cpn: 0,
+                });
+            }
+            return;
+        }
         let can_commit = commit && self.client.tx_info().status == Some(TxStatus::Active);
         if !can_commit {
             let _ = rm.rollback_active(&xid);
@@ -257,8 +282,9 @@ impl Context {
         self.rm_as::<EmbeddedRm>("embedded")
     }
 
-    /// Reads a FIELD buffer stored with [`Context::embedded_put_field`] (in the
-    /// request's branch, like [`EmbeddedRm::get`]); `None` when the key is absent.
+    /// Reads a FIELD buffer stored with [`Context::embedded_put_field`] (in this
+    /// instance's branch of the transaction, like [`Context::embedded`]); `None` when
+    /// the key is absent.
     pub fn embedded_get_field(
         &mut self,
         table: &str,
@@ -282,8 +308,8 @@ impl Context {
         .transpose()
     }
 
-    /// Stores a FIELD buffer as the record `table/key` (its wire encoding), in the
-    /// request's branch.
+    /// Stores a FIELD buffer as the record `table/key` (its wire encoding), in this
+    /// instance's branch of the transaction, like [`Context::embedded`].
     pub fn embedded_put_field(
         &mut self,
         table: &str,
@@ -296,7 +322,11 @@ impl Context {
             .map_err(|e| CallError::new(ErrorKind::System, e.to_string()))
     }
 
-    /// The resource manager session itself, if the group has one.
+    /// The resource manager adapter itself, if the group has one: for its kind, and for
+    /// what the session accessors do not offer. Unlike [`Context::postgres`],
+    /// [`Context::mariadb`] and [`Context::embedded`] it does not begin this instance's
+    /// branch of a transaction the routine began itself: use one of those first, or
+    /// the statements run through it there are outside the transaction.
     pub fn resource_manager(&mut self) -> Option<&mut (dyn Rm + 'static)> {
         self.rm.as_deref_mut()
     }

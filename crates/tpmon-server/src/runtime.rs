@@ -284,8 +284,12 @@ impl Instance {
             group,
             auto_transaction,
         };
+        // A transaction tpsvrinit began and left open holds its locks until cleared.
+        inst.clear_leftover_transaction("after tpsvrinit");
         let code = inst.serve();
         if let Some(done) = inst.server.done.take() {
+            // Nor may tpsvrdone's statements land in a branch a routine left.
+            inst.clear_leftover_transaction("before tpsvrdone");
             if catch_unwind(AssertUnwindSafe(|| done(&mut inst.ctx))).is_err() {
                 eprintln!(
                     "tpmon server {name}[{}]: tpsvrdone panicked",
@@ -654,6 +658,10 @@ impl Instance {
     /// `tx_set_commit_return`, which stay in force for its own transactions. The
     /// context is outside any transaction afterwards.
     fn end_own_transaction(&mut self, commit: bool) -> Result<Committed, TxError> {
+        // A branch of the routine's own on the instance's session never survives the
+        // runtime's end (whatever the routine did to the client's flags).
+        self.ctx.end_own_branch(false);
+        self.ctx.client.set_local_branch(false);
         self.ctx.client.end_automatic(commit)
     }
 
@@ -673,7 +681,7 @@ impl Instance {
     /// bug: the runtime ends every transaction before replying), so that it cannot
     /// make every later request fail: rolled back if this instance began it, else
     /// left.
-    fn clear_leftover_transaction(&mut self) {
+    fn clear_leftover_transaction(&mut self, when: &str) {
         self.ctx.end_own_branch(false);
         let Some(gtrid) = self.ctx.client.current_gtrid() else {
             return;
@@ -681,8 +689,8 @@ impl Instance {
         if self.ctx.client.is_originator() || self.began_here(&gtrid) {
             let r = self.end_own_transaction(false);
             self.log(&format!(
-                "transaction {gtrid} was still open on this instance's context before a \
-                 new request; rolled back ({})",
+                "transaction {gtrid} was still open on this instance's context {when}; \
+                 rolled back ({})",
                 match r {
                     Ok(_) => "done".to_string(),
                     Err(e) => e.to_string(),
@@ -691,8 +699,7 @@ impl Instance {
         } else {
             self.ctx.client.take_transaction();
             self.log(&format!(
-                "transaction {gtrid} was still joined on this instance's context before a \
-                 new request; left"
+                "transaction {gtrid} was still joined on this instance's context {when}; left"
             ));
         }
     }
@@ -700,7 +707,7 @@ impl Instance {
     /// Joins the request's transaction (or begins one for an automatic-transaction
     /// group) and starts this instance's branch in the resource manager.
     fn enter_transaction(&mut self, req: &Request) -> Result<TxRole, Box<Reply>> {
-        self.clear_leftover_transaction();
+        self.clear_leftover_transaction("before a new request");
         // As with Tuxedo's AUTOTRAN, a request made with TPNOTRAN from inside a
         // transaction arrives without one, so it too runs in a new transaction.
         let auto = self.auto_transaction && req.tx.is_none();

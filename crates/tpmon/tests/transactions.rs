@@ -511,8 +511,8 @@ fn an_automatic_transaction_group_survives_a_failed_branch_start_and_chained_con
     );
 }
 
-/// A service outside any transaction, in a group with database `kind` at `url`
-/// (holding an empty table `t`), that begins a transaction itself: its own statements
+/// A service outside any transaction, in a group with the database of `rm` (the
+/// lines of its `[group.rm]`, holding an empty table `t`), that begins a transaction itself: its own statements
 /// join it (a branch begun at their first use) and commit or roll back with the work
 /// of the services it calls, in chained transactions too; a transaction it leaves open
 /// is rolled back with its statements and its caller told; ending past the server's
@@ -520,29 +520,26 @@ fn an_automatic_transaction_group_survives_a_failed_branch_start_and_chained_con
 /// database's prepared branches.
 fn a_transaction_a_service_began_itself(
     tag: &str,
-    kind: &str,
-    url: &str,
+    rm: &str,
     failed_statement_dooms: bool,
-    rows: impl Fn() -> Vec<i64>,
+    rows: impl Fn(&Domain) -> Vec<i64>,
     prepared: impl Fn() -> usize,
 ) {
     let f = fakes(tag);
     let cfg = Config::new()
         .section("[domain.tx]\nrecovery_interval_ms = 50\n")
-        .section(&format!(
-            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"{kind}\"\nopen = {}\n",
-            support::toml_string(url)
-        ))
+        .section(&format!("[[group]]\nname = \"gp\"\n[group.rm]\n{rm}\n"))
         .section(&format!(
             "[[group]]\nname = \"gb\"\n[group.rm]\nkind = \"fake\"\nopen = {}\n",
             support::toml_string(&f.b.display().to_string())
         ))
         .server("sp", &["group = \"gp\""])
         .server("sb", &["group = \"gb\""])
-        .services("sp", &["SELFTX", "SQL"])
+        .services("sp", &["SELFTX", "SQL", "ROWS"])
         .services("sb", &["ECHO"]);
     let d = Domain::boot(tag, &cfg);
     let mut c = d.client();
+    let rows = || rows(&d);
     // The commit returns once the decision is logged; phase 2 follows.
     let committed = |ids: &[i64]| {
         support::wait_until("the committed rows are visible", LONG, || rows() == ids);
@@ -630,10 +627,9 @@ fn a_transaction_a_service_began_itself_includes_its_postgres_work() {
         .expect("table");
     a_transaction_a_service_began_itself(
         "tx-selftx-pg",
-        "postgres",
-        &url,
+        &format!("kind = \"postgres\"\nopen = {}", support::toml_string(&url)),
         true,
-        || {
+        |_| {
             db.borrow_mut()
                 .query("SELECT id FROM t ORDER BY id", &[])
                 .expect("rows")
@@ -664,14 +660,85 @@ fn a_transaction_a_service_began_itself_includes_its_mariadb_work() {
         .expect("table");
     a_transaction_a_service_began_itself(
         "tx-selftx-maria",
-        "mariadb",
-        &url,
+        &format!("kind = \"mariadb\"\nopen = {}", support::toml_string(&url)),
         false,
-        || conn().query("SELECT id FROM t ORDER BY id").expect("rows"),
+        |_| conn().query("SELECT id FROM t ORDER BY id").expect("rows"),
         || {
             let r: Vec<mysql::Row> = conn().query("XA RECOVER").expect("xa recover");
             r.len()
         },
+    );
+}
+
+/// A transaction that tpsvrinit began and left open is rolled back as soon as init
+/// returns, with its statements: its locks are not held until the first request.
+#[test]
+fn a_transaction_tpsvrinit_leaves_open_is_rolled_back_at_once() {
+    use tpmon_xa::drivers::postgres;
+    let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("inittx")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.url("inittx");
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    db.batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .expect("table");
+    let cfg = Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
+        .section(&format!(
+            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"postgres\"\nopen = {}\n",
+            support::toml_string(&url)
+        ))
+        .server(
+            "sp",
+            &[
+                "group = \"gp\"",
+                "args = [\"--init-tx-sql\", \"INSERT INTO t VALUES (9)\"]",
+            ],
+        )
+        .services("sp", &["SQL"]);
+    let d = Domain::boot("tx-init-open", &cfg);
+    support::wait_until(
+        "no session of the database stays in a transaction",
+        LONG,
+        || {
+            let open: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = 'inittx' AND state LIKE 'idle in transaction%'",
+                    &[],
+                )
+                .expect("activity")
+                .get(0);
+            open == 0
+        },
+    );
+    assert!(
+        d.log().contains("still open on this instance's context"),
+        "the cleanup is logged:\n{}",
+        d.log()
+    );
+    // The row was never committed, and its key is free.
+    db.batch_execute("INSERT INTO t VALUES (9)")
+        .expect("the key is free");
+}
+
+#[test]
+fn a_transaction_a_service_began_itself_includes_its_embedded_site_work() {
+    a_transaction_a_service_began_itself(
+        "tx-selftx-emb",
+        "kind = \"embedded\"",
+        false,
+        |d| {
+            let r = d.client().call("ROWS", &s(""), Flags::NONE).expect("ROWS");
+            support::text(&r)
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| n.parse().expect("id"))
+                .collect()
+        },
+        // The site's prepared branches are in its memory; the log's emptiness
+        // (checked by the helper) and the rows say what became of them.
+        || 0,
     );
 }
 

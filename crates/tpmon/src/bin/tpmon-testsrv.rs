@@ -16,10 +16,23 @@ fn text(b: &Option<Buffer>) -> String {
         .to_string()
 }
 
-/// Runs `sql` on the group's database (PostgreSQL or MariaDB) through the context.
+/// Runs `sql` on the group's database (PostgreSQL or MariaDB) through the context. On
+/// an embedded site only `INSERT INTO t VALUES (N)` is understood: it inserts key N
+/// (8 bytes, big-endian) into table `t`.
 fn run_sql(ctx: &mut Context, sql: &str) -> Result<(), String> {
     let kind = ctx.resource_manager().map(|rm| rm.kind());
     match kind {
+        Some(RmKind::Embedded) => {
+            let id: i64 = sql
+                .strip_prefix("INSERT INTO t VALUES (")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("not understood on an embedded site: {sql}"))?;
+            ctx.embedded()
+                .map_err(|e| e.to_string())?
+                .insert("t", &id.to_be_bytes(), b"")
+                .map_err(|e| e.to_string())
+        }
         Some(RmKind::Postgres) => ctx
             .postgres()
             .map_err(|e| e.to_string())?
@@ -46,9 +59,19 @@ fn main() -> ExitCode {
         .position(|a| a == "--done-marker")
         .and_then(|i| args.get(i + 1).cloned());
     Server::new()
-        .on_init(|_ctx, args| {
+        .on_init(|ctx, args| {
             if args.iter().any(|a| a == "--fail-init") {
                 return Err("asked to fail by --fail-init".into());
+            }
+            // `--init-tx-sql SQL`: begins a transaction, runs SQL in it and returns with
+            // it open (a tpsvrinit that forgot to end what it began).
+            if let Some(sql) = args
+                .iter()
+                .position(|a| a == "--init-tx-sql")
+                .and_then(|i| args.get(i + 1))
+            {
+                ctx.client().tx_begin().map_err(|e| e.to_string())?;
+                run_sql(ctx, sql)?;
             }
             Ok(())
         })
@@ -139,6 +162,25 @@ fn main() -> ExitCode {
                 return tpreturn(Outcome::Fail, 1, Buffer::string(e.to_string()));
             }
             tpreturn(Outcome::Success, 0, req.buffer)
+        })
+        // Replies with the ids in table `t` of the group's embedded site, in order,
+        // separated by commas.
+        .service("ROWS", |ctx, _req| {
+            let rows = ctx.embedded().map_err(|e| e.to_string()).and_then(|site| {
+                site.scan("t", b"", None, u32::MAX)
+                    .map_err(|e| e.to_string())
+            });
+            match rows {
+                Ok(rows) => {
+                    let ids: Vec<String> = rows
+                        .iter()
+                        .filter_map(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
+                        .map(|k| i64::from_be_bytes(k).to_string())
+                        .collect();
+                    tpreturn(Outcome::Success, 0, Buffer::string(ids.join(",")))
+                }
+                Err(e) => tpreturn(Outcome::Fail, 1, Buffer::string(e)),
+            }
         })
         // Replies "tran=BOOL left_ms=N": whether the request's flags say TPTRAN, and
         // how long its transaction has left (0 outside one).
