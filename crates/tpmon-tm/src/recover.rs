@@ -51,10 +51,18 @@ pub(crate) enum Action {
     Leave,
     /// Leave: older than this node's log, so no decision of it can be known here.
     LeaveUnknown,
+    /// Leave: a gtrid this log cannot have begun (an epoch later than this boot's, or
+    /// our prefix without our format); only an operator can tell what it is.
+    LeaveStrange,
 }
 
 /// How `tpmon tx list` shows a branch recovery leaves because it is older than the log.
 pub(crate) const OLDER_THAN_LOG: &str = "in doubt: older than this node's log (resolve by hand)";
+
+/// How `tpmon tx list` shows a branch recovery leaves because this log cannot have
+/// begun it ([`Action::LeaveStrange`]).
+pub(crate) const NOT_THIS_LOGS: &str =
+    "left alone: not from this log (later epoch or unknown format; resolve by hand)";
 
 /// At most this many subordinate entries are resolved at once by one recovery pass.
 const SUBORDINATE_DRIVES: usize = 32;
@@ -104,11 +112,7 @@ impl Tm {
             };
         }
         let Some(g) = Gtrid::parse(gtrid.as_bytes()) else {
-            tracing::warn!(
-                gtrid,
-                "a prepared branch with our prefix but not our format; left alone"
-            );
-            return Action::Leave;
+            return Action::LeaveStrange;
         };
         if g.epoch < self.first_epoch {
             return Action::LeaveUnknown;
@@ -117,12 +121,7 @@ impl Tm {
             return Action::RollBack;
         }
         if g.epoch > self.epoch {
-            tracing::warn!(
-                gtrid,
-                epoch = self.epoch,
-                "a prepared branch from a later epoch; left alone"
-            );
-            return Action::Leave;
+            return Action::LeaveStrange;
         }
         let grace = DEADLINE_GRACE.as_millis() as u64;
         if now_unix_ms() >= g.deadline_s.saturating_mul(1000).saturating_add(grace) {
@@ -464,11 +463,11 @@ impl Tm {
             let mut tasks = Vec::new();
             for xid in xids {
                 match self.presume(&xid) {
-                    leave @ (Action::Leave | Action::LeaveUnknown) => {
-                        let state = if leave == Action::LeaveUnknown {
-                            OLDER_THAN_LOG
-                        } else {
-                            "in flight"
+                    leave @ (Action::Leave | Action::LeaveUnknown | Action::LeaveStrange) => {
+                        let state = match leave {
+                            Action::LeaveUnknown => OLDER_THAN_LOG,
+                            Action::LeaveStrange => NOT_THIS_LOGS,
+                            _ => "in flight",
                         };
                         found
                             .entry(xid.gtrid.clone())
@@ -511,7 +510,7 @@ impl Tm {
         let mut st = self.lock();
         let mut earlier: HashMap<String, SystemTime> = HashMap::new();
         st.tracked.retain(|g, t| {
-            if t.state == "in flight" || t.state == OLDER_THAN_LOG {
+            if t.state == "in flight" || t.state == OLDER_THAN_LOG || t.state == NOT_THIS_LOGS {
                 earlier.insert(g.clone(), t.since);
                 false
             } else {
@@ -525,6 +524,7 @@ impl Tm {
             let since = match earlier.get(&gtrid) {
                 Some(t) => *t,
                 None => {
+                    // Said once, when first found (every pass finds it again).
                     if state == OLDER_THAN_LOG {
                         tracing::error!(
                             gtrid,
@@ -532,6 +532,15 @@ impl Tm {
                             "a prepared branch older than this node's transaction log: the \
                              log that decided it was lost or replaced, so it is left in doubt; \
                              resolve it with `tpmon tx commit|rollback`"
+                        );
+                    } else if state == NOT_THIS_LOGS {
+                        tracing::warn!(
+                            gtrid,
+                            epoch = self.epoch,
+                            "a prepared branch with this node's prefix that this log cannot \
+                             have begun (a later epoch, or not tpmon's gtrid format: another \
+                             installation sharing the database and names?); left alone; \
+                             resolve it with `tpmon tx rollback` once you know it is ours"
                         );
                     }
                     SystemTime::now()

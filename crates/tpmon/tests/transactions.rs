@@ -350,6 +350,52 @@ fn a_lost_log_never_presumes_abort() {
     assert_eq!(rollbacks(&f), 0);
 }
 
+/// A prepared branch with this node's prefix that its log cannot have begun (an epoch
+/// later than the current boot's) is listed for the operator, said once in the log,
+/// never presumed aborted, and resolved by hand.
+#[test]
+fn a_branch_this_log_cannot_have_begun_is_listed_and_left_to_the_operator() {
+    let f = fakes("tx-strange");
+    let cfg = config(&f.a, &f.b, &[]);
+    let d = Domain::boot("tx-strange", &cfg);
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    let ours = c.tx_info().xid.expect("xid");
+    c.tx_rollback().expect("rollback");
+    let mut g = tpmon_proto::Gtrid::parse(ours.as_bytes()).expect("a tpmon gtrid");
+    g.epoch += 5;
+    g.deadline_s = 1;
+    let gtrid = g.encode();
+    std::fs::write(f.a.join("prepared").join(format!("{gtrid}|1.2.3")), b"")
+        .expect("a prepared branch");
+    let item = support::wait_for("the branch listed for 3 s", LONG, || {
+        tx_list(&d)
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["gtrid"] == gtrid.as_str()).cloned())
+            .filter(|t| t["age_s"].as_u64().unwrap_or(0) >= 3)
+    });
+    assert!(
+        item["state"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("left alone: not from this log"),
+        "{item}"
+    );
+    assert_eq!(rollbacks(&f), 0, "never presumed aborted");
+    let log = d.log();
+    assert_eq!(
+        log.matches("that this log cannot have begun").count(),
+        1,
+        "said once, not at every pass:\n{log}"
+    );
+    let conf = d.client_config.to_str().unwrap_or_default().to_string();
+    let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
+    let run = tpmon(["tx", "rollback", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
+    assert!(run.ok(), "{run:?}");
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "rollback", Some("ok")), 1);
+}
+
 #[test]
 fn operators_list_and_resolve_transactions() {
     let f = fakes("tx-ops");
