@@ -98,26 +98,46 @@ pub(crate) struct RawGroup {
 }
 
 /// A group's `rm`: a kind alone (`rm = "none"`) or a table.
-#[derive(Debug, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a resource manager kind (\"none\", \"postgres\", ...) or a table with kind, open and pool_max"
-)]
+#[derive(Debug)]
 pub(crate) enum RawRm {
     Kind(String),
     Table(RawRmTable),
 }
 
-/// `[group.rm]`. Plain values: spans do not survive an untagged enum, so errors point
-/// at the `rm` key.
+/// Told apart by the value's TOML type (not `#[serde(untagged)]`, which would replace
+/// every error inside the table, an unknown or missing key, a wrong type, with one
+/// generic message, and lose the spans of its values).
+impl<'de> Deserialize<'de> for RawRm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = RawRm;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a resource manager kind (\"none\", \"postgres\", ...) or a [group.rm] table",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawRm, E> {
+                Ok(RawRm::Kind(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawRm, A::Error> {
+                RawRmTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawRm::Table)
+            }
+        }
+        d.deserialize_any(Shape)
+    }
+}
+
+/// `[group.rm]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(crate) struct RawRmTable {
-    pub kind: String,
-    pub open: Option<String>,
-    pub pool_max: Option<i64>,
-    pub checkpoint_interval_ms: Option<i64>,
-    pub lock_timeout_ms: Option<i64>,
+    pub kind: Option<Str>,
+    pub open: Option<Str>,
+    pub pool_max: Option<Int>,
+    pub checkpoint_interval_ms: Option<Int>,
+    pub lock_timeout_ms: Option<Int>,
 }
 
 /// One `[[server]]`.

@@ -1194,6 +1194,71 @@ fn unsupported_rm_kind() {
     let e = parse_err(&lines(&v));
     assert!(e.to_string().contains("already group \"A\""), "{e}");
 
+    // Mistakes inside [group.rm] are named with their key and line, like any other.
+    let rm_table = |body: &[&str]| {
+        let mut v = vec!["[[group]]", "name = \"G\"", "[group.rm]"];
+        v.extend_from_slice(body);
+        parse_err(&lines(&with_domain(&v)))
+    };
+    let e = rm_table(&["kind = \"postgres\"", "open = \"host=x\"", "pool_size = 3"]);
+    check(
+        &e,
+        ErrorKind::UnknownKey,
+        9,
+        Some("group \"G\""),
+        Some("rm.pool_size"),
+    );
+    assert!(e.message().contains("pool_max"), "{e}");
+    let e = rm_table(&[
+        "kind = \"postgres\"",
+        "open = \"host=x\"",
+        "pool_max = \"3\"",
+    ]);
+    check(
+        &e,
+        ErrorKind::WrongType,
+        9,
+        Some("group \"G\""),
+        Some("rm.pool_max"),
+    );
+    let e = rm_table(&["open = \"host=x\""]);
+    check(
+        &e,
+        ErrorKind::MissingKey,
+        6,
+        Some("group \"G\""),
+        Some("rm.kind"),
+    );
+    let e = rm_table(&["kind = \"postgres\"", "open = \"host=x\"", "pool_max = 0"]);
+    check(
+        &e,
+        ErrorKind::InvalidValue,
+        9,
+        Some("group \"G\""),
+        Some("rm.pool_max"),
+    );
+    // An empty open string, written or from an empty variable, is refused.
+    let e = rm_table(&["kind = \"postgres\"", "open = \"\""]);
+    check(
+        &e,
+        ErrorKind::InvalidValue,
+        8,
+        Some("group \"G\""),
+        Some("rm.open"),
+    );
+    let v = with_domain(&[
+        "[[group]]",
+        "name = \"G\"",
+        "[group.rm]",
+        "kind = \"mariadb\"",
+        "open = \"${EMPTY}\"",
+    ]);
+    let e = parse_with_env(&doc(&lines(&v)), Path::new(SOURCE), &|k: &str| {
+        (k == "EMPTY").then(String::new)
+    })
+    .expect_err("empty");
+    assert!(e.message().contains("empty after expanding"), "{e}");
+
     let v = with_domain(&["[[group]]", "name = \"G\"", "rm = \"oracle\""]);
     let e = parse_err(&lines(&v));
     check(

@@ -981,18 +981,35 @@ fn rm(
     scope: &Scope,
     spanned: &Spanned<RawRm>,
 ) -> Result<ResourceManager, ConfigError> {
-    let at = |v| Spanned::new(spanned.span(), v);
     let (kind_value, open, pool_max, key, interval, lock_timeout) = match spanned.get_ref() {
-        RawRm::Kind(k) => (at(k.clone()), None, None, "rm", None, None),
-        RawRm::Table(t) => (
-            at(t.kind.clone()),
-            t.open.clone().map(at),
-            t.pool_max.map(|n| Spanned::new(spanned.span(), n)),
-            "rm.kind",
-            t.checkpoint_interval_ms
-                .map(|n| Spanned::new(spanned.span(), n)),
-            t.lock_timeout_ms.map(|n| Spanned::new(spanned.span(), n)),
+        RawRm::Kind(k) => (
+            Spanned::new(spanned.span(), k.clone()),
+            None,
+            None,
+            "rm",
+            None,
+            None,
         ),
+        RawRm::Table(t) => {
+            let Some(kind) = t.kind.clone() else {
+                return Err(ctx.err(
+                    scope,
+                    "rm.kind",
+                    spanned.span().start,
+                    ErrorKind::MissingKey,
+                    "required key is missing (\"postgres\", \"mariadb\", \"noop\", \
+                     \"embedded\", \"fake\" or \"none\")",
+                ));
+            };
+            (
+                kind,
+                t.open.clone(),
+                t.pool_max.clone(),
+                "rm.kind",
+                t.checkpoint_interval_ms.clone(),
+                t.lock_timeout_ms.clone(),
+            )
+        }
     };
     let kind = match kind_value.get_ref().as_str() {
         "none" => return Ok(ResourceManager::None),
@@ -1015,7 +1032,24 @@ fn rm(
         }
     };
     let open = match &open {
-        Some(v) => ctx.expanded(scope, "rm.open", v)?,
+        Some(v) => {
+            let out = ctx.expanded(scope, "rm.open", v)?;
+            if out.trim().is_empty() {
+                return Err(ctx.err(
+                    scope,
+                    "rm.open",
+                    v.span().start,
+                    ErrorKind::InvalidValue,
+                    if v.get_ref().contains('$') {
+                        "empty after expanding its variables (is one set to an empty value?)"
+                    } else {
+                        "must not be empty (leave the key out for an embedded site's default \
+                         directory)"
+                    },
+                ));
+            }
+            out
+        }
         None if kind == RmKind::Noop || kind == RmKind::Embedded => String::new(),
         None => {
             return Err(ctx.err(
