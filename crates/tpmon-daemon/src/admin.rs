@@ -1,4 +1,6 @@
-//! The admin socket (`run_dir/admin.sock`, mode 0600): status and shutdown requests.
+//! The admin socket (`run_dir/admin.sock`, mode 0600): status, transaction listing
+//! and manual resolution (`tpmon tx`), embedded-site recovery and checkpoints
+//! (`tpmon rm`), and shutdown requests.
 //! Access is by file permission: only the domain's user can connect.
 
 use std::sync::Arc;

@@ -4,11 +4,14 @@
 //! directory (pid lock, host token, status table, one request queue per server),
 //! starts and supervises server instances, authenticates clients on the TCP port,
 //! relays the calls of clients that cannot use the local fast path, and answers
-//! administrative requests (status, down) on a Unix socket in the run directory. In a
+//! administrative requests (status, down, tx list, tx resolve, rm recover, rm
+//! checkpoint) on a Unix socket in the run directory. It hosts the node's transaction
+//! manager (`tpmon-tm`, with its `tm.sock`) and embedded sites (`tpmon-rm`). In a
 //! multi-node domain it runs its own node only (its own run directory, the servers of
 //! its node's groups, its node's embedded sites) and keeps the node links
 //! (`tpmon-link`) with the other nodes' daemons, over which it routes the calls of its
-//! callers to services that only other nodes offer, and serves theirs.
+//! callers to services that only other nodes offer and serves theirs; the links also
+//! carry the transaction managers' requests and the sites' redo requests between nodes.
 //!
 //! The daemon routes and supervises; it does not carry the bytes of local calls, which
 //! go straight from caller to server queue and back. It owns: the processes, the

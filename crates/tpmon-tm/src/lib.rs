@@ -8,6 +8,14 @@
 //! transactions it is deciding. It never runs service code and never talks to clients
 //! itself.
 //!
+//! In a multi-node domain it coordinates the transactions whose gtrid names its node,
+//! preparing and ending the branches of other nodes' groups through those nodes'
+//! managers, and is a subordinate for the transactions other nodes coordinate: it logs
+//! its node's branches as prepared at the coordinator's Prepare, carries out the
+//! coordinator's outcome, and when in doubt asks (the coordinator, else the other
+//! nodes) rather than guess ([`subordinate`]; the daemon carries the requests over the
+//! node links).
+//!
 //! Ordering rules (docs/design-transactions.md has the full argument):
 //! * a commit decision is durable in the log before any branch is told to commit and
 //!   before the originator hears "committed";

@@ -12,8 +12,8 @@ use tpmon_proto::AdminRequest;
 /// `tpmon tx …`.
 #[derive(Debug, Subcommand)]
 pub enum TxCommand {
-    /// In-flight and in-doubt transactions: gtrid, state, age, branches, retries,
-    /// last error.
+    /// In-flight and in-doubt transactions: gtrid, coordinator, state, age, branches,
+    /// retries, last error.
     List {
         /// Domain configuration file.
         #[arg(short, long)]
@@ -28,8 +28,10 @@ pub enum TxCommand {
         #[arg(long)]
         run_dir: Option<PathBuf>,
     },
-    /// Commit one transaction by hand (refused when the log decided rollback; for a
-    /// transaction another node coordinates, refused unless that node decided commit).
+    /// Commit one transaction by hand: drives a logged commit decision again. Refused
+    /// when the log decided rollback, and when it holds no decision (presumed abort)
+    /// unless the transaction is older than this node's log; for a transaction another
+    /// node coordinates, refused unless that node decided commit.
     Commit {
         /// Domain configuration file.
         #[arg(short, long)]
@@ -43,8 +45,9 @@ pub enum TxCommand {
         #[arg(long)]
         run_dir: Option<PathBuf>,
     },
-    /// Roll one transaction back by hand (refused when the log decided commit; for a
-    /// transaction another node coordinates, refused unless that node decided rollback).
+    /// Roll one transaction back by hand (refused when the log decided commit, and
+    /// while the transaction may still be running; for a transaction another node
+    /// coordinates, refused unless that node decided rollback).
     Rollback {
         /// Domain configuration file.
         #[arg(short, long)]
