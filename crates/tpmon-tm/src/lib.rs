@@ -37,6 +37,7 @@ use tpmon_txlog::{Entry, LogError, LogIdentity, Options, TxLog, TxState};
 
 mod blocking_pg;
 mod commit;
+mod epochs;
 pub mod pool;
 mod recover;
 pub mod subordinate;
@@ -144,6 +145,17 @@ pub enum TmError {
         /// The log directory.
         dir: String,
     },
+    /// The log's epoch entry cannot be read: which epochs the log issued is unknown.
+    #[error(
+        "global transaction log {dir}: its #epoch entry is damaged ({bytes} bytes that are \
+         none of its formats); the log cannot tell its own transactions from others'"
+    )]
+    EpochDamaged {
+        /// The log directory.
+        dir: String,
+        /// The entry's data length.
+        bytes: usize,
+    },
 }
 
 /// What the manager knows of one transaction it is working on, for `tpmon tx list`.
@@ -205,11 +217,14 @@ pub struct Tm {
     domain: String,
     node: String,
     epoch: u64,
-    /// The epoch this node's log began with. A branch of an earlier epoch that no
-    /// entry covers comes from a log this one replaced (lost, deleted, or `log_dir`
-    /// pointed elsewhere): its decision is unknown here, so it is never presumed
-    /// aborted, only shown for the operator to resolve.
+    /// The epoch this node's log began with (the SCN counts from it).
     pub(crate) first_epoch: u64,
+    /// The epochs this node's log issued. A branch of an earlier epoch that this log
+    /// did not issue and no entry covers comes from a log this one replaced (lost,
+    /// deleted, an older copy restored, or `log_dir` pointed elsewhere): its decision
+    /// is unknown here, so it is never presumed aborted, only shown for the operator
+    /// to resolve.
+    pub(crate) epochs: epochs::EpochHistory,
     prefix: String,
     one_phase_commit: bool,
     recovery_interval: Duration,
@@ -239,8 +254,8 @@ pub struct Tm {
     /// In-doubt transactions resolved here with an outcome their coordinator pushed
     /// (RECOVER_INDOUBT_GLOBAL_TX).
     pub(crate) pushed_resolved: std::sync::atomic::AtomicU64,
-    /// Commit sequence number (GET_MAX_SCN): the log's boot count (`epoch -
-    /// first_epoch + 1`) `<< 32` plus the commit decisions logged since this boot.
+    /// Commit sequence number (GET_MAX_SCN): `epoch - first_epoch + 1` (which grows
+    /// at every boot) `<< 32` plus the commit decisions logged since this boot.
     /// Durable at no cost: the epoch is (the log's epoch record, advanced at every
     /// boot), so it never goes back across restarts; the node with the highest one
     /// decided most recently.
@@ -300,18 +315,19 @@ impl Tm {
                 });
             }
         };
-        let (epoch, first_epoch) = match log.get(EPOCH_KEY) {
-            Some(e) => {
-                let (last, first) = decode_epoch(&e.data);
-                (last + 1, first)
-            }
-            None => {
-                let first = first_epoch_of_new_log();
-                (first, first)
-            }
+        let now_s = now_unix_ms() / 1000;
+        let epochs = match log.get(EPOCH_KEY) {
+            Some(e) => epochs::EpochHistory::decode(&e.data)
+                .ok_or_else(|| TmError::EpochDamaged {
+                    dir: dir.display().to_string(),
+                    bytes: e.data.len(),
+                })?
+                .next_boot(now_s),
+            None => epochs::EpochHistory::new_log(now_s),
         };
+        let (epoch, first_epoch) = (epochs.current, epochs.first);
         let mut marker = Entry::new(EPOCH_KEY.to_vec(), TxState::Idle);
-        marker.data = [epoch.to_be_bytes(), first_epoch.to_be_bytes()].concat();
+        marker.data = epochs.encode();
         log.put(marker).map_err(log_err)?;
         let mut pools = Vec::with_capacity(cfg.groups.len());
         let mut rm_of_group = Vec::with_capacity(cfg.groups.len());
@@ -338,6 +354,7 @@ impl Tm {
             node: node.to_string(),
             epoch,
             first_epoch,
+            epochs,
             one_phase_commit: settings.one_phase_commit,
             recovery_interval: settings.recovery_interval,
             timeout_max: settings.timeout_max,
@@ -352,8 +369,8 @@ impl Tm {
             state: Mutex::new(State::default()),
             recovered: std::sync::atomic::AtomicBool::new(false),
             pushed_resolved: std::sync::atomic::AtomicU64::new(0),
-            // The boots of this log, not the epoch itself, so that the counter of
-            // decisions keeps its 32 bits.
+            // Relative to the log's first epoch, not the epoch itself, so that the
+            // counter of decisions keeps its 32 bits.
             scn: std::sync::atomic::AtomicU64::new((epoch.saturating_sub(first_epoch) + 1) << 32),
         }))
     }
@@ -371,6 +388,13 @@ impl Tm {
     /// The epoch the node's log began with ([`Tm::epoch`] at the log's first boot).
     pub fn first_epoch(&self) -> u64 {
         self.first_epoch
+    }
+
+    /// True when `epoch` is earlier than this boot's and this node's log did not issue
+    /// it: a branch of it that no entry covers belongs to a log this one replaced, so
+    /// nothing here knows its decision.
+    pub(crate) fn epoch_of_another_log(&self, epoch: u64) -> bool {
+        epoch < self.epoch && !self.epochs.issued(epoch)
     }
 
     /// The prefix of every gtrid this node coordinates.
@@ -474,30 +498,4 @@ fn log_dir_state(dir: &Path) -> LogDir {
     } else {
         LogDir::Lost
     }
-}
-
-/// The epoch entry's data: the last boot's epoch and the log's first epoch (logs
-/// written before the first epoch was kept hold the last epoch only; they began at 1).
-fn decode_epoch(data: &[u8]) -> (u64, u64) {
-    let word = |b: &[u8]| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(b);
-        u64::from_be_bytes(w)
-    };
-    match data.len() {
-        16 => (word(&data[..8]), word(&data[8..])),
-        8 => (word(data), 1),
-        _ => (0, 1),
-    }
-}
-
-/// The first epoch of a log created now: the seconds since the Unix epoch. A log that
-/// replaces a lost one then starts above every epoch the lost one used (unless that
-/// one booted more often than once a second on average), so its gtrids never repeat
-/// and recovery can tell the lost log's branches from its own (`first_epoch`). It
-/// stays below 2^32, which the gtrid's length bound assumes, until 2106.
-fn first_epoch_of_new_log() -> u64 {
-    // A clock set far ahead must not make gtrids longer than XA allows: room is left
-    // below 2^32 for a million boots.
-    (now_unix_ms() / 1000).clamp(1, u64::from(u32::MAX) - (1 << 20))
 }

@@ -49,15 +49,18 @@ pub(crate) enum Action {
     Commit,
     RollBack,
     Leave,
-    /// Leave: older than this node's log, so no decision of it can be known here.
+    /// Leave: of an epoch this node's log did not issue (before it began, or between
+    /// two of its boots), so no decision of it can be known here.
     LeaveUnknown,
     /// Leave: a gtrid this log cannot have begun (an epoch later than this boot's, or
     /// our prefix without our format); only an operator can tell what it is.
     LeaveStrange,
 }
 
-/// How `tpmon tx list` shows a branch recovery leaves because it is older than the log.
-pub(crate) const OLDER_THAN_LOG: &str = "in doubt: older than this node's log (resolve by hand)";
+/// How `tpmon tx list` shows a branch recovery leaves because its epoch is one this
+/// node's log did not issue ([`Action::LeaveUnknown`]).
+pub(crate) const OLDER_THAN_LOG: &str =
+    "in doubt: from a log this node no longer has (resolve by hand)";
 
 /// How `tpmon tx list` shows a branch recovery leaves because this log cannot have
 /// begun it ([`Action::LeaveStrange`]).
@@ -114,7 +117,7 @@ impl Tm {
         let Some(g) = Gtrid::parse(gtrid.as_bytes()) else {
             return Action::LeaveStrange;
         };
-        if g.epoch < self.first_epoch {
+        if self.epoch_of_another_log(g.epoch) {
             return Action::LeaveUnknown;
         }
         if g.epoch < self.epoch || st.rolled_back.contains_key(gtrid) {
@@ -529,8 +532,9 @@ impl Tm {
                         tracing::error!(
                             gtrid,
                             first_epoch = self.first_epoch,
-                            "a prepared branch older than this node's transaction log: the \
-                             log that decided it was lost or replaced, so it is left in doubt; \
+                            "a prepared branch of an epoch this node's transaction log did \
+                             not issue: the log that decided it was lost or replaced (by a new \
+                             log, or by an older copy restored), so it is left in doubt; \
                              resolve it with `tpmon tx commit|rollback`"
                         );
                     } else if state == NOT_THIS_LOGS {

@@ -567,11 +567,11 @@ impl Tm {
         if st.deciding.contains(&text) {
             return SubAnswer::new(Status::Wait, "being decided");
         }
-        if g.epoch < self.first_epoch {
+        if self.epoch_of_another_log(g.epoch) {
             // The log that knew its outcome was replaced: not presumed aborted.
             return SubAnswer::new(
                 Status::Wait,
-                "older than the coordinator's log, which cannot know its outcome; \
+                "from a log the coordinator no longer has, so it cannot know its outcome; \
                  resolve it by hand",
             );
         }

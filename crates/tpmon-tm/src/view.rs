@@ -213,7 +213,7 @@ impl Tm {
             // Older than the log: the log that decided it is gone, and the operator
             // decides (from the other databases' state) either way.
             let older_than_log =
-                Gtrid::parse(gtrid.as_bytes()).is_some_and(|g| g.epoch < self.first_epoch);
+                Gtrid::parse(gtrid.as_bytes()).is_some_and(|g| self.epoch_of_another_log(g.epoch));
             if commit && !older_than_log {
                 return Err(format!(
                     "refused: the log holds no commit decision for {gtrid}, so it is \

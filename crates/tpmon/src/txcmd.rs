@@ -30,7 +30,7 @@ pub enum TxCommand {
     },
     /// Commit one transaction by hand: drives a logged commit decision again. Refused
     /// when the log decided rollback, and when it holds no decision (presumed abort)
-    /// unless the transaction is older than this node's log; for a transaction another
+    /// unless the transaction comes from a log this node no longer has; for a transaction another
     /// node coordinates, refused unless that node decided commit.
     Commit {
         /// Domain configuration file.

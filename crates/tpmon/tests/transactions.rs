@@ -326,7 +326,7 @@ fn a_lost_log_never_presumes_abort() {
         item["state"]
             .as_str()
             .unwrap_or("")
-            .contains("older than this node's log"),
+            .contains("from a log this node no longer has"),
         "{item}"
     );
     assert_eq!(item["logged"], false);
@@ -335,7 +335,8 @@ fn a_lost_log_never_presumes_abort() {
     assert_eq!(FakeRm::prepared(&f.b).len(), 1);
     assert_eq!(rollbacks(&f), 0);
     assert!(
-        d.log().contains("older than this node's transaction log"),
+        d.log()
+            .contains("an epoch this node's transaction log did not issue"),
         "the daemon's log says why"
     );
     // The operator decides; committing by hand is allowed, since no log decided
@@ -394,6 +395,86 @@ fn a_branch_this_log_cannot_have_begun_is_listed_and_left_to_the_operator() {
     assert!(run.ok(), "{run:?}");
     nothing_left(&d, &f);
     assert_eq!(calls(&f.a, "rollback", Some("ok")), 1);
+}
+
+/// An older copy of the log (restored from a backup) does not presume aborted the
+/// transactions of the newer log it replaced: their epochs are not its own.
+#[test]
+fn a_restored_older_copy_of_the_log_never_presumes_abort() {
+    let f = fakes("tx-restored");
+    let cfg = config(&f.a, &f.b, &[]);
+    let mut d = Domain::boot("tx-restored", &cfg);
+    let log_dir = d.run_dir.join("txlog");
+    let backup = d.run_dir.join("txlog-backup");
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read the log dir") {
+            let e = e.expect("entry");
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    };
+    // The backup: the log as the first boot left it (the daemon stopped, so that
+    // the copy is consistent).
+    let pids = d
+        .try_status()
+        .map(|st| support::all_pids(&st))
+        .unwrap_or_default();
+    d.kill_all(&pids);
+    copy(&log_dir, &backup);
+    d.reboot(&cfg, &[("TPMON_FAILPOINTS", "tm.after_decision=kill")]);
+    // The newer log decides a commit and dies before phase 2.
+    let mut c = d.client();
+    c.tx_set_timeout(Duration::from_secs(1)).expect("timeout");
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("restored"), Flags::NONE)
+        .expect("NESTED");
+    let gtrid = c.tx_info().xid.expect("xid");
+    assert!(c.tx_commit().is_err(), "the daemon died during commit");
+    support::wait_until("the daemon is gone", LONG, || !support::alive(d.daemon_pid));
+    drop(c);
+    let pids = d
+        .try_status()
+        .map(|st| support::all_pids(&st))
+        .unwrap_or_default();
+    d.kill_all(&pids);
+    // The operator restores the backup, which never saw that decision.
+    std::fs::remove_dir_all(&log_dir).expect("remove the newer log");
+    copy(&backup, &log_dir);
+    let epoch = tpmon_proto::Gtrid::parse(gtrid.as_bytes())
+        .expect("a tpmon gtrid")
+        .epoch;
+    support::wait_until("the next second", LONG, || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|t| t.as_secs() > epoch)
+    });
+    d.reboot(&cfg, &[]);
+    // Well past the deadline and its grace, both branches stay prepared and listed.
+    let item = support::wait_for("the branches listed for 4 s", LONG, || {
+        tx_list(&d)
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["gtrid"] == gtrid.as_str()).cloned())
+            .filter(|t| t["age_s"].as_u64().unwrap_or(0) >= 4)
+    });
+    assert!(
+        item["state"]
+            .as_str()
+            .unwrap_or("")
+            .contains("from a log this node no longer has"),
+        "{item}"
+    );
+    assert_eq!(FakeRm::prepared(&f.a).len(), 1);
+    assert_eq!(FakeRm::prepared(&f.b).len(), 1);
+    assert_eq!(rollbacks(&f), 0);
+    // The operator, who knows the newer log decided commit, commits by hand.
+    let conf = d.client_config.to_str().unwrap_or_default().to_string();
+    let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
+    let run = tpmon(["tx", "commit", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
+    assert!(run.ok(), "{run:?}");
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
+    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
+    assert_eq!(rollbacks(&f), 0);
 }
 
 #[test]
