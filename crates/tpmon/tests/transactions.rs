@@ -296,30 +296,43 @@ fn a_lost_log_never_presumes_abort() {
     let gtrid = c.tx_info().xid.expect("xid");
     assert!(c.tx_commit().is_err());
     drop(c);
+    kill_everything(&d);
+    std::fs::remove_dir_all(d.run_dir.join("txlog")).expect("remove the log");
+    // A new log's first epoch is the second it is created in; the lost one's first
+    // epoch was the second of the first boot. Only a log lost and replaced within the
+    // same second (or one that booted more than once a second) could share epochs.
+    left_in_doubt_then_committed_by_hand(&mut d, &cfg, &f, &gtrid);
+}
+
+/// Kills the daemon and every instance, and waits until they are gone.
+fn kill_everything(d: &Domain) {
     let pids = d
         .try_status()
         .map(|st| support::all_pids(&st))
         .unwrap_or_default();
     d.kill_all(&pids);
-    std::fs::remove_dir_all(d.run_dir.join("txlog")).expect("remove the log");
-    // A new log's first epoch is the second it is created in; the lost one's first
-    // epoch was the second of the first boot. Only a log lost and replaced within the
-    // same second (or one that booted more than once a second) could share epochs.
-    let lost_epoch = tpmon_proto::Gtrid::parse(gtrid.as_bytes())
+}
+
+/// After the log that decided `gtrid` (whose two branches, one on each fake RM, are
+/// prepared) was replaced: boots the domain again in a later second than the
+/// transaction's epoch, and checks that recovery lists the branches for the operator,
+/// pass after pass, well past the transaction's deadline and the grace after it (the
+/// caller set 1 s; + 2 s), and touches neither, saying why in the daemon's log. Then
+/// commits it by hand, as the operator who knows it committed would.
+fn left_in_doubt_then_committed_by_hand(d: &mut Domain, cfg: &Config, f: &Fakes, gtrid: &str) {
+    let epoch = tpmon_proto::Gtrid::parse(gtrid.as_bytes())
         .expect("a tpmon gtrid")
         .epoch;
     support::wait_until("the next second", LONG, || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .is_ok_and(|t| t.as_secs() > lost_epoch)
+            .is_ok_and(|t| t.as_secs() > epoch)
     });
-    d.reboot(&cfg, &[]);
-    // Recovery lists the branches for the operator, pass after pass, well past the
-    // transaction's deadline and the grace after it (1 s + 2 s), and touches neither.
+    d.reboot(cfg, &[]);
     let item = support::wait_for("the branches listed for 4 s", LONG, || {
-        tx_list(&d)
+        tx_list(d)
             .as_array()
-            .and_then(|a| a.iter().find(|t| t["gtrid"] == gtrid.as_str()).cloned())
+            .and_then(|a| a.iter().find(|t| t["gtrid"] == gtrid).cloned())
             .filter(|t| t["age_s"].as_u64().unwrap_or(0) >= 4)
     });
     assert!(
@@ -333,22 +346,21 @@ fn a_lost_log_never_presumes_abort() {
     assert_eq!(item["branches"].as_array().map_or(0, Vec::len), 2, "{item}");
     assert_eq!(FakeRm::prepared(&f.a).len(), 1);
     assert_eq!(FakeRm::prepared(&f.b).len(), 1);
-    assert_eq!(rollbacks(&f), 0);
+    assert_eq!(rollbacks(f), 0);
     assert!(
         d.log()
             .contains("an epoch this node's transaction log did not issue"),
         "the daemon's log says why"
     );
-    // The operator decides; committing by hand is allowed, since no log decided
-    // otherwise.
+    // Committing by hand is allowed, since no log decided otherwise.
     let conf = d.client_config.to_str().unwrap_or_default().to_string();
     let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
-    let run = tpmon(["tx", "commit", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
+    let run = tpmon(["tx", "commit", "-c", &conf, "--run-dir", &run_dir, gtrid]);
     assert!(run.ok(), "{run:?}");
-    nothing_left(&d, &f);
+    nothing_left(d, f);
     assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
     assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
-    assert_eq!(rollbacks(&f), 0);
+    assert_eq!(rollbacks(f), 0);
 }
 
 /// A prepared branch with this node's prefix that its log cannot have begun (an epoch
@@ -415,11 +427,7 @@ fn a_restored_older_copy_of_the_log_never_presumes_abort() {
     };
     // The backup: the log as the first boot left it (the daemon stopped, so that
     // the copy is consistent).
-    let pids = d
-        .try_status()
-        .map(|st| support::all_pids(&st))
-        .unwrap_or_default();
-    d.kill_all(&pids);
+    kill_everything(&d);
     copy(&log_dir, &backup);
     d.reboot(&cfg, &[("TPMON_FAILPOINTS", "tm.after_decision=kill")]);
     // The newer log decides a commit and dies before phase 2.
@@ -432,49 +440,11 @@ fn a_restored_older_copy_of_the_log_never_presumes_abort() {
     assert!(c.tx_commit().is_err(), "the daemon died during commit");
     support::wait_until("the daemon is gone", LONG, || !support::alive(d.daemon_pid));
     drop(c);
-    let pids = d
-        .try_status()
-        .map(|st| support::all_pids(&st))
-        .unwrap_or_default();
-    d.kill_all(&pids);
+    kill_everything(&d);
     // The operator restores the backup, which never saw that decision.
     std::fs::remove_dir_all(&log_dir).expect("remove the newer log");
     copy(&backup, &log_dir);
-    let epoch = tpmon_proto::Gtrid::parse(gtrid.as_bytes())
-        .expect("a tpmon gtrid")
-        .epoch;
-    support::wait_until("the next second", LONG, || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .is_ok_and(|t| t.as_secs() > epoch)
-    });
-    d.reboot(&cfg, &[]);
-    // Well past the deadline and its grace, both branches stay prepared and listed.
-    let item = support::wait_for("the branches listed for 4 s", LONG, || {
-        tx_list(&d)
-            .as_array()
-            .and_then(|a| a.iter().find(|t| t["gtrid"] == gtrid.as_str()).cloned())
-            .filter(|t| t["age_s"].as_u64().unwrap_or(0) >= 4)
-    });
-    assert!(
-        item["state"]
-            .as_str()
-            .unwrap_or("")
-            .contains("from a log this node no longer has"),
-        "{item}"
-    );
-    assert_eq!(FakeRm::prepared(&f.a).len(), 1);
-    assert_eq!(FakeRm::prepared(&f.b).len(), 1);
-    assert_eq!(rollbacks(&f), 0);
-    // The operator, who knows the newer log decided commit, commits by hand.
-    let conf = d.client_config.to_str().unwrap_or_default().to_string();
-    let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
-    let run = tpmon(["tx", "commit", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
-    assert!(run.ok(), "{run:?}");
-    nothing_left(&d, &f);
-    assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
-    assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
-    assert_eq!(rollbacks(&f), 0);
+    left_in_doubt_then_committed_by_hand(&mut d, &cfg, &f, &gtrid);
 }
 
 #[test]
