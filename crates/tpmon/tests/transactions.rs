@@ -710,18 +710,40 @@ fn a_transaction_a_service_began_itself(
     assert_eq!(prepared(), 0, "no branch of the database stays prepared");
 }
 
-#[test]
-fn a_transaction_a_service_began_itself_includes_its_postgres_work() {
+/// A private PostgreSQL server (stopped when dropped) with database `name` holding an
+/// empty table `t (id bigint primary key)`, the database's URL, and a session on it.
+fn pg_with_table(
+    name: &str,
+) -> (
+    tpmon_testdb::PgServer,
+    String,
+    tpmon_xa::drivers::postgres::Client,
+) {
     use tpmon_xa::drivers::postgres;
     let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
-    pg.create_database("selftx")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = pg.url("selftx");
-    let db =
-        std::cell::RefCell::new(postgres::Client::connect(&url, postgres::NoTls).expect("connect"));
-    db.borrow_mut()
-        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+    pg.create_database(name).unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.url(name);
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    db.batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
         .expect("table");
+    (pg, url, db)
+}
+
+/// A domain whose group `gp` uses the PostgreSQL database at `url`, with recovery
+/// every 50 ms; the caller adds the servers.
+fn pg_group(url: &str) -> Config {
+    Config::new()
+        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
+        .section(&format!(
+            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"postgres\"\nopen = {}\n",
+            support::toml_string(url)
+        ))
+}
+
+#[test]
+fn a_transaction_a_service_began_itself_includes_its_postgres_work() {
+    let (_pg, url, db) = pg_with_table("selftx");
+    let db = std::cell::RefCell::new(db);
     a_transaction_a_service_began_itself(
         "tx-selftx-pg",
         &format!("kind = \"postgres\"\nopen = {}", support::toml_string(&url)),
@@ -771,20 +793,8 @@ fn a_transaction_a_service_began_itself_includes_its_mariadb_work() {
 /// returns, with its statements: its locks are not held until the first request.
 #[test]
 fn a_transaction_tpsvrinit_leaves_open_is_rolled_back_at_once() {
-    use tpmon_xa::drivers::postgres;
-    let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
-    pg.create_database("inittx")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = pg.url("inittx");
-    let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-    db.batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
-        .expect("table");
-    let cfg = Config::new()
-        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
-        .section(&format!(
-            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"postgres\"\nopen = {}\n",
-            support::toml_string(&url)
-        ))
+    let (_pg, url, mut db) = pg_with_table("inittx");
+    let cfg = pg_group(&url)
         .server(
             "sp",
             &[
@@ -845,24 +855,13 @@ fn a_transaction_a_service_began_itself_includes_its_embedded_site_work() {
 #[test]
 fn a_service_that_commits_its_postgres_branch_itself_fails_the_transaction() {
     use tpmon_xa::drivers::postgres;
-    let pg = tpmon_testdb::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
-    pg.create_database("ended")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = pg.url("ended");
-    let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .expect("table");
-    let cfg = Config::new()
-        .section("[domain.tx]\nrecovery_interval_ms = 50\n")
-        .section(&format!(
-            "[[group]]\nname = \"gp\"\n[group.rm]\nkind = \"postgres\"\nopen = {}\n",
-            support::toml_string(&url)
-        ))
+    let (_pg, url, mut db) = pg_with_table("ended");
+    let cfg = pg_group(&url)
         .server("sp", &["group = \"gp\""])
         .services("sp", &["SQL"]);
     let d = Domain::boot("tx-pg-ended", &cfg);
     let mut c = d.client();
-    let has = |db: &mut postgres::Client, id: i32| -> bool {
+    let has = |db: &mut postgres::Client, id: i64| -> bool {
         db.query_one("SELECT count(*) FROM t WHERE id = $1", &[&id])
             .expect("count")
             .get::<_, i64>(0)
