@@ -26,9 +26,9 @@ pub const BRANCHES_MAX: usize = 256;
 /// A global transaction id as tpmon makes them:
 /// `DOMAIN:NODE:EPOCH:ORIGIN:SEQ:DEADLINE`, numbers in lower-case hex.
 ///
-/// * `EPOCH` is the coordinating daemon's boot counter (durable, never repeats), so
-///   ids stay unique across restarts and a branch of an earlier epoch is known to have
-///   no live originator.
+/// * `EPOCH` is the coordinating daemon's boot number (durable, rising at every boot,
+///   at least the boot's Unix second), so ids stay unique across restarts and a branch
+///   of an earlier epoch its log issued is known to have no live originator.
 /// * `ORIGIN` is the low 32 bits of the originator's client id (unique within a boot)
 ///   and `SEQ` its own counter, so beginning a transaction needs no message.
 /// * `DEADLINE` is the transaction's deadline in Unix seconds: anyone holding only a

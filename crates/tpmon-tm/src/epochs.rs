@@ -17,8 +17,9 @@
 //!
 //! This module owns the entry's data format; it must not decide what recovery does.
 
-/// Gaps kept in the entry (16 bytes each).
-pub(crate) const GAPS_MAX: usize = 64;
+/// Gaps kept in the entry (16 bytes each; the entry stays within the log's 4 KiB of
+/// data).
+pub(crate) const GAPS_MAX: usize = 250;
 
 /// The highest epoch ever issued: room is left below 2^32 (which the gtrid's length
 /// bound assumes) for a million boots after a clock set far ahead.
@@ -52,18 +53,35 @@ impl EpochHistory {
 
     /// The next boot's history, at Unix second `now`: its epoch is above the last one
     /// and at least `now`; the epochs skipped become a gap.
-    pub fn next_boot(&self, now: u64) -> EpochHistory {
+    ///
+    /// `restored`: the operator says the log was restored from a copy, which may
+    /// have been taken while a boot was still running (a snapshot or a replica): then
+    /// none of the earlier epochs counts as this log's, not even the copy's last,
+    /// whose later decisions the copy may lack.
+    pub fn next_boot(&self, now: u64, restored: bool) -> EpochHistory {
         let mut next = self.clone();
         let after = self.current + 1;
         next.current = after.max(now.min(EPOCH_MAX));
+        if restored {
+            next.known_from = next.current;
+            next.gaps.clear();
+            return next;
+        }
         if next.current > after {
             next.gaps.push((after, next.current - 1));
-            if next.gaps.len() > GAPS_MAX {
-                let (_, end) = next.gaps.remove(0);
-                next.known_from = end + 1;
-            }
+        }
+        while next.gaps.len() > GAPS_MAX {
+            let (_, end) = next.gaps.remove(0);
+            next.known_from = end + 1;
         }
         next
+    }
+
+    /// How far this log's epochs run ahead of Unix second `now` (0 when they do not):
+    /// more than one boot a second, or a clock set back. A log restored later could
+    /// then issue an epoch again that the one it replaces used.
+    pub fn ahead_of(&self, now: u64) -> u64 {
+        self.current.saturating_sub(now)
     }
 
     /// True when this log issued `epoch` (a boot of it began transactions with it).
@@ -110,8 +128,10 @@ impl EpochHistory {
                 gaps: Vec::new(),
             },
             _ => {
+                // Any count the data holds is read (a later version may keep more);
+                // the next boot trims to GAPS_MAX.
                 let n = u16::from_be_bytes(data.get(24..26)?.try_into().ok()?) as usize;
-                if n > GAPS_MAX || data.len() != 26 + 16 * n {
+                if data.len() != 26 + 16 * n {
                     return None;
                 }
                 EpochHistory {
@@ -126,6 +146,7 @@ impl EpochHistory {
         };
         let ordered = h.first <= h.known_from
             && h.known_from <= h.current
+            && h.current <= EPOCH_MAX + (1 << 20)
             && h.gaps
                 .iter()
                 .all(|&(s, e)| h.known_from < s && s <= e && e < h.current)
@@ -142,9 +163,9 @@ mod tests {
     fn a_restored_copy_does_not_claim_its_successors_epochs() {
         // The log is created, boots twice in the same second, then once 100 s later.
         let a = EpochHistory::new_log(1_000);
-        let b = a.next_boot(1_000);
+        let b = a.next_boot(1_000, false);
         assert_eq!(b.current, 1_001);
-        let c = b.next_boot(1_100);
+        let c = b.next_boot(1_100, false);
         assert_eq!(c.current, 1_100);
         assert_eq!(c.gaps, [(1_002, 1_099)]);
         for e in [1_000, 1_001, 1_100] {
@@ -157,16 +178,23 @@ mod tests {
         // not its own.
         let restored = EpochHistory::decode(&b.encode())
             .expect("decodes")
-            .next_boot(1_200);
+            .next_boot(1_200, false);
         assert!(!restored.issued(1_100));
         assert!(restored.issued(1_001) && restored.issued(1_200));
+        // Said to be restored: nothing before this boot counts as its own, not even
+        // the copy's last epoch (a snapshot taken while it ran).
+        let said = EpochHistory::decode(&b.encode())
+            .expect("decodes")
+            .next_boot(1_200, true);
+        assert!(!said.issued(1_001) && !said.issued(1_000) && said.issued(1_200));
+        assert_eq!(EpochHistory::decode(&said.encode()), Some(said));
     }
 
     #[test]
     fn old_gaps_are_forgotten_as_not_issued() {
         let mut h = EpochHistory::new_log(10);
         for i in 0..(GAPS_MAX as u64 + 3) {
-            h = h.next_boot(100 + 10 * i);
+            h = h.next_boot(100 + 10 * i, false);
         }
         assert_eq!(h.gaps.len(), GAPS_MAX);
         assert!(!h.issued(10), "before the oldest kept gap: not known");
@@ -183,7 +211,7 @@ mod tests {
         let h = EpochHistory::decode(&v2).expect("16 bytes");
         assert!(h.issued(5) && h.issued(9) && !h.issued(4));
         assert_eq!(EpochHistory::decode(&[1, 2, 3]), None);
-        let mut bad = EpochHistory::new_log(50).next_boot(60).encode();
+        let mut bad = EpochHistory::new_log(50).next_boot(60, false).encode();
         bad.push(0);
         assert_eq!(EpochHistory::decode(&bad), None);
         // Gaps out of order are refused.
@@ -195,7 +223,20 @@ mod tests {
         };
         assert_eq!(EpochHistory::decode(&h.encode()), None);
         // A clock far ahead stays within the gtrid's bound.
-        let h = EpochHistory::new_log(u64::MAX).next_boot(u64::MAX);
+        let h = EpochHistory::new_log(u64::MAX).next_boot(u64::MAX, false);
         assert!(h.current < 1 << 32);
+        // An epoch far beyond the bound is damage, not a history.
+        let far = EpochHistory {
+            current: u64::MAX,
+            first: 1,
+            known_from: 1,
+            gaps: Vec::new(),
+        };
+        assert_eq!(EpochHistory::decode(&far.encode()), None);
+        // Running ahead of the clock is measured.
+        assert_eq!(
+            EpochHistory::new_log(100).next_boot(90, false).ahead_of(90),
+            11
+        );
     }
 }

@@ -23,8 +23,10 @@
 //!   prepared branch of the current epoch only after that deadline plus a grace, or
 //!   once this manager rolled the transaction back; both checks happen under one lock
 //!   with the set of transactions being decided, so they never race;
-//! * a branch of an earlier epoch without a decision is rolled back at once: its
-//!   originator's session died with the previous daemon, so nobody can decide it.
+//! * a branch of an earlier epoch this log issued without a decision is rolled back at
+//!   once: its originator's session died with the previous daemon, so nobody can
+//!   decide it; one of an epoch this log did not issue (the log was replaced, or an
+//!   older copy restored: module `epochs`) is never presumed aborted.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -115,6 +117,11 @@ use pool::Pool;
 /// Gtrid of the log entry that holds the boot epoch counter (never a real gtrid:
 /// those start with the domain name).
 const EPOCH_KEY: &[u8] = b"#epoch";
+
+/// A file an operator creates in the log directory after restoring the log from a
+/// copy: the next boot counts no earlier epoch as the log's own
+/// (`EpochHistory::next_boot` in module `epochs`) and removes it.
+pub const RESTORED_MARK: &str = "RESTORED";
 
 /// Most transactions in phase 2 at once after their originators were answered (the
 /// others' answers wait): bounds the prepared branches left in resource managers.
@@ -316,19 +323,51 @@ impl Tm {
             }
         };
         let now_s = now_unix_ms() / 1000;
+        // The operator's word that the log was restored from a copy (the file is
+        // removed once this boot's epoch entry is durable).
+        let restored_mark = dir.join(RESTORED_MARK);
+        let restored = restored_mark.exists();
         let epochs = match log.get(EPOCH_KEY) {
             Some(e) => epochs::EpochHistory::decode(&e.data)
                 .ok_or_else(|| TmError::EpochDamaged {
                     dir: dir.display().to_string(),
                     bytes: e.data.len(),
                 })?
-                .next_boot(now_s),
+                .next_boot(now_s, restored),
             None => epochs::EpochHistory::new_log(now_s),
         };
         let (epoch, first_epoch) = (epochs.current, epochs.first);
         let mut marker = Entry::new(EPOCH_KEY.to_vec(), TxState::Idle);
         marker.data = epochs.encode();
         log.put(marker).map_err(log_err)?;
+        if restored {
+            tracing::warn!(
+                dir = %dir.display(),
+                epoch,
+                "the log was marked restored ({RESTORED_MARK}): no prepared branch of an \
+                 earlier boot is presumed aborted; `tpmon tx list` shows them for the \
+                 operator"
+            );
+            std::fs::remove_file(&restored_mark).map_err(|e| TmError::Log {
+                dir: dir.display().to_string(),
+                source: LogError::Io {
+                    file: restored_mark.clone(),
+                    offset: 0,
+                    op: "remove the restored mark",
+                    source: e,
+                },
+            })?;
+        }
+        let ahead = epochs.ahead_of(now_s);
+        if ahead > 1 {
+            tracing::warn!(
+                epoch,
+                seconds = ahead,
+                "this log's epochs run ahead of the clock (more than one boot a second, or \
+                 the clock was set back): a copy of this log restored within that time \
+                 could repeat an epoch; restore copies with the {RESTORED_MARK} mark"
+            );
+        }
         let mut pools = Vec::with_capacity(cfg.groups.len());
         let mut rm_of_group = Vec::with_capacity(cfg.groups.len());
         let this_node = cfg.node_index(node);

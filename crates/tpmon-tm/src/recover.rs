@@ -9,8 +9,9 @@
 //! | COMMIT | any | | commit (unknown branch = already done) |
 //! | ROLLBACK | any | | roll back |
 //! | none | being decided now | | leave (the decision is in progress) |
-//! | none | before the log's first epoch | | leave, shown for the operator (the log that decided it was replaced) |
-//! | none | earlier epoch | | roll back (its originator died with that daemon) |
+//! | none | earlier, not issued by this log | | leave, shown for the operator (the log that decided it was replaced) |
+//! | none | earlier epoch this log issued | | roll back (its originator died with that daemon) |
+//! | none | later than this boot's, or not our format | | leave, shown for the operator |
 //! | none | this epoch | rolled back here | roll back (a branch that prepared late) |
 //! | none | this epoch | deadline + grace passed | roll back (no commit can be decided) |
 //! | none | this epoch | before its deadline | leave (still running) |

@@ -575,6 +575,15 @@ impl Tm {
                  resolve it by hand",
             );
         }
+        if g.epoch > self.epoch {
+            // Not begun by this log (a newer log it replaced, or a clock set back):
+            // never presumed aborted, as recovery leaves such a branch here too.
+            return SubAnswer::new(
+                Status::Wait,
+                "of a later epoch than the coordinator's log, which cannot know its \
+                 outcome; resolve it by hand",
+            );
+        }
         let grace = DEADLINE_GRACE.as_millis() as u64;
         if g.epoch < self.epoch
             || st.rolled_back.contains_key(&text)

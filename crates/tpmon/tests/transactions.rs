@@ -410,12 +410,13 @@ fn a_branch_this_log_cannot_have_begun_is_listed_and_left_to_the_operator() {
 }
 
 /// An older copy of the log (restored from a backup) does not presume aborted the
-/// transactions of the newer log it replaced: their epochs are not its own.
-#[test]
-fn a_restored_older_copy_of_the_log_never_presumes_abort() {
-    let f = fakes("tx-restored");
+/// transactions of the newer log it replaced: their epochs are not its own. `hot`:
+/// the copy is taken while the daemon runs, in the boot that then decides the
+/// commit, so the operator marks the restored log (`RESTORED`).
+fn a_restored_copy_of_the_log(tag: &str, hot: bool) {
+    let f = fakes(tag);
     let cfg = config(&f.a, &f.b, &[]);
-    let mut d = Domain::boot("tx-restored", &cfg);
+    let mut d = Domain::boot(tag, &cfg);
     let log_dir = d.run_dir.join("txlog");
     let backup = d.run_dir.join("txlog-backup");
     let copy = |from: &Path, to: &Path| {
@@ -425,11 +426,16 @@ fn a_restored_older_copy_of_the_log_never_presumes_abort() {
             std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
         }
     };
-    // The backup: the log as the first boot left it (the daemon stopped, so that
-    // the copy is consistent).
     kill_everything(&d);
-    copy(&log_dir, &backup);
+    if !hot {
+        // The log as the first boot left it, the daemon stopped.
+        copy(&log_dir, &backup);
+    }
     d.reboot(&cfg, &[("TPMON_FAILPOINTS", "tm.after_decision=kill")]);
+    if hot {
+        // A snapshot of the running boot's log, before its transaction.
+        copy(&log_dir, &backup);
+    }
     // The newer log decides a commit and dies before phase 2.
     let mut c = d.client();
     c.tx_set_timeout(Duration::from_secs(1)).expect("timeout");
@@ -444,7 +450,21 @@ fn a_restored_older_copy_of_the_log_never_presumes_abort() {
     // The operator restores the backup, which never saw that decision.
     std::fs::remove_dir_all(&log_dir).expect("remove the newer log");
     copy(&backup, &log_dir);
+    if hot {
+        std::fs::write(log_dir.join("RESTORED"), b"").expect("mark the log restored");
+    }
     left_in_doubt_then_committed_by_hand(&mut d, &cfg, &f, &gtrid);
+    assert!(!log_dir.join("RESTORED").exists(), "the mark is consumed");
+}
+
+#[test]
+fn a_restored_older_copy_of_the_log_never_presumes_abort() {
+    a_restored_copy_of_the_log("tx-restored", false);
+}
+
+#[test]
+fn a_restored_snapshot_of_a_running_log_marked_restored_never_presumes_abort() {
+    a_restored_copy_of_the_log("tx-restored-hot", true);
 }
 
 #[test]
