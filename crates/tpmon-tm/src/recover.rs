@@ -63,6 +63,37 @@ pub(crate) enum Action {
 pub(crate) const OLDER_THAN_LOG: &str =
     "in doubt: from a log this node no longer has (resolve by hand)";
 
+/// How `tpmon tx list` shows a prepared branch of another node's transaction that no
+/// entry here covers, while its coordinator gives no definite outcome.
+pub(crate) const FOREIGN_ASKING: &str = "prepared (subordinate, no entry; asking the coordinator)";
+
+/// How `tpmon tx list` shows such a branch while carrying out the coordinator's
+/// outcome fails (the database refuses or is down); recovery retries.
+pub(crate) const FOREIGN_COMMITTING: &str =
+    "prepared (subordinate, no entry; committing as the coordinator decided, retrying)";
+/// The same for a rollback.
+pub(crate) const FOREIGN_ROLLING_BACK: &str =
+    "prepared (subordinate, no entry; rolling back as the coordinator decided, retrying)";
+
+/// How `tpmon tx list` shows a prepared branch whose gtrid names a node that is not in
+/// the domain's configuration: nobody can be asked about it.
+pub(crate) const UNKNOWN_COORDINATOR: &str =
+    "left alone: its coordinator is not a node of this domain (resolve in the database)";
+
+/// The states a recovery pass finds again each time (so the pass replaces them).
+fn swept(state: &str) -> bool {
+    [
+        "in flight",
+        OLDER_THAN_LOG,
+        NOT_THIS_LOGS,
+        FOREIGN_ASKING,
+        FOREIGN_COMMITTING,
+        FOREIGN_ROLLING_BACK,
+        UNKNOWN_COORDINATOR,
+    ]
+    .contains(&state)
+}
+
 /// How `tpmon tx list` shows a branch recovery leaves because this log cannot have
 /// begun it ([`Action::LeaveStrange`]).
 pub(crate) const NOT_THIS_LOGS: &str =
@@ -399,8 +430,9 @@ impl Tm {
     }
 
     async fn sweep_rms(self: &Arc<Self>) {
-        // Per gtrid left alone: how to show it, and its branches (group, bqual).
-        type Left = (&'static str, Vec<(u16, String)>);
+        // Per gtrid left alone: how to show it, its branches (group, bqual), and the
+        // last error.
+        type Left = (&'static str, Vec<(u16, String)>, String);
         let mut found: HashMap<String, Left> = HashMap::new();
         for (group, pool) in self.pools.iter().enumerate() {
             let Some(pool) = pool.clone() else { continue };
@@ -453,16 +485,30 @@ impl Tm {
             for (_, xids) in by_gtrid {
                 let (me, pool, slots) = (self.clone(), pool.clone(), slots.clone());
                 asks.push(tokio::spawn(async move {
+                    let mut left = Vec::new();
                     let Ok(_slot) = slots.acquire_owned().await else {
-                        return;
+                        return left;
                     };
                     for xid in xids {
-                        me.resolve_foreign(group as u16, &pool, xid).await;
+                        if let Some(shown) =
+                            me.resolve_foreign(group as u16, &pool, xid.clone()).await
+                        {
+                            left.push((xid, shown));
+                        }
                     }
+                    left
                 }));
             }
             for a in asks {
-                let _ = a.await;
+                for (xid, (state, why)) in a.await.unwrap_or_default() {
+                    let e = found
+                        .entry(xid.gtrid.clone())
+                        .or_insert_with(|| (state, Vec::new(), String::new()));
+                    e.1.push((group as u16, xid.bqual.clone()));
+                    if !why.is_empty() {
+                        e.2 = why;
+                    }
+                }
             }
             let mut tasks = Vec::new();
             for xid in xids {
@@ -475,7 +521,7 @@ impl Tm {
                         };
                         found
                             .entry(xid.gtrid.clone())
-                            .or_insert_with(|| (state, Vec::new()))
+                            .or_insert_with(|| (state, Vec::new(), String::new()))
                             .1
                             .push((group as u16, xid.bqual.clone()));
                     }
@@ -514,14 +560,14 @@ impl Tm {
         let mut st = self.lock();
         let mut earlier: HashMap<String, SystemTime> = HashMap::new();
         st.tracked.retain(|g, t| {
-            if t.state == "in flight" || t.state == OLDER_THAN_LOG || t.state == NOT_THIS_LOGS {
+            if swept(t.state) {
                 earlier.insert(g.clone(), t.since);
                 false
             } else {
                 true
             }
         });
-        for (gtrid, (state, branches)) in found {
+        for (gtrid, (state, branches, last_error)) in found {
             if st.tracked.contains_key(&gtrid) {
                 continue;
             }
@@ -537,6 +583,13 @@ impl Tm {
                              not issue: the log that decided it was lost or replaced (by a new \
                              log, or by an older copy restored), so it is left in doubt; \
                              resolve it with `tpmon tx commit|rollback`"
+                        );
+                    } else if state == UNKNOWN_COORDINATOR {
+                        tracing::warn!(
+                            gtrid,
+                            "a prepared branch of a transaction whose coordinating node is not \
+                             in this domain's configuration: nobody can tell its outcome; left \
+                             alone; finish it in its database once you know it"
                         );
                     } else if state == NOT_THIS_LOGS {
                         tracing::warn!(
@@ -558,7 +611,7 @@ impl Tm {
                     since,
                     branches: branches.into_iter().map(|(g, b)| (g, b, false)).collect(),
                     retries: 0,
-                    last_error: String::new(),
+                    last_error,
                 },
             );
         }

@@ -960,13 +960,15 @@ impl Tm {
     /// Subordinate recovery: a prepared branch of a transaction another node
     /// coordinates that no Prepare entry here covers (its server prepared it, but the
     /// coordinator's Prepare never came, or its Rollback did not arrive). Asks the
-    /// coordinator about that branch and acts on a definite answer only.
+    /// coordinator about that branch and acts on a definite answer only. Returns how
+    /// `tpmon tx list` shows the branch while it stays (state, last error), or `None`
+    /// when it was resolved or another path owns it.
     pub(crate) async fn resolve_foreign(
         &self,
         group: u16,
         pool: &Arc<crate::pool::Pool>,
         xid: Xid,
-    ) {
+    ) -> Option<(&'static str, String)> {
         let gtrid = xid.gtrid.clone();
         {
             let st = self.lock();
@@ -974,15 +976,13 @@ impl Tm {
                 || st.sub_prepared.contains_key(&gtrid)
                 || self.log.holds(gtrid.as_bytes())
             {
-                return;
+                return None;
             }
         }
-        let Some(g) = Gtrid::parse(gtrid.as_bytes()) else {
-            return;
-        };
+        let g = Gtrid::parse(gtrid.as_bytes())?;
         let Some(node) = self.nodes.iter().position(|n| *n == g.node) else {
-            tracing::warn!(xid = %xid, "a prepared branch of an unknown node's transaction; left alone");
-            return;
+            // Nobody can be asked: the operator's (recovery warns once).
+            return Some((crate::recover::UNKNOWN_COORDINATOR, String::new()));
         };
         // The resource manager may hold the branch for another group sharing it; the
         // coordinator knows it by the group that reported it, which recovery cannot
@@ -992,6 +992,7 @@ impl Tm {
             .map(|i| i as u16)
             .collect();
         let mut answer = None;
+        let mut why = String::from("no group of this node uses the branch's database");
         for grp in groups {
             let req = SubRequest {
                 gtrid: gtrid.as_bytes().to_vec(),
@@ -1006,14 +1007,18 @@ impl Tm {
                 Ok(a) if a.status == Status::Rollback => {
                     answer = Some((false, Decision::default()))
                 }
-                _ => {
+                other => {
+                    why = match other {
+                        Ok(a) => format!("the coordinator answered {:?} {}", a.status, a.detail),
+                        Err(e) => e,
+                    };
                     answer = None;
                     break;
                 }
             }
         }
         let Some((commit, decision)) = answer else {
-            return;
+            return Some((crate::recover::FOREIGN_ASKING, why));
         };
         let r = if commit {
             pool.commit(&xid, decision).await
@@ -1022,10 +1027,19 @@ impl Tm {
         };
         match r {
             Ok(()) | Err(XaError::NotFound(_)) => {
-                tracing::info!(xid = %xid, commit, "recovery resolved a prepared branch another node coordinates")
+                tracing::info!(xid = %xid, commit, "recovery resolved a prepared branch another node coordinates");
+                None
             }
             Err(e) => {
-                tracing::warn!(xid = %xid, commit, error = %e, "recovery could not resolve a prepared branch; will retry")
+                tracing::warn!(xid = %xid, commit, error = %e, "recovery could not resolve a prepared branch; will retry");
+                Some((
+                    if commit {
+                        crate::recover::FOREIGN_COMMITTING
+                    } else {
+                        crate::recover::FOREIGN_ROLLING_BACK
+                    },
+                    e.to_string(),
+                ))
             }
         }
     }

@@ -381,6 +381,24 @@ fn a_branch_this_log_cannot_have_begun_is_listed_and_left_to_the_operator() {
     let gtrid = g.encode();
     std::fs::write(f.a.join("prepared").join(format!("{gtrid}|1.2.3")), b"")
         .expect("a prepared branch");
+    // And one of a node the configuration does not know: nobody can be asked.
+    let mut ghost = tpmon_proto::Gtrid::parse(ours.as_bytes()).expect("a tpmon gtrid");
+    ghost.node = "ghost".into();
+    let ghost = ghost.encode();
+    let ghost_file = f.b.join("prepared").join(format!("{ghost}|1.2.4"));
+    std::fs::write(&ghost_file, b"").expect("a prepared branch");
+    let item = support::wait_for("the ghost's branch listed", LONG, || {
+        tx_list(&d)
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["gtrid"] == ghost.as_str()).cloned())
+    });
+    assert!(
+        item["state"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("left alone: its coordinator is not a node of this domain"),
+        "{item}"
+    );
     let item = support::wait_for("the branch listed for 3 s", LONG, || {
         tx_list(&d)
             .as_array()
@@ -401,6 +419,14 @@ fn a_branch_this_log_cannot_have_begun_is_listed_and_left_to_the_operator() {
         1,
         "said once, not at every pass:\n{log}"
     );
+    assert_eq!(
+        log.matches("whose coordinating node is not in this domain")
+            .count(),
+        1,
+        "said once, not at every pass:\n{log}"
+    );
+    // Finished in its database by the operator: no longer listed.
+    std::fs::remove_file(&ghost_file).expect("finish the ghost's branch");
     let conf = d.client_config.to_str().unwrap_or_default().to_string();
     let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
     let run = tpmon(["tx", "rollback", "-c", &conf, "--run-dir", &run_dir, &gtrid]);
