@@ -2,10 +2,12 @@
 //! server of examples/bank/domain.toml; which services an instance offers, and on which
 //! database, comes from the configuration (its group's resource manager).
 //!
-//! * `TRANSFER` (FIELD `FROM`, `TO`, `AMOUNT`, `TXID`, optional `TODB`): debits FROM in
-//!   this server's database (database 1) and calls `CREDIT` (or `CREDIT3` for
+//! * `TRANSFER` (FIELD `FROM`, `TO`, `AMOUNT`, optional `TXID` and `TODB`): debits FROM
+//!   in this server's database (database 1) and calls `CREDIT` (or `CREDIT3` for
 //!   `TODB=3`), all inside the caller's global transaction. TPFAIL when funds are
-//!   short or an account is missing, which dooms the transaction.
+//!   short or an account is missing, which dooms the transaction. Without `TXID` the
+//!   transfer's id is derived from the global transaction's id; the reply carries the
+//!   `TXID` used either way.
 //! * `DEBIT` / `CREDIT` / `CREDIT3`: one side of a transfer; each also records TXID in
 //!   the database's `journal`, so a checker can prove that both sides of every
 //!   transfer committed together.
@@ -225,7 +227,37 @@ fn one_side(ctx: &mut Context, req: &ServiceRequest, f: &Fields, debit: bool) ->
     tpreturn(Outcome::Success, 0, None)
 }
 
-fn transfer(ctx: &mut Context, req: ServiceRequest, f: &Fields) -> ServiceResult {
+/// A transfer id for a TRANSFER request without one: 63 bits of an FNV-1a hash of
+/// the global transaction's id (unique per transaction; the journal's key refuses the
+/// improbable clash, which fails that transfer).
+fn txid_of(gtrid: &[u8]) -> i64 {
+    let h = gtrid.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (h >> 1) as i64
+}
+
+fn transfer(ctx: &mut Context, mut req: ServiceRequest, f: &Fields) -> ServiceResult {
+    // TXID is optional here: both sides record the same one.
+    let txid = match req.buffer.as_mut().and_then(|b| match b {
+        Buffer::Field(fb) => Some(fb),
+        _ => None,
+    }) {
+        Some(fb) => match long(fb, f.txid) {
+            Some(t) => Some(t),
+            None => match &req.tx {
+                Some(tx) => {
+                    let t = txid_of(&tx.gtrid);
+                    if fb.add(f.txid, FieldValue::Long(t)).is_err() {
+                        return fail("cannot add TXID to the request");
+                    }
+                    Some(t)
+                }
+                None => None,
+            },
+        },
+        None => None,
+    };
     let debit = one_side(ctx, &req, f, true);
     if !matches!(
         debit,
@@ -245,7 +277,15 @@ fn transfer(ctx: &mut Context, req: ServiceRequest, f: &Fields) -> ServiceResult
     let service = if to_db == 3 { "CREDIT3" } else { "CREDIT" };
     let data = req.buffer.clone().unwrap_or_else(|| Buffer::string(""));
     match ctx.client().call(service, &data, Flags::NONE) {
-        Ok(_) => tpreturn(Outcome::Success, 0, None),
+        Ok(_) => {
+            let mut reply = FieldBuffer::new();
+            if let Some(t) = txid {
+                if reply.add(f.txid, FieldValue::Long(t)).is_err() {
+                    return fail("cannot build the reply");
+                }
+            }
+            tpreturn(Outcome::Success, 0, Buffer::Field(reply))
+        }
         Err(e) => fail(format!("{service}: {}", e.detail_or_kind())),
     }
 }

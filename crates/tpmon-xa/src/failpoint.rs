@@ -5,7 +5,7 @@
 //! process sends itself SIGKILL: exactly a `kill -9` at that step), `kill@N` (on the
 //! N-th hit, counting from 1), or `wait:PATH` (on the first hit only: create the file
 //! PATH, then block until it is removed; the test restarts a database or kills another
-//! process meanwhile), or `fire` (for [`fires`]: fault injection the caller performs,
+//! process meanwhile), `wait@N:PATH` (the same on the N-th hit), or `fire` (for [`fires`]: fault injection the caller performs,
 //! such as corrupting a site's memory).
 //!
 //! Why not the `fail` crate: it can panic or return at a failpoint but not kill the
@@ -20,7 +20,7 @@ use std::time::Duration;
 enum Action {
     Fire,
     Kill { at: u64 },
-    Wait(std::path::PathBuf),
+    Wait { at: u64, path: std::path::PathBuf },
 }
 
 struct Point {
@@ -42,7 +42,18 @@ fn points() -> &'static [Point] {
             .filter_map(|item| {
                 let (name, action) = item.trim().split_once('=')?;
                 let action = if let Some(path) = action.strip_prefix("wait:") {
-                    Action::Wait(path.into())
+                    Action::Wait {
+                        at: 1,
+                        path: path.into(),
+                    }
+                } else if let Some((n, path)) = action
+                    .strip_prefix("wait@")
+                    .and_then(|rest| rest.split_once(':'))
+                {
+                    Action::Wait {
+                        at: n.parse().ok()?,
+                        path: path.into(),
+                    }
                 } else if let Some(n) = action.strip_prefix("kill@") {
                     Action::Kill {
                         at: n.parse().ok()?,
@@ -86,13 +97,13 @@ pub fn hit(name: &str) {
                 }
             }
             Action::Kill { .. } => {}
-            Action::Wait(path) if n == 1 => {
+            Action::Wait { at, path } if *at == n => {
                 let _ = std::fs::write(path, std::process::id().to_string());
                 while path.exists() {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
-            Action::Wait(_) | Action::Fire => {}
+            Action::Wait { .. } | Action::Fire => {}
         }
     }
 }

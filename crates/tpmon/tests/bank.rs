@@ -94,6 +94,47 @@ fn bank_example_over_postgres_and_mariadb() {
         "TODB=3",
     ]);
     assert!(run.ok(), "{run:?}");
+    // FROM, TO and AMOUNT alone: TRANSFER derives the transfer's id from the global
+    // transaction and replies with it.
+    let run = tpmon([
+        "call",
+        "-c",
+        &conf,
+        "--run-dir",
+        &run_dir,
+        "TRANSFER",
+        "--tx",
+        "--field",
+        "FROM=5",
+        "--field",
+        "TO=6",
+        "--field",
+        "AMOUNT=7",
+    ]);
+    assert!(run.ok(), "{run:?}");
+    let derived: i64 = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TXID\t"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the reply names the TXID: {run:?}"));
+    // Funds short inside the caller's own transaction: the failure dooms it, so the
+    // commit that follows reports the rollback.
+    let f = Fields::new();
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    let e = c
+        .call(
+            "TRANSFER",
+            &f.transfer(7, 8, 1_000_000, 999_999_997, 2),
+            tpmon_client::Flags::NONE,
+        )
+        .expect_err("funds are short");
+    assert_eq!(e.kind, tpmon_client::ErrorKind::SvcFail, "{e:?}");
+    assert!(
+        matches!(c.tx_commit(), Err(tpmon_client::TxError::RolledBack(_))),
+        "a doomed transaction does not commit"
+    );
     // A branch that only reads votes read-only: it commits at once, nothing stays
     // prepared, and the commit needs no phase 2 for it.
     let mut c = d.client();
@@ -117,7 +158,9 @@ fn bank_example_over_postgres_and_mariadb() {
         .collect();
     assert!(acked.len() >= 60, "most transfers commit: {}", acked.len());
     acked.push(999_999_998);
+    acked.push(derived);
     dbs.check(&d, &acked);
+    assert!(!dbs.debited().contains(&999_999_997));
 }
 
 /// Where a crash case puts its failpoint.
@@ -130,10 +173,14 @@ enum Point {
 
 /// What the case does at the failpoint.
 enum Act {
-    /// The failpoint kills the process.
-    Kill,
-    /// The process waits at the failpoint while the test restarts PostgreSQL.
-    RestartDb,
+    /// The failpoint kills the process (on its N-th hit).
+    Kill(u64),
+    /// The process waits at the failpoint (on its N-th hit) while the test restarts
+    /// the database the transfer credits (PostgreSQL, or MariaDB for database 3).
+    RestartDb(u64),
+    /// A server waits at the failpoint while the test kills the daemon and every
+    /// instance with `kill -9`.
+    KillDaemon,
 }
 
 struct Case {
@@ -142,6 +189,11 @@ struct Case {
     act: Act,
     /// What the client must see for the transfer that meets the failpoint.
     first: Expect,
+    /// What recovery must make of that transfer whatever the client saw: committed
+    /// (its commit decision was durable) or rolled back (it was not).
+    ends: Ends,
+    /// The database the transfers credit: 2 (PostgreSQL) or 3 (MariaDB).
+    todb: i64,
 }
 
 /// The first transfer's outcome as the client sees it.
@@ -154,19 +206,22 @@ enum Expect {
     CommittedOrUnknown,
 }
 
+/// The first transfer's outcome after recovery.
+#[derive(Debug, PartialEq, Eq)]
+enum Ends {
+    Committed,
+    RolledBack,
+}
+
 fn crash_case(case: Case) {
-    let dbs_holder = Arc::new(Mutex::new(BankDbs::start(false)));
+    let dbs_holder = Arc::new(Mutex::new(BankDbs::start(case.todb == 3)));
     let tmp = TempDir::new(case.tag);
     let wait_file: PathBuf = tmp.path.join("at-failpoint");
+    let (Point::Daemon(p) | Point::Server(_, p)) = &case.point;
     let spec = match case.act {
-        Act::Kill => match &case.point {
-            Point::Daemon(p) | Point::Server(_, p) => format!("{p}=kill"),
-        },
-        Act::RestartDb => match &case.point {
-            Point::Daemon(p) | Point::Server(_, p) => {
-                format!("{p}=wait:{}", wait_file.display())
-            }
-        },
+        Act::Kill(n) => format!("{p}=kill@{n}"),
+        Act::RestartDb(n) => format!("{p}=wait@{n}:{}", wait_file.display()),
+        Act::KillDaemon => format!("{p}=wait:{}", wait_file.display()),
     };
     type Pairs<'a> = Vec<(&'a str, &'a str)>;
     let (server_fp, daemon_env): (Pairs, Pairs) = match &case.point {
@@ -187,27 +242,54 @@ fn crash_case(case: Case) {
     let mut c = d.client();
     // Short transactions, so that branches nobody reported are presumed aborted soon.
     c.tx_set_timeout(Duration::from_secs(3)).expect("timeout");
-    // The restart of the database happens while the process waits at the failpoint.
-    let restarter = matches!(case.act, Act::RestartDb).then(|| {
-        let (dbs, wait_file) = (dbs_holder.clone(), wait_file.clone());
-        std::thread::spawn(move || {
-            wait_until("the process reaches the failpoint", LONG, || {
-                wait_file.exists()
-            });
-            if let Ok(mut dbs) = dbs.lock() {
-                dbs.pg.kill9();
-                dbs.pg.start_again().expect("PostgreSQL restarts");
-            }
-            let _ = std::fs::remove_file(&wait_file);
-        })
-    });
+    // The restart of the database, or the kill of the daemon, happens while the
+    // process waits at the failpoint.
+    let victims: Vec<u32> = std::iter::once(d.daemon_pid)
+        .chain(support::all_pids(&d.status()))
+        .collect();
+    let side = match case.act {
+        Act::Kill(_) => None,
+        Act::RestartDb(_) => {
+            let (dbs, wait_file, todb) = (dbs_holder.clone(), wait_file.clone(), case.todb);
+            Some(std::thread::spawn(move || {
+                wait_until("the process reaches the failpoint", LONG, || {
+                    wait_file.exists()
+                });
+                if let Ok(mut dbs) = dbs.lock() {
+                    match dbs.maria.as_mut().filter(|_| todb == 3) {
+                        Some(m) => {
+                            m.kill9();
+                            m.start_again().expect("MariaDB restarts");
+                        }
+                        None => {
+                            dbs.pg.kill9();
+                            dbs.pg.start_again().expect("PostgreSQL restarts");
+                        }
+                    }
+                }
+                let _ = std::fs::remove_file(&wait_file);
+            }))
+        }
+        Act::KillDaemon => {
+            let wait_file = wait_file.clone();
+            let victims = victims.clone();
+            Some(std::thread::spawn(move || {
+                wait_until("the server reaches the failpoint", LONG, || {
+                    wait_file.exists()
+                });
+                for &pid in &victims {
+                    support::kill9(pid);
+                }
+            }))
+        }
+    };
     let id = txid();
-    let first = transfer(&mut c, &f, 1, 2, 10, id, 2);
+    let first = transfer(&mut c, &f, 1, 2, 10, id, case.todb);
     if first == Transfer::Committed {
         acked.push(id);
     }
-    if let Some(t) = restarter {
-        t.join().expect("restarter");
+    if let Some(t) = side {
+        t.join().expect("the test's side thread");
     }
     let seen = match &first {
         Transfer::Committed => Expect::Committed,
@@ -222,12 +304,17 @@ fn crash_case(case: Case) {
         "{}: first transfer {first:?}, expected {:?}",
         case.tag, case.first
     );
-    // A daemon killed at its failpoint is booted again without it.
-    if matches!(case.point, Point::Daemon(_)) && matches!(case.act, Act::Kill) {
-        wait_until("the daemon died at its failpoint", LONG, || {
-            !support::alive(d.daemon_pid)
-        });
+    // A daemon killed (by its failpoint or by the test) is booted again without
+    // failpoints.
+    let daemon_killed = matches!(
+        (&case.point, &case.act),
+        (Point::Daemon(_), Act::Kill(_)) | (_, Act::KillDaemon)
+    );
+    if daemon_killed {
+        wait_until("the daemon died", LONG, || !support::alive(d.daemon_pid));
         drop(c);
+        // The servers' failpoints live in the configuration file.
+        std::fs::write(&d.config, clean_cfg.render()).expect("the configuration");
         d.crash_and_reboot(&clean_cfg, &[]);
         c = d.client();
         c.tx_set_timeout(Duration::from_secs(3)).expect("timeout");
@@ -236,14 +323,28 @@ fn crash_case(case: Case) {
     // failpoint fires again, so only the daemon cases expect successes here).
     for k in 0..3 {
         let id = txid();
-        let t = transfer(&mut c, &f, 3 + k, 4 + k, 1, id, 2);
+        let t = transfer(&mut c, &f, 3 + k, 4 + k, 1, id, case.todb);
         if t == Transfer::Committed {
             acked.push(id);
+        } else {
+            eprintln!("{}: follow-up transfer {id}: {t:?}", case.tag);
         }
     }
     let dbs = dbs_holder.lock().expect("dbs");
+    // A durable commit decision is carried out even when the client never heard of
+    // it; an undecided transfer is rolled back everywhere.
+    if case.ends == Ends::Committed && !acked.contains(&id) {
+        acked.push(id);
+    }
     dbs.check(&d, &acked);
-    if matches!(case.point, Point::Daemon(_)) {
+    if case.ends == Ends::RolledBack {
+        assert!(
+            !dbs.debited().contains(&id),
+            "{}: the undecided transfer {id} committed",
+            case.tag
+        );
+    }
+    if daemon_killed {
         assert!(
             acked.len() >= 3,
             "{}: transfers commit after recovery",
@@ -257,8 +358,10 @@ fn crash_server_before_its_prepare() {
     crash_case(Case {
         tag: "bank-srv-before-prepare",
         point: Point::Server("bank2", "server.before_prepare"),
-        act: Act::Kill,
+        act: Act::Kill(1),
         first: Expect::RolledBack,
+        ends: Ends::RolledBack,
+        todb: 2,
     });
 }
 
@@ -268,8 +371,10 @@ fn crash_server_between_the_prepares() {
     crash_case(Case {
         tag: "bank-srv-between",
         point: Point::Server("bank1", "server.before_prepare"),
-        act: Act::Kill,
+        act: Act::Kill(1),
         first: Expect::RolledBack,
+        ends: Ends::RolledBack,
+        todb: 2,
     });
 }
 
@@ -278,8 +383,36 @@ fn crash_server_after_every_prepare_before_its_reply() {
     crash_case(Case {
         tag: "bank-srv-after-prepare",
         point: Point::Server("bank1", "server.after_prepare"),
-        act: Act::Kill,
+        act: Act::Kill(1),
         first: Expect::RolledBack,
+        ends: Ends::RolledBack,
+        todb: 2,
+    });
+}
+
+#[test]
+fn crash_daemon_before_a_prepare() {
+    // CREDIT waits before preparing while the whole node dies.
+    crash_case(Case {
+        tag: "bank-tm-before-prepare",
+        point: Point::Server("bank2", "server.before_prepare"),
+        act: Act::KillDaemon,
+        first: Expect::RolledBack,
+        ends: Ends::RolledBack,
+        todb: 2,
+    });
+}
+
+#[test]
+fn crash_daemon_between_the_prepares() {
+    // CREDIT prepared; TRANSFER waits before its own prepare while the node dies.
+    crash_case(Case {
+        tag: "bank-tm-between",
+        point: Point::Server("bank1", "server.before_prepare"),
+        act: Act::KillDaemon,
+        first: Expect::RolledBack,
+        ends: Ends::RolledBack,
+        todb: 2,
     });
 }
 
@@ -288,8 +421,10 @@ fn crash_daemon_before_the_decision_is_durable() {
     crash_case(Case {
         tag: "bank-tm-before-decision",
         point: Point::Daemon("tm.before_decision"),
-        act: Act::Kill,
+        act: Act::Kill(1),
         first: Expect::Unknown,
+        ends: Ends::RolledBack,
+        todb: 2,
     });
 }
 
@@ -298,18 +433,23 @@ fn crash_daemon_after_the_decision_before_phase_two() {
     crash_case(Case {
         tag: "bank-tm-after-decision",
         point: Point::Daemon("tm.after_decision"),
-        act: Act::Kill,
+        act: Act::Kill(1),
         first: Expect::Unknown,
+        ends: Ends::Committed,
+        todb: 2,
     });
 }
 
 #[test]
 fn crash_daemon_during_phase_two() {
+    // Dies before the second COMMIT PREPARED: one branch committed, the other not.
     crash_case(Case {
         tag: "bank-tm-phase2",
         point: Point::Daemon("tm.phase2"),
-        act: Act::Kill,
+        act: Act::Kill(2),
         first: Expect::CommittedOrUnknown,
+        ends: Ends::Committed,
+        todb: 2,
     });
 }
 
@@ -318,8 +458,10 @@ fn crash_daemon_after_phase_two_before_forgetting() {
     crash_case(Case {
         tag: "bank-tm-after-phase2",
         point: Point::Daemon("tm.after_phase2"),
-        act: Act::Kill,
+        act: Act::Kill(1),
         first: Expect::CommittedOrUnknown,
+        ends: Ends::Committed,
+        todb: 2,
     });
 }
 
@@ -328,8 +470,10 @@ fn database_restart_between_decision_and_phase_two() {
     crash_case(Case {
         tag: "bank-db-restart-phase2",
         point: Point::Daemon("tm.after_decision"),
-        act: Act::RestartDb,
+        act: Act::RestartDb(1),
         first: Expect::Committed,
+        ends: Ends::Committed,
+        todb: 2,
     });
 }
 
@@ -338,8 +482,10 @@ fn database_restart_before_a_prepare() {
     crash_case(Case {
         tag: "bank-db-restart-prepare",
         point: Point::Server("bank2", "server.before_prepare"),
-        act: Act::RestartDb,
+        act: Act::RestartDb(1),
         first: Expect::RolledBack,
+        ends: Ends::RolledBack,
+        todb: 2,
     });
 }
 
@@ -367,6 +513,8 @@ fn random_kill_loop_keeps_the_bank_consistent() {
     let cfg = dbs.config(&[], &[]);
     let mut d = Domain::boot("bank-kill-loop", &cfg);
     let acked = Arc::new(Mutex::new(Vec::new()));
+    // Whatever the seed, one round kills the whole node.
+    let daemon_round = rng.below(4);
     for round in 0..4 {
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
@@ -393,7 +541,7 @@ fn random_kill_loop_keeps_the_bank_consistent() {
         std::thread::sleep(Duration::from_millis(150 + rng.below(400)));
         let st = d.status();
         let pids = support::all_pids(&st);
-        let kill_daemon = rng.below(3) == 0;
+        let kill_daemon = round == daemon_round || rng.below(3) == 0;
         if kill_daemon || pids.is_empty() {
             eprintln!("round {round}: kill -9 the daemon");
             d.kill_all(&pids);
@@ -423,8 +571,10 @@ fn database_restart_between_the_prepares() {
     crash_case(Case {
         tag: "bank-db-restart-between",
         point: Point::Server("bank1", "server.before_prepare"),
-        act: Act::RestartDb,
+        act: Act::RestartDb(1),
         first: Expect::RolledBack,
+        ends: Ends::RolledBack,
+        todb: 2,
     });
 }
 
@@ -433,17 +583,98 @@ fn database_restart_after_every_prepare_before_the_decision() {
     crash_case(Case {
         tag: "bank-db-restart-before-decision",
         point: Point::Daemon("tm.before_decision"),
-        act: Act::RestartDb,
+        act: Act::RestartDb(1),
         first: Expect::Committed,
+        ends: Ends::Committed,
+        todb: 2,
     });
 }
 
 #[test]
 fn database_restart_during_phase_two() {
+    // The first branch committed; PostgreSQL restarts before the second COMMIT
+    // PREPARED.
     crash_case(Case {
         tag: "bank-db-restart-phase2-during",
         point: Point::Daemon("tm.phase2"),
-        act: Act::RestartDb,
+        act: Act::RestartDb(2),
         first: Expect::Committed,
+        ends: Ends::Committed,
+        todb: 2,
+    });
+}
+
+// The same steps with MariaDB as the credited database (TODB 3): its restart, the
+// node's death and a server's death.
+
+#[test]
+fn mariadb_restart_before_its_prepare() {
+    crash_case(Case {
+        tag: "bank-maria-restart-prepare",
+        point: Point::Server("bank3", "server.before_prepare"),
+        act: Act::RestartDb(1),
+        first: Expect::RolledBack,
+        ends: Ends::RolledBack,
+        todb: 3,
+    });
+}
+
+#[test]
+fn mariadb_restart_after_every_prepare_before_the_decision() {
+    crash_case(Case {
+        tag: "bank-maria-restart-before-decision",
+        point: Point::Daemon("tm.before_decision"),
+        act: Act::RestartDb(1),
+        first: Expect::Committed,
+        ends: Ends::Committed,
+        todb: 3,
+    });
+}
+
+#[test]
+fn mariadb_restart_between_decision_and_phase_two() {
+    crash_case(Case {
+        tag: "bank-maria-restart-phase2",
+        point: Point::Daemon("tm.after_decision"),
+        act: Act::RestartDb(1),
+        first: Expect::Committed,
+        ends: Ends::Committed,
+        todb: 3,
+    });
+}
+
+#[test]
+fn crash_mariadb_server_after_its_prepare() {
+    crash_case(Case {
+        tag: "bank-maria-srv-after-prepare",
+        point: Point::Server("bank3", "server.after_prepare"),
+        act: Act::Kill(1),
+        first: Expect::RolledBack,
+        ends: Ends::RolledBack,
+        todb: 3,
+    });
+}
+
+#[test]
+fn crash_daemon_during_phase_two_with_mariadb() {
+    crash_case(Case {
+        tag: "bank-maria-tm-phase2",
+        point: Point::Daemon("tm.phase2"),
+        act: Act::Kill(2),
+        first: Expect::CommittedOrUnknown,
+        ends: Ends::Committed,
+        todb: 3,
+    });
+}
+
+#[test]
+fn crash_daemon_before_the_decision_with_mariadb() {
+    crash_case(Case {
+        tag: "bank-maria-tm-before-decision",
+        point: Point::Daemon("tm.before_decision"),
+        act: Act::Kill(1),
+        first: Expect::Unknown,
+        ends: Ends::RolledBack,
+        todb: 3,
     });
 }

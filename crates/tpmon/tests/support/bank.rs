@@ -153,6 +153,11 @@ impl BankDbs {
         (total, journals)
     }
 
+    /// The transfers committed in database 1 (its journal's ids).
+    pub fn debited(&self) -> BTreeSet<i64> {
+        self.sums().1.swap_remove(0)
+    }
+
     /// The invariants every crash test ends with, once recovery settled: no prepared
     /// branch left, the domain's log empty, money neither created nor lost, each
     /// transfer on both sides or on neither, and every acknowledged transfer present.
