@@ -195,9 +195,30 @@ fn scripted_rm_failures_have_exact_call_counts() {
         "NESTED failed before preparing"
     );
     assert_eq!(calls(&f.a, "rollback_active", None), 1);
+    assert_eq!(
+        calls(&f.b, "rollback_active", None),
+        1,
+        "ECHO's failed branch is rolled back while active"
+    );
+
+    // ECHO's prepare finds the database unavailable (RMFAIL): the same, once.
+    std::fs::write(f.b.join("script"), "prepare fail 1\nprepare rmfail 1\n").expect("script");
+    c.tx_begin().expect("begin");
+    let e = c.call("NESTED", &s("r"), Flags::NONE).expect_err("NESTED");
+    assert_eq!(e.kind, ErrorKind::SvcFail, "{e:?}");
+    assert!(matches!(c.tx_commit(), Err(TxError::RolledBack(_))));
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.b, "prepare", Some("rmfail")), 1);
+    assert_eq!(calls(&f.b, "prepare", Some("ok")), 0);
+    assert_eq!(calls(&f.b, "rollback_active", None), 2);
+    assert_eq!(calls(&f.a, "rollback_active", None), 2);
 
     // Commit on b reports RMFAIL twice: the decision stands, recovery finishes it.
-    std::fs::write(f.b.join("script"), "prepare fail 1\ncommit rmfail 2\n").expect("script");
+    std::fs::write(
+        f.b.join("script"),
+        "prepare fail 1\nprepare rmfail 1\ncommit rmfail 2\n",
+    )
+    .expect("script");
     c.tx_set_commit_return(CommitReturn::Completed);
     c.tx_begin().expect("begin");
     c.call("NESTED", &s("q"), Flags::NONE).expect("NESTED");
@@ -207,7 +228,49 @@ fn scripted_rm_failures_have_exact_call_counts() {
     assert_eq!(calls(&f.b, "commit", Some("rmfail")), 2);
     assert_eq!(calls(&f.b, "commit", Some("ok")), 1);
     assert_eq!(calls(&f.a, "commit", Some("ok")), 1);
+    assert_eq!(calls(&f.a, "prepare", Some("ok")), 1);
+    assert_eq!(calls(&f.b, "prepare", Some("ok")), 1);
     assert_eq!(rollbacks(&f), 0);
+}
+
+/// A database that cannot be listed at recovery (RMFAIL three times) is retried (with
+/// back-off between passes), and the branches it holds are resolved once it answers; the other
+/// database's branch does not wait for it.
+#[test]
+fn a_database_down_at_recovery_is_retried_with_back_off() {
+    let f = fakes("tx-rm-down");
+    let cfg = config(&f.a, &f.b, &[]);
+    let mut d = Domain::boot_env(
+        "tx-rm-down",
+        &cfg,
+        &[("TPMON_FAILPOINTS", "tm.before_decision=kill")],
+    );
+    let mut c = d.client();
+    c.tx_begin().expect("begin");
+    c.call("NESTED", &s("down"), Flags::NONE).expect("NESTED");
+    assert!(
+        c.tx_commit().is_err(),
+        "the daemon died before the decision"
+    );
+    support::wait_until("the daemon is gone", LONG, || !support::alive(d.daemon_pid));
+    drop(c);
+    std::fs::write(f.a.join("script"), "recover rmfail 3\n").expect("script");
+    d.crash_and_reboot(&cfg, &[]);
+    support::wait_until("b's branch is rolled back at once", LONG, || {
+        calls(&f.b, "rollback", Some("ok")) == 1
+    });
+    nothing_left(&d, &f);
+    assert_eq!(calls(&f.a, "recover", Some("rmfail")), 3);
+    assert_eq!(calls(&f.a, "rollback", Some("ok")), 1);
+    assert_eq!(calls(&f.b, "rollback", Some("ok")), 1);
+    assert_eq!(calls(&f.a, "commit", None) + calls(&f.b, "commit", None), 0);
+    // Each pass's listing retries once on a new session (two of the failures), so
+    // at least one pass found the database down and backed off.
+    let log = d.log();
+    assert!(
+        log.contains("recovery cannot reach a resource manager"),
+        "the failed attempt is logged:\n{log}"
+    );
 }
 
 #[test]
