@@ -163,6 +163,34 @@ fn bank_example_over_postgres_and_mariadb() {
     assert!(!dbs.debited().contains(&999_999_997));
 }
 
+/// The number of accounts is the servers' `TPMON_BANK_ACCOUNTS`: 40 here, which the
+/// bank client's invariant (`--accounts 40`) then finds.
+#[test]
+fn the_number_of_accounts_is_configurable() {
+    let dbs = BankDbs::start(false);
+    let mut text = dbs.config(&[], &[]).render();
+    for server in ["bank1", "bank2"] {
+        let anchor = format!("name = \"{server}\"\n");
+        text = text.replace(
+            &anchor,
+            &format!("{anchor}env = {{ TPMON_BANK_ACCOUNTS = \"40\" }}\n"),
+        );
+    }
+    let d = Domain::boot("bank-accounts", &support::Config::raw(&text));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpmon-bank-client"))
+        .args(["-c", d.config.to_str().unwrap_or_default()])
+        .args(["--run-dir", d.run_dir.to_str().unwrap_or_default()])
+        .args(["--clients", "2", "--transfers", "10", "--accounts", "40"])
+        .output()
+        .expect("running tpmon-bank-client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("total before 80000, after 80000"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Where a crash case puts its failpoint.
 enum Point {
     /// In the daemon (the transaction manager).
