@@ -135,6 +135,9 @@ impl Db<'_> {
     }
 
     /// Creates and fills the tables when missing (idempotent; instances may race).
+    /// Only the missing accounts are inserted, found by a plain read first: an insert
+    /// that met an existing row would wait for the lock of a prepared transaction
+    /// holding it, and hold the server's start until that transaction is resolved.
     fn init(&mut self, accounts: i64) -> Result<(), String> {
         match self {
             Db::Pg(c) => {
@@ -145,6 +148,7 @@ impl Db<'_> {
                 .map_err(|e| e.to_string())?;
                 c.execute(
                     "INSERT INTO accounts (id, balance) SELECT g, $2::bigint FROM generate_series(1::bigint, $1::bigint) g \
+                     WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = g) \
                      ON CONFLICT (id) DO NOTHING",
                     &[&accounts, &OPENING_BALANCE],
                 )
@@ -160,7 +164,18 @@ impl Db<'_> {
                     "CREATE TABLE IF NOT EXISTS journal (txid BIGINT PRIMARY KEY) ENGINE=InnoDB",
                 )
                 .map_err(|e| e.to_string())?;
-                let rows: Vec<(i64, i64)> = (1..=accounts).map(|i| (i, OPENING_BALANCE)).collect();
+                let present: std::collections::HashSet<i64> = c
+                    .query::<i64, _>("SELECT id FROM accounts")
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .collect();
+                let rows: Vec<(i64, i64)> = (1..=accounts)
+                    .filter(|i| !present.contains(i))
+                    .map(|i| (i, OPENING_BALANCE))
+                    .collect();
+                if rows.is_empty() {
+                    return Ok(());
+                }
                 c.exec_batch(
                     "INSERT IGNORE INTO accounts (id, balance) VALUES (?, ?)",
                     rows,
