@@ -50,67 +50,35 @@ fn bank_example_over_postgres_and_mariadb() {
         );
         assert!(stdout.contains("transfers committed"), "{stdout}");
     }
-    // Funds short: the transfer fails and the transaction rolls back.
+    // `tpmon call TRANSFER --tx` with the given fields.
     let conf = d.client_config.to_str().unwrap_or_default().to_string();
     let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
-    let run = tpmon([
-        "call",
-        "-c",
-        &conf,
-        "--run-dir",
-        &run_dir,
-        "TRANSFER",
-        "--tx",
-        "--field",
-        "FROM=1",
-        "--field",
-        "TO=2",
-        "--field",
-        "AMOUNT=1000000",
-        "--field",
-        "TXID=999999999",
-    ]);
+    let call_transfer = |fields: &[&str]| {
+        let mut args = vec![
+            "call",
+            "-c",
+            &conf,
+            "--run-dir",
+            &run_dir,
+            "TRANSFER",
+            "--tx",
+        ];
+        for f in fields {
+            args.extend(["--field", f]);
+        }
+        tpmon(args)
+    };
+    // Funds short: the transfer fails and the transaction rolls back.
+    let run = call_transfer(&["FROM=1", "TO=2", "AMOUNT=1000000", "TXID=999999999"]);
     assert_eq!(run.code, Some(11), "TPESVCFAIL: {run:?}");
     assert!(run.stdout.contains("insufficient funds"), "{run:?}");
     assert!(run.stderr.contains("rolled back"), "{}", run.stderr);
     // And one by hand that commits.
-    let run = tpmon([
-        "call",
-        "-c",
-        &conf,
-        "--run-dir",
-        &run_dir,
-        "TRANSFER",
-        "--tx",
-        "--field",
-        "FROM=3",
-        "--field",
-        "TO=4",
-        "--field",
-        "AMOUNT=5",
-        "--field",
-        "TXID=999999998",
-        "--field",
-        "TODB=3",
-    ]);
+    let run = call_transfer(&["FROM=3", "TO=4", "AMOUNT=5", "TXID=999999998", "TODB=3"]);
     assert!(run.ok(), "{run:?}");
     // FROM, TO and AMOUNT alone: TRANSFER derives the transfer's id from the global
     // transaction and replies with it.
-    let run = tpmon([
-        "call",
-        "-c",
-        &conf,
-        "--run-dir",
-        &run_dir,
-        "TRANSFER",
-        "--tx",
-        "--field",
-        "FROM=5",
-        "--field",
-        "TO=6",
-        "--field",
-        "AMOUNT=7",
-    ]);
+    let run = call_transfer(&["FROM=5", "TO=6", "AMOUNT=7"]);
     assert!(run.ok(), "{run:?}");
     let derived: i64 = run
         .stdout
