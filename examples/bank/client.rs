@@ -104,7 +104,8 @@ struct Counts {
 }
 
 fn connect(a: &Args) -> Result<Client, String> {
-    let cfg = tpmon_config::load(std::path::Path::new(&a.config)).map_err(|e| e.to_string())?;
+    let cfg = tpmon_config::load_for(std::path::Path::new(&a.config), tpmon_config::Reader::Tool)
+        .map_err(|e| e.to_string())?;
     let run_dir = a
         .run_dir
         .clone()

@@ -53,8 +53,8 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, ErrorKind, Position};
 pub use model::{
     Domain, DomainConfig, Group, Limits, Node, Password, ResourceManager, RestartPolicy, RmKind,
-    Server, Service, TxSettings, XaResource, BUFFER_TYPES, DEFAULT_GROUP, GTRID_NAMES_BYTES_MAX,
-    NAME_LEN_MAX,
+    Server, Service, TxSettings, Unresolved, XaResource, BUFFER_TYPES, DEFAULT_GROUP,
+    GTRID_NAMES_BYTES_MAX, NAME_LEN_MAX,
 };
 
 /// Reads and validates the configuration file at `path`.
@@ -62,6 +62,26 @@ pub use model::{
 /// Relative paths inside the file are resolved against the file's directory; `${VAR}`
 /// references are expanded from the process environment.
 pub fn load(path: &Path) -> Result<DomainConfig, ConfigError> {
+    load_for(path, Reader::Daemon)
+}
+
+/// Who reads the configuration, which decides what an unset `${VAR}` means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// The node daemon (and `tpmon boot`, which checks the file before starting it):
+    /// every `${VAR}` must be set.
+    Daemon,
+    /// A tool or client (`tpmon call`, `status`, `down`, `tx`, `rm`, a client program):
+    /// an unset variable in a value only the daemon uses (`rm.open`, `link_secret`, a
+    /// server's `args` and `env`) is no error. The value is left empty and listed in
+    /// [`DomainConfig::unresolved`], so that an operator's shell needs no database
+    /// password to stop the domain or list its transactions. Every other value is
+    /// expanded as for the daemon.
+    Tool,
+}
+
+/// Like [`load`], read as `reader` (see [`Reader`]).
+pub fn load_for(path: &Path, reader: Reader) -> Result<DomainConfig, ConfigError> {
     use std::io::Read;
 
     let read_error = |e: std::io::Error| {
@@ -91,7 +111,7 @@ pub fn load(path: &Path) -> Result<DomainConfig, ConfigError> {
             None,
         )
     })?;
-    parse(&text, path)
+    parse_for(&text, path, reader)
 }
 
 /// Validates configuration `text` that was read from `source`.
@@ -101,7 +121,12 @@ pub fn load(path: &Path) -> Result<DomainConfig, ConfigError> {
 /// Nothing is read from the file system; `${VAR}` references are expanded from the
 /// process environment (a variable whose value is not UTF-8 is an error).
 pub fn parse(text: &str, source: &Path) -> Result<DomainConfig, ConfigError> {
-    parse_inner(text, source, &expand::process_env)
+    parse_for(text, source, Reader::Daemon)
+}
+
+/// Like [`parse`], read as `reader` (see [`Reader`]).
+pub fn parse_for(text: &str, source: &Path, reader: Reader) -> Result<DomainConfig, ConfigError> {
+    parse_inner(text, source, &expand::process_env, reader)
 }
 
 /// Like [`parse`], but `${VAR}` references are looked up with `env` instead of in the
@@ -113,11 +138,21 @@ pub fn parse_with_env(
     source: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<DomainConfig, ConfigError> {
+    parse_with_env_for(text, source, env, Reader::Daemon)
+}
+
+/// Like [`parse_with_env`], read as `reader` (see [`Reader`]).
+pub fn parse_with_env_for(
+    text: &str,
+    source: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    reader: Reader,
+) -> Result<DomainConfig, ConfigError> {
     let lookup = |name: &str| match env(name) {
         Some(value) => expand::Var::Set(value),
         None => expand::Var::Unset,
     };
-    parse_inner(text, source, &lookup)
+    parse_inner(text, source, &lookup, reader)
 }
 
 /// Largest configuration file accepted, in bytes (1 MiB; a domain with thousands of
@@ -135,6 +170,7 @@ fn parse_inner(
     text: &str,
     source: &Path,
     env: &dyn Fn(&str) -> expand::Var,
+    reader: Reader,
 ) -> Result<DomainConfig, ConfigError> {
     if text.len() > FILE_BYTES_MAX {
         return Err(ConfigError::whole_file(
@@ -147,7 +183,7 @@ fn parse_inner(
     }
     let raw = locate::parse_raw(text, source)?;
     let base_dir = base_dir(source)?;
-    validate::build(raw, text, source, base_dir, env)
+    validate::build(raw, text, source, base_dir, env, reader)
 }
 
 /// The absolute directory of `source`.

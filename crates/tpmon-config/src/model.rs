@@ -56,6 +56,23 @@ pub struct DomainConfig {
     /// The node whose daemon this configuration was narrowed to by
     /// [`DomainConfig::select_node`] (an index into `nodes`), if any.
     pub selected_node: Option<usize>,
+    /// Values only the daemon uses that were left empty because a `${VAR}` in them is
+    /// not set; only ever non-empty when a tool read the file
+    /// ([`Reader::Tool`](crate::Reader::Tool)).
+    pub unresolved: Vec<Unresolved>,
+}
+
+/// A value a tool read without expanding it, because a variable in it is not set
+/// ([`Reader::Tool`](crate::Reader::Tool)): the daemon would refuse the file with
+/// `message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unresolved {
+    /// The item holding the value (`group "db1"`, `server "bank1"`), if any.
+    pub item: Option<String>,
+    /// The key (`rm.open`, `domain.link_secret`, `args[0]`, `env.NAME`).
+    pub key: String,
+    /// The error the daemon would report, with file, line and column.
+    pub message: String,
 }
 
 /// Longest domain name plus node name: every global transaction id starts with both
@@ -386,6 +403,13 @@ impl Service {
 }
 
 impl DomainConfig {
+    /// The unresolved value of `key` in `item` (see [`Unresolved`]), if it is one.
+    pub fn unresolved_value(&self, item: &str, key: &str) -> Option<&Unresolved> {
+        self.unresolved
+            .iter()
+            .find(|u| u.item.as_deref() == Some(item) && u.key == key)
+    }
+
     /// The index of the node named `name`.
     pub fn node_index(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)

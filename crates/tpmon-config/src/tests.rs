@@ -2023,3 +2023,103 @@ fn log_preallocation_is_in_kib_within_bounds() {
     assert!(e.to_string().contains("log_preallocate_kib"), "{e}");
     assert!(e.message().contains("at most 65536"), "{e}");
 }
+
+/// A tool reads values only the daemon uses without their unset variables; the daemon
+/// refuses the same file.
+#[test]
+fn a_tool_reads_the_file_without_the_daemons_secrets() {
+    let text = doc(&[
+        "[domain]",
+        "name = \"qs\"",
+        "listen = \"0.0.0.0:7480\"",
+        "link_secret = \"${LINK_SECRET}\"",
+        "[[node]]",
+        "name = \"a\"",
+        "link = \"10.0.0.1:7490\"",
+        "[[node]]",
+        "name = \"b\"",
+        "listen = \"10.0.0.2:7480\"",
+        "link = \"10.0.0.2:7490\"",
+        "[[group]]",
+        "name = \"db1\"",
+        "node = \"a\"",
+        "[group.rm]",
+        "kind = \"postgres\"",
+        "open = \"host=db password=${DB_PASSWORD}\"",
+        "pool_max = 3",
+        "[[group]]",
+        "name = \"site\"",
+        "node = \"b\"",
+        "rm = { kind = \"embedded\", open = \"${SITE_DIR}\" }",
+        "[[server]]",
+        "name = \"s\"",
+        "group = \"db1\"",
+        "executable = \"/bin/s\"",
+        "args = [\"--key\", \"${API_KEY}\"]",
+        "env = { TOKEN = \"${TOKEN}\", HOME_DIR = \"${APP_HOME}\" }",
+    ]);
+    let tool = |t: &str| parse_with_env_for(t, Path::new(SOURCE), &env, Reader::Tool);
+    let c = tool(&text).expect("a tool reads it");
+    let keys: Vec<(Option<&str>, &str)> = c
+        .unresolved
+        .iter()
+        .map(|u| (u.item.as_deref(), u.key.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (None, "domain.link_secret"),
+            (Some("group \"db1\""), "rm.open"),
+            (Some("group \"site\""), "rm.open"),
+            (Some("server \"s\""), "args[1]"),
+            (Some("server \"s\""), "env.TOKEN"),
+        ]
+    );
+    let u = c
+        .unresolved_value("group \"db1\"", "rm.open")
+        .expect("listed");
+    assert!(
+        u.message.starts_with(&format!("{SOURCE}:17:"))
+            && u.message.contains("`DB_PASSWORD` is not set"),
+        "{}",
+        u.message
+    );
+    // The other keys of an unresolved group are still read and checked.
+    let rm = c.groups[0].rm.xa().expect("xa");
+    assert_eq!((rm.open.expose(), rm.pool_max), ("", 3));
+    // An unresolved embedded site is not taken for its default directory.
+    assert_eq!(c.groups[1].rm.xa().expect("xa").open.expose(), "");
+    assert_eq!(c.servers[0].env["HOME_DIR"], "/opt/app");
+
+    // The daemon refuses the file at the first unset variable.
+    let e = parse_with_env(&text, Path::new(SOURCE), &env).expect_err("the daemon refuses");
+    check(
+        &e,
+        ErrorKind::UnsetVariable,
+        4,
+        None,
+        Some("domain.link_secret"),
+    );
+
+    // A tool still refuses what is wrong whatever the environment: a bad variable
+    // name, a value the tool uses itself (the password clients log in with), a
+    // resolved secret that is too short.
+    let bad_name = text.replace("${DB_PASSWORD}", "${DB-PASSWORD}");
+    let e = tool(&bad_name).expect_err("bad name");
+    check(
+        &e,
+        ErrorKind::InvalidValue,
+        17,
+        Some("group \"db1\""),
+        Some("rm.open"),
+    );
+    let password = text.replace(
+        "listen = \"0.0.0.0:7480\"",
+        "listen = \"0.0.0.0:7480\"\npassword = \"${CLIENT_PASSWORD}\"",
+    );
+    let e = tool(&password).expect_err("the password is the clients'");
+    assert_eq!(e.kind(), ErrorKind::UnsetVariable, "{e}");
+    let short = text.replace("${LINK_SECRET}", "short");
+    let e = tool(&short).expect_err("short secret");
+    assert!(e.message().contains("at least"), "{e}");
+}

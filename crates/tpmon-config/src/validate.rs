@@ -10,6 +10,7 @@
 //! Nothing a file contains can make this module panic: every number is range-checked
 //! before it is narrowed, and every index it stores was produced by a lookup.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -22,8 +23,8 @@ use crate::error::{ConfigError, ErrorKind, Position};
 use crate::expand::{expand, Var};
 use crate::model::{
     Domain, DomainConfig, Group, Limits, Node, Password, ResourceManager, RestartPolicy, RmKind,
-    Server, Service, TxSettings, XaResource, BUFFER_TYPES, DEFAULT_GROUP, GTRID_NAMES_BYTES_MAX,
-    NAME_LEN_MAX,
+    Server, Service, TxSettings, Unresolved, XaResource, BUFFER_TYPES, DEFAULT_GROUP,
+    GTRID_NAMES_BYTES_MAX, NAME_LEN_MAX,
 };
 use crate::raw::{
     Int, RawDomain, RawFile, RawGroup, RawLimits, RawNode, RawRm, RawServer, RawService, RawTx, Str,
@@ -145,6 +146,9 @@ struct Ctx<'a> {
     source: &'a Path,
     env: &'a dyn Fn(&str) -> Var,
     base_dir: PathBuf,
+    /// Read as a tool ([`crate::Reader::Tool`]): values only the daemon uses whose
+    /// variables are not set go here instead of failing.
+    unresolved: Option<RefCell<Vec<Unresolved>>>,
 }
 
 impl Ctx<'_> {
@@ -269,6 +273,29 @@ impl Ctx<'_> {
         Ok(addr)
     }
 
+    /// Expands a value only the daemon uses (`rm.open`, `link_secret`, a server's
+    /// `args` and `env`). Read as a tool, a variable that is not set is no error: the
+    /// value is recorded as unresolved and `None` returned.
+    fn daemon_only(
+        &self,
+        scope: &Scope,
+        key: &str,
+        value: &Str,
+    ) -> Result<Option<String>, ConfigError> {
+        match (self.expanded(scope, key, value), &self.unresolved) {
+            (Ok(v), _) => Ok(Some(v)),
+            (Err(e), Some(list)) if e.kind() == ErrorKind::UnsetVariable => {
+                list.borrow_mut().push(Unresolved {
+                    item: scope.item.clone(),
+                    key: scope.key(key),
+                    message: e.to_string(),
+                });
+                Ok(None)
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
     /// Expands `${VAR}` references and rejects NUL characters (they cannot be passed to
     /// a process).
     fn expanded(&self, scope: &Scope, key: &str, value: &Str) -> Result<String, ConfigError> {
@@ -341,12 +368,14 @@ pub(crate) fn build(
     source: &Path,
     base_dir: PathBuf,
     env: &dyn Fn(&str) -> Var,
+    reader: crate::Reader,
 ) -> Result<DomainConfig, ConfigError> {
     let ctx = Ctx {
         text,
         source,
         env,
         base_dir,
+        unresolved: (reader == crate::Reader::Tool).then(|| RefCell::new(Vec::new())),
     };
     let Some(raw_domain) = raw.domain.as_ref() else {
         return Err(ConfigError::at(
@@ -500,6 +529,7 @@ pub(crate) fn build(
         servers,
         services,
         selected_node: None,
+        unresolved: ctx.unresolved.map(RefCell::into_inner).unwrap_or_default(),
     })
 }
 
@@ -561,31 +591,34 @@ fn domain(ctx: &Ctx<'_>, raw: &Spanned<RawDomain>) -> Result<Domain, ConfigError
         None => None,
     };
     let link_secret = match &raw.link_secret {
-        Some(value) => {
-            let secret = ctx.expanded(&scope, "link_secret", value)?;
-            let fail = |message: String| {
-                ctx.err(
-                    &scope,
-                    "link_secret",
-                    value.span().start,
-                    ErrorKind::InvalidValue,
-                    message,
-                )
-            };
-            if secret.len() < LINK_SECRET_BYTES_MIN {
-                return Err(fail(format!(
-                    "must be at least {LINK_SECRET_BYTES_MIN} bytes long (is {})",
-                    secret.len()
-                )));
+        Some(value) => match ctx.daemon_only(&scope, "link_secret", value)? {
+            // Read as a tool: no tool uses the secret.
+            None => Some(Password::new(String::new())),
+            Some(secret) => {
+                let fail = |message: String| {
+                    ctx.err(
+                        &scope,
+                        "link_secret",
+                        value.span().start,
+                        ErrorKind::InvalidValue,
+                        message,
+                    )
+                };
+                if secret.len() < LINK_SECRET_BYTES_MIN {
+                    return Err(fail(format!(
+                        "must be at least {LINK_SECRET_BYTES_MIN} bytes long (is {})",
+                        secret.len()
+                    )));
+                }
+                if secret.len() > LINK_SECRET_BYTES_MAX {
+                    return Err(fail(format!(
+                        "must be at most {LINK_SECRET_BYTES_MAX} bytes long (is {})",
+                        secret.len()
+                    )));
+                }
+                Some(Password::new(secret))
             }
-            if secret.len() > LINK_SECRET_BYTES_MAX {
-                return Err(fail(format!(
-                    "must be at most {LINK_SECRET_BYTES_MAX} bytes long (is {})",
-                    secret.len()
-                )));
-            }
-            Some(Password::new(secret))
-        }
+        },
         None => None,
     };
     let mut field_tables = Vec::with_capacity(raw.field_tables.len());
@@ -1031,10 +1064,16 @@ fn rm(
             ));
         }
     };
+    let mut unresolved = false;
     let open = match &open {
         Some(v) => {
-            let out = ctx.expanded(scope, "rm.open", v)?;
-            if out.trim().is_empty() {
+            let out = ctx.daemon_only(scope, "rm.open", v)?.unwrap_or_else(|| {
+                // Read as a tool, which never opens the resource manager (`tpmon rm
+                // inspect` checks `DomainConfig::unresolved` before it reads a site).
+                unresolved = true;
+                String::new()
+            });
+            if out.trim().is_empty() && !unresolved {
                 return Err(ctx.err(
                     scope,
                     "rm.open",
@@ -1064,7 +1103,9 @@ fn rm(
             ))
         }
     };
-    let open = if kind == RmKind::Fake || (kind == RmKind::Embedded && !open.is_empty()) {
+    let open = if !unresolved
+        && (kind == RmKind::Fake || (kind == RmKind::Embedded && !open.is_empty()))
+    {
         ctx.base_dir.join(open).display().to_string()
     } else {
         open
@@ -1147,7 +1188,11 @@ fn server(
     )?;
     let mut args = Vec::with_capacity(r.args.len());
     for (i, value) in r.args.iter().enumerate() {
-        args.push(ctx.expanded(&scope, &format!("args[{i}]"), value)?);
+        // Read as a tool, an unresolved argument is left empty (no tool starts servers).
+        args.push(
+            ctx.daemon_only(&scope, &format!("args[{i}]"), value)?
+                .unwrap_or_default(),
+        );
     }
     let mut env = BTreeMap::new();
     for (key, value) in &r.env {
@@ -1162,7 +1207,10 @@ fn server(
                 "environment variable names must be non-empty and contain neither `=` nor NUL",
             ));
         }
-        env.insert(var.clone(), ctx.expanded(&scope, &path, value)?);
+        env.insert(
+            var.clone(),
+            ctx.daemon_only(&scope, &path, value)?.unwrap_or_default(),
+        );
     }
 
     let min_instances = ctx.int(&scope, "min_instances", r.min_instances.as_ref(), INSTANCES)?;

@@ -36,7 +36,13 @@ pub struct BootArgs {
 const ENV_READY_ON_STDOUT: &str = "TPMON_READY_ON_STDOUT";
 
 pub fn boot(a: BootArgs) -> anyhow::Result<()> {
-    let cfg = crate::load_config(&a.config, a.node.as_deref(), a.listen, a.run_dir.clone())?;
+    let cfg = crate::load_config(
+        &a.config,
+        a.node.as_deref(),
+        a.listen,
+        a.run_dir.clone(),
+        tpmon_config::Reader::Daemon,
+    )?;
     if a.detach {
         return detach(&a, &cfg);
     }

@@ -161,7 +161,13 @@ pub fn call(a: CallArgs) -> ExitCode {
 }
 
 fn run(a: &CallArgs) -> anyhow::Result<ExitCode> {
-    let cfg = crate::load_config(&a.config, a.node.as_deref(), None, a.run_dir.clone())?;
+    let cfg = crate::load_config(
+        &a.config,
+        a.node.as_deref(),
+        None,
+        a.run_dir.clone(),
+        tpmon_config::Reader::Tool,
+    )?;
     let (buf, mut table) = request(a, &cfg)?;
     // The node's daemon, if it runs on this host, knows its real address (it may have
     // been booted with --listen); otherwise use the node's configured one.

@@ -157,14 +157,17 @@ pub(crate) fn error_text(e: &anyhow::Error) -> String {
 
 /// Loads a configuration as the daemon of `node` (default: the first node) sees it,
 /// with the common overrides applied: in a multi-node domain the node's own run
-/// directory (`run_dir/<node>`), transaction log and client address.
+/// directory (`run_dir/<node>`), transaction log and client address. Only `tpmon boot`
+/// reads it as the daemon; the other commands read it as a tool
+/// ([`tpmon_config::Reader::Tool`]), so that they need no database password.
 pub(crate) fn load_config(
     path: &std::path::Path,
     node: Option<&str>,
     listen: Option<std::net::SocketAddr>,
     run_dir: Option<PathBuf>,
+    reader: tpmon_config::Reader,
 ) -> anyhow::Result<tpmon_config::DomainConfig> {
-    let mut cfg = tpmon_config::load(path)?;
+    let mut cfg = tpmon_config::load_for(path, reader)?;
     cfg.select_node(node)?;
     Ok(cfg.with_overrides(listen, run_dir)?)
 }

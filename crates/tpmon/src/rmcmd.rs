@@ -67,20 +67,25 @@ pub enum RmCommand {
     },
 }
 
-/// The directory of each embedded site: (group name, directory). In a multi-node
-/// domain, only the sites of the node the configuration was narrowed to.
-pub fn site_dirs(cfg: &DomainConfig) -> Vec<(String, PathBuf)> {
+/// The directory of each embedded site: (group name, directory, or the error of an
+/// `open` whose variable is not set here). In a multi-node domain, only the sites of
+/// the node the configuration was narrowed to.
+pub fn site_dirs(cfg: &DomainConfig) -> Vec<(String, Result<PathBuf, String>)> {
     cfg.groups
         .iter()
         .filter(|g| cfg.nodes.len() < 2 || cfg.selected_node.is_none_or(|n| n == g.node))
         .filter_map(|g| {
             let rm = g.rm.xa().filter(|r| r.kind == RmKind::Embedded)?;
+            let item = format!("group \"{}\"", g.name);
+            if let Some(u) = cfg.unresolved_value(&item, "rm.open") {
+                return Some((g.name.clone(), Err(u.message.clone())));
+            }
             let dir = if rm.open.expose().is_empty() {
                 cfg.domain.run_dir.join("rm").join(&g.name)
             } else {
                 PathBuf::from(rm.open.expose())
             };
-            Some((g.name.clone(), dir))
+            Some((g.name.clone(), Ok(dir)))
         })
         .collect()
 }
@@ -100,7 +105,13 @@ pub fn run(cmd: RmCommand) -> anyhow::Result<()> {
             node,
             run_dir,
         } => {
-            let cfg = crate::load_config(&config, node.as_deref(), None, run_dir)?;
+            let cfg = crate::load_config(
+                &config,
+                node.as_deref(),
+                None,
+                run_dir,
+                tpmon_config::Reader::Tool,
+            )?;
             let mut sites = site_dirs(&cfg);
             if sites.is_empty() {
                 bail!("the domain has no embedded site (rm = \"embedded\")");
@@ -113,6 +124,7 @@ pub fn run(cmd: RmCommand) -> anyhow::Result<()> {
             }
             let mut all = Vec::new();
             for (name, dir) in &sites {
+                let dir = dir.as_ref().map_err(|e| anyhow!("site {name:?}: {e}"))?;
                 all.push(print_site(name, dir)?);
             }
             if json {
@@ -176,7 +188,7 @@ fn admin(
     run_dir: Option<PathBuf>,
     req: AdminRequest,
 ) -> anyhow::Result<()> {
-    let cfg = crate::load_config(config, node, None, run_dir)?;
+    let cfg = crate::load_config(config, node, None, run_dir, tpmon_config::Reader::Tool)?;
     let text = admin_request(&cfg.domain.run_dir, req, Duration::from_secs(300))?;
     println!("{text}");
     Ok(())

@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -161,6 +162,81 @@ fn the_number_of_accounts_is_configurable() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The example's configuration as shipped: the daemon takes the databases' URLs from
+/// `TPMON_BANK_DB1` and `TPMON_BANK_DB2`, while the bank client, `tpmon call`, `tpmon
+/// tx list` and `tpmon down` run without them (an operator's shell need not hold the
+/// database passwords), and `tpmon boot` without them names the variable.
+#[test]
+fn the_database_urls_come_from_the_environment() {
+    let dbs = BankDbs::start(false);
+    let cfg = dbs.config_from_env(&[], &[]);
+    let env = dbs.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    // Without the variables the daemon refuses to start, naming the first one.
+    let dir = TempDir::new("bank-env-missing");
+    let path = dir.path.join("domain.toml");
+    std::fs::write(&path, cfg.render()).expect("writing the configuration");
+    let run_dir = dir.path.join("run");
+    let run = tpmon([
+        OsStr::new("boot"),
+        OsStr::new("-c"),
+        path.as_os_str(),
+        OsStr::new("--run-dir"),
+        run_dir.as_os_str(),
+    ]);
+    assert!(
+        !run.ok() && run.stderr.contains("`TPMON_BANK_DB1` is not set"),
+        "{run:?}"
+    );
+
+    let mut d = Domain::boot_env("bank-env", &cfg, &env);
+    let config = d.config.to_str().unwrap_or_default().to_string();
+    let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
+    for (k, _) in &env {
+        assert!(
+            std::env::var_os(k).is_none(),
+            "the test's own environment has {k}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpmon-bank-client"))
+        .args(["-c", &config, "--run-dir", &run_dir])
+        .args(["--clients", "2", "--transfers", "10"])
+        .output()
+        .expect("running tpmon-bank-client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("total before 200000, after 200000"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let call = tpmon([
+        "call",
+        "-c",
+        &config,
+        "--run-dir",
+        &run_dir,
+        "TRANSFER",
+        "--tx",
+        "--field",
+        "FROM=1",
+        "--field",
+        "TO=2",
+        "--field",
+        "AMOUNT=5",
+    ]);
+    assert!(call.ok(), "{call:?}");
+    let debited = dbs.debited();
+    assert_eq!(
+        debited.len(),
+        21,
+        "10 transfers from each client and one call"
+    );
+    dbs.check(&d, &debited.iter().copied().collect::<Vec<_>>());
+    let down = d.down();
+    assert!(down.ok(), "{down:?}");
 }
 
 /// Where a crash case puts its failpoint.

@@ -48,14 +48,24 @@ impl BankDbs {
     /// The example's configuration on these databases. `failpoints` gives a
     /// `TPMON_FAILPOINTS` value per bank server name (`bank1`, `bank2`, `bank3`).
     pub fn config(&self, failpoints: &[(&str, &str)], tx_lines: &[&str]) -> Config {
+        let text = self
+            .config_from_env(failpoints, tx_lines)
+            .render()
+            .replace("${TPMON_BANK_DB1}", &self.pg.url("bank1"))
+            .replace("${TPMON_BANK_DB2}", &self.pg.url("bank2"));
+        Config::raw(&text)
+    }
+
+    /// Like [`BankDbs::config`], but the databases' URLs are left as the example
+    /// writes them (`${TPMON_BANK_DB1}`, `${TPMON_BANK_DB2}`), for the daemon to take
+    /// from its environment ([`BankDbs::env`]).
+    pub fn config_from_env(&self, failpoints: &[(&str, &str)], tx_lines: &[&str]) -> Config {
         let mut text = if self.maria.is_some() {
             example("domain-mariadb.toml")
         } else {
             example("domain.toml")
         };
         text = text
-            .replace("${TPMON_BANK_DB1}", &self.pg.url("bank1"))
-            .replace("${TPMON_BANK_DB2}", &self.pg.url("bank2"))
             .replace(
                 "field_tables = [\"bank.fld\"]",
                 &format!(
@@ -85,6 +95,15 @@ impl BankDbs {
             );
         }
         Config::raw(&text)
+    }
+
+    /// The environment the example's configuration expects: `TPMON_BANK_DB1` and
+    /// `TPMON_BANK_DB2`.
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        [
+            ("TPMON_BANK_DB1", self.pg.url("bank1")),
+            ("TPMON_BANK_DB2", self.pg.url("bank2")),
+        ]
     }
 
     fn pg_client(&self, db: &str) -> postgres::Client {
