@@ -3,7 +3,9 @@
 //! Owns [`DomainConfig`] and the types it is made of. A value of these types has passed
 //! validation: every default is filled in, every name is valid and unique in its section,
 //! every reference is an index that is in range, every path that the file gives relative
-//! to its directory is absolute, and every `${VAR}` is expanded. Code that receives a
+//! to its directory is absolute, and every `${VAR}` is expanded (read as a tool, those
+//! only the daemon uses may instead be left empty and listed in
+//! [`DomainConfig::unresolved`], which the daemon refuses to run on). Code that receives a
 //! `DomainConfig` can therefore index `servers[service.server]` without checking. The
 //! only ways to change a loaded configuration are the override setters and
 //! [`DomainConfig::select_node`], which keep these invariants. Nothing here reads the

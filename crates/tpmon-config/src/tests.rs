@@ -2087,8 +2087,6 @@ fn a_tool_reads_the_file_without_the_daemons_secrets() {
     // The other keys of an unresolved group are still read and checked.
     let rm = c.groups[0].rm.xa().expect("xa");
     assert_eq!((rm.open.expose(), rm.pool_max), ("", 3));
-    // An unresolved embedded site is not taken for its default directory.
-    assert_eq!(c.groups[1].rm.xa().expect("xa").open.expose(), "");
     assert_eq!(c.servers[0].env["HOME_DIR"], "/opt/app");
 
     // The daemon refuses the file at the first unset variable.
@@ -2113,6 +2111,11 @@ fn a_tool_reads_the_file_without_the_daemons_secrets() {
         Some("group \"db1\""),
         Some("rm.open"),
     );
+    // Also behind an unset variable.
+    let bad_later = text.replace("${DB_PASSWORD}", "${DB_PASSWORD} ${DB-USER}");
+    let e = tool(&bad_later).expect_err("bad name after an unset one");
+    assert_eq!(e.kind(), ErrorKind::InvalidValue, "{e}");
+    assert!(e.message().contains("DB-USER"), "{e}");
     let password = text.replace(
         "listen = \"0.0.0.0:7480\"",
         "listen = \"0.0.0.0:7480\"\npassword = \"${CLIENT_PASSWORD}\"",

@@ -285,6 +285,20 @@ impl Ctx<'_> {
         match (self.expanded(scope, key, value), &self.unresolved) {
             (Ok(v), _) => Ok(Some(v)),
             (Err(e), Some(list)) if e.kind() == ErrorKind::UnsetVariable => {
+                // Expansion stops at the first problem: check the rest of the value
+                // with unset variables taken as empty, so that a later bad name is
+                // still reported.
+                let lenient = |name: &str| match (self.env)(name) {
+                    Var::Unset => Var::Set(String::new()),
+                    other => other,
+                };
+                Ctx {
+                    env: &lenient,
+                    unresolved: None,
+                    base_dir: PathBuf::new(),
+                    ..*self
+                }
+                .expanded(scope, key, value)?;
                 list.borrow_mut().push(Unresolved {
                     item: scope.item.clone(),
                     key: scope.key(key),

@@ -100,6 +100,11 @@ struct Booted {
 }
 
 fn boot(mut config: DomainConfig, opts: BootOptions) -> Result<Booted, DaemonError> {
+    // A configuration read as a tool left values empty that the daemon needs (an
+    // open string, the link secret): never run on those.
+    if let Some(u) = config.unresolved.first() {
+        return Err(DaemonError::Config(u.message.clone()));
+    }
     // The node first: in a multi-node domain it decides the run directory.
     let node_index = config
         .select_node(opts.node.as_deref())
@@ -648,5 +653,36 @@ fn random_u64() -> u64 {
     match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
         Ok(()) => u64::from_be_bytes(b),
         Err(_) => tpmon_ipc::monotonic_us() ^ (u64::from(std::process::id()) << 32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration a tool read, with a daemon-only value left empty, is never
+    /// run: the daemon reports the unset variable instead of opening "".
+    #[test]
+    fn a_configuration_read_as_a_tool_is_refused() {
+        let text =
+            "[domain]\nname = \"x\"\nlisten = \"127.0.0.1:7480\"\nrun_dir = \"/nonexistent/run\"\n\
+                    [[group]]\nname = \"g\"\nrm = { kind = \"embedded\", open = \"${SITE}\" }\n";
+        let cfg = tpmon_config::parse_with_env_for(
+            text,
+            std::path::Path::new("/etc/x.toml"),
+            &|_| None,
+            tpmon_config::Reader::Tool,
+        )
+        .expect("a tool reads it");
+        assert_eq!(cfg.unresolved.len(), 1);
+        match run(cfg, BootOptions::default()) {
+            Err(DaemonError::Config(m)) => {
+                assert!(
+                    m.contains("`SITE` is not set") && m.contains("/etc/x.toml:7:"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
     }
 }

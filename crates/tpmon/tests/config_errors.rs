@@ -262,3 +262,50 @@ fn an_unknown_node_is_refused() {
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains("node \"n9\""), "{run:?}");
 }
+
+/// The tools read a file whose daemon-only values name unset variables (no database
+/// password in an operator's shell), but never use such a value: `tpmon rm inspect` of
+/// an embedded site whose directory is unresolved fails with the daemon's message
+/// instead of reading the default directory, and `tpmon boot` refuses the file.
+#[test]
+fn a_tool_never_uses_a_value_whose_variable_is_unset() {
+    let tmp = TempDir::new("unset-site");
+    // Line 9 is the site's `open`.
+    let toml = format!(
+        "{HEAD}[[group]]\nname = \"site\"\n[group.rm]\nkind = \"embedded\"\n\
+         open = \"${{TPMON_TEST_UNSET_SITE_DIR}}\"\n"
+    );
+    let file = tmp.path.join("domain.toml");
+    std::fs::write(&file, &toml).unwrap();
+    // The default directory exists, so that reading it would succeed.
+    std::fs::create_dir_all(tmp.path.join("run").join("rm").join("site")).unwrap();
+    let run = tpmon([
+        OsStr::new("rm"),
+        OsStr::new("inspect"),
+        OsStr::new("-c"),
+        file.as_os_str(),
+    ]);
+    let at = format!("{}:9:", file.display());
+    assert!(
+        !run.ok()
+            && run.stderr.contains("site \"site\"")
+            && run.stderr.contains(&at)
+            && run
+                .stderr
+                .contains("`TPMON_TEST_UNSET_SITE_DIR` is not set"),
+        "{run:?}"
+    );
+    let status = tpmon([OsStr::new("status"), OsStr::new("-c"), file.as_os_str()]);
+    assert!(
+        status.stderr.contains("no daemon is running"),
+        "status reads the file: {status:?}"
+    );
+    let (file, run) = boot_file(&tmp, &toml);
+    assert_refused_at(
+        &tmp,
+        &file,
+        &run,
+        9,
+        "`TPMON_TEST_UNSET_SITE_DIR` is not set",
+    );
+}

@@ -122,7 +122,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new(TPMON)
+    tpmon_env_without(args, env, &[])
+}
+
+/// [`tpmon_env`], with the variables `without` removed from the environment.
+pub fn tpmon_env_without<I, S>(args: I, env: &[(&str, &str)], without: &[&str]) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(TPMON);
+    for var in without {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
