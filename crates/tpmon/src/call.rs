@@ -161,13 +161,7 @@ pub fn call(a: CallArgs) -> ExitCode {
 }
 
 fn run(a: &CallArgs) -> anyhow::Result<ExitCode> {
-    let cfg = crate::load_config(
-        &a.config,
-        a.node.as_deref(),
-        None,
-        a.run_dir.clone(),
-        tpmon_config::Reader::Tool,
-    )?;
+    let cfg = crate::load_tool_config(&a.config, a.node.as_deref(), a.run_dir.clone())?;
     let (buf, mut table) = request(a, &cfg)?;
     // The node's daemon, if it runs on this host, knows its real address (it may have
     // been booted with --listen); otherwise use the node's configured one.

@@ -172,6 +172,16 @@ pub(crate) fn load_config(
     Ok(cfg.with_overrides(listen, run_dir)?)
 }
 
+/// [`load_config`] for the commands other than `tpmon boot`: read as a tool, without
+/// a client address override.
+pub(crate) fn load_tool_config(
+    path: &std::path::Path,
+    node: Option<&str>,
+    run_dir: Option<PathBuf>,
+) -> anyhow::Result<tpmon_config::DomainConfig> {
+    load_config(path, node, None, run_dir, tpmon_config::Reader::Tool)
+}
+
 /// The directory holding this executable (where the example servers are built too).
 pub(crate) fn exe_dir() -> Option<PathBuf> {
     std::env::current_exe()

@@ -105,13 +105,7 @@ pub fn run(cmd: RmCommand) -> anyhow::Result<()> {
             node,
             run_dir,
         } => {
-            let cfg = crate::load_config(
-                &config,
-                node.as_deref(),
-                None,
-                run_dir,
-                tpmon_config::Reader::Tool,
-            )?;
+            let cfg = crate::load_tool_config(&config, node.as_deref(), run_dir)?;
             let mut sites = site_dirs(&cfg);
             if sites.is_empty() {
                 bail!("the domain has no embedded site (rm = \"embedded\")");
@@ -188,7 +182,7 @@ fn admin(
     run_dir: Option<PathBuf>,
     req: AdminRequest,
 ) -> anyhow::Result<()> {
-    let cfg = crate::load_config(config, node, None, run_dir, tpmon_config::Reader::Tool)?;
+    let cfg = crate::load_tool_config(config, node, run_dir)?;
     let text = admin_request(&cfg.domain.run_dir, req, Duration::from_secs(300))?;
     println!("{text}");
     Ok(())

@@ -11,7 +11,7 @@ use tpmon_daemon::admin_request;
 use tpmon_proto::AdminRequest;
 
 pub fn down(config: &Path, node: Option<&str>, run_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg = crate::load_config(config, node, None, run_dir, tpmon_config::Reader::Tool)?;
+    let cfg = crate::load_tool_config(config, node, run_dir)?;
     let grace = cfg
         .servers
         .iter()
@@ -33,7 +33,7 @@ pub fn status(
     node: Option<&str>,
     run_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let cfg = crate::load_config(config, node, None, run_dir, tpmon_config::Reader::Tool)?;
+    let cfg = crate::load_tool_config(config, node, run_dir)?;
     let text = admin_request(
         &cfg.domain.run_dir,
         AdminRequest::Status,

@@ -72,13 +72,7 @@ pub fn run(cmd: TxCommand) -> anyhow::Result<()> {
             node,
             run_dir,
         } => {
-            let cfg = crate::load_config(
-                &config,
-                node.as_deref(),
-                None,
-                run_dir,
-                tpmon_config::Reader::Tool,
-            )?;
+            let cfg = crate::load_tool_config(&config, node.as_deref(), run_dir)?;
             let text = admin_request(
                 &cfg.domain.run_dir,
                 AdminRequest::TxList,
@@ -139,7 +133,7 @@ fn resolve(
     xid: String,
     commit: bool,
 ) -> anyhow::Result<()> {
-    let cfg = crate::load_config(config, node, None, run_dir, tpmon_config::Reader::Tool)?;
+    let cfg = crate::load_tool_config(config, node, run_dir)?;
     // `tpmon tx list` shows gtrids; a full gid (GTRID|BQUAL) names the same one.
     let gtrid = xid.split('|').next().unwrap_or_default().to_string();
     if gtrid.is_empty() {

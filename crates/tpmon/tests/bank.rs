@@ -150,15 +150,27 @@ fn the_number_of_accounts_is_configurable() {
         );
     }
     let d = Domain::boot("bank-accounts", &support::Config::raw(&text));
+    bank_client(
+        &d,
+        &["--clients", "2", "--transfers", "10", "--accounts", "40"],
+        "total before 80000, after 80000",
+    );
+}
+
+/// Runs `tpmon-bank-client ARGS` on `d` (without the databases' URL variables in its
+/// environment: it does not need them) and checks that it succeeds and prints `expect`.
+fn bank_client(d: &Domain, args: &[&str], expect: &str) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpmon-bank-client"))
+        .env_remove(URL_VARS[0])
+        .env_remove(URL_VARS[1])
         .args(["-c", d.config.to_str().unwrap_or_default()])
         .args(["--run-dir", d.run_dir.to_str().unwrap_or_default()])
-        .args(["--clients", "2", "--transfers", "10", "--accounts", "40"])
+        .args(args)
         .output()
         .expect("running tpmon-bank-client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("total before 80000, after 80000"),
+        out.status.success() && stdout.contains(expect),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -202,18 +214,10 @@ fn the_database_urls_come_from_the_environment() {
     let mut d = Domain::boot_env("bank-env", &cfg, &env);
     let config = d.config.to_str().unwrap_or_default().to_string();
     let run_dir = d.run_dir.to_str().unwrap_or_default().to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpmon-bank-client"))
-        .env_remove(URL_VARS[0])
-        .env_remove(URL_VARS[1])
-        .args(["-c", &config, "--run-dir", &run_dir])
-        .args(["--clients", "2", "--transfers", "10"])
-        .output()
-        .expect("running tpmon-bank-client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("total before 200000, after 200000"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    bank_client(
+        &d,
+        &["--clients", "2", "--transfers", "10"],
+        "total before 200000, after 200000",
     );
     let call = tpmon_env_without(
         [
@@ -235,12 +239,13 @@ fn the_database_urls_come_from_the_environment() {
         &URL_VARS,
     );
     assert!(call.ok(), "{call:?}");
-    let debited = dbs.debited();
-    assert_eq!(
-        debited.len(),
-        21,
-        "10 transfers from each client and one call"
-    );
+    // Phase 2 of the last commits may still be running (they returned once the
+    // decision was logged): wait for all 21 debits, 10 from each client and one call.
+    let debited = support::wait_for("21 committed transfers in bank1", LONG, || {
+        let d = dbs.debited();
+        (d.len() >= 21).then_some(d)
+    });
+    assert_eq!(debited.len(), 21, "{debited:?}");
     dbs.check(&d, &debited.iter().copied().collect::<Vec<_>>());
     let down = d.down();
     assert!(down.ok(), "{down:?}");
